@@ -1,0 +1,36 @@
+//! The audit log: who changed what, with the state before and after, written in the same
+//! transaction as the change itself.
+
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+
+use crate::clock::now_ms;
+use crate::db::entities::audit_logs;
+use crate::error::Result;
+
+/// One audited change.
+pub struct Entry<'a> {
+    /// The admin who made it; `None` for the command line and scheduled jobs.
+    pub actor_user_id: Option<i64>,
+    pub action: &'a str,
+    pub target_type: &'a str,
+    pub target_id: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// Writes `entry` on `conn` (pass the transaction that makes the change).
+pub async fn record(conn: &impl ConnectionTrait, entry: Entry<'_>) -> Result<()> {
+    audit_logs::ActiveModel {
+        actor_user_id: Set(entry.actor_user_id),
+        action: Set(entry.action.to_owned()),
+        target_type: Set(entry.target_type.to_owned()),
+        target_id: Set(entry.target_id),
+        before: Set(entry.before.map(|v| v.to_string())),
+        after: Set(entry.after.map(|v| v.to_string())),
+        created_at: Set(now_ms()),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}

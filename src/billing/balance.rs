@@ -1,0 +1,49 @@
+//! The two balance statements: a conditional debit and a credit.
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+
+use crate::clock::now_ms;
+use crate::db::entities::balances;
+use crate::error::{Error, Result};
+
+/// Takes `amount` from the balance only if it covers it. Returns whether it did.
+///
+/// One statement, `UPDATE … SET amount = amount - ? WHERE user_id = ? AND amount >= ?`, so two
+/// concurrent debits can never both pass on the same money, on any backend. `updated_at` is in
+/// the SET so MySQL's matched-rows count agrees with the others even for a zero amount.
+pub async fn debit_if_covered(conn: &impl ConnectionTrait, user_id: i64, amount: i64) -> Result<bool> {
+    if amount < 0 {
+        return Err(Error::Internal(anyhow::anyhow!("negative debit {amount}")));
+    }
+    let res = balances::Entity::update_many()
+        .col_expr(balances::Column::Amount, Expr::col(balances::Column::Amount).sub(amount))
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(balances::Column::UserId.eq(user_id))
+        .filter(balances::Column::Amount.gte(amount))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Adds `amount` to the balance.
+pub async fn credit(conn: &impl ConnectionTrait, user_id: i64, amount: i64) -> Result<()> {
+    if amount < 0 {
+        return Err(Error::Internal(anyhow::anyhow!("negative credit {amount}")));
+    }
+    let res = balances::Entity::update_many()
+        .col_expr(balances::Column::Amount, Expr::col(balances::Column::Amount).add(amount))
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(balances::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await?;
+    if res.rows_affected != 1 {
+        return Err(Error::Internal(anyhow::anyhow!("user {user_id} has no balance row")));
+    }
+    Ok(())
+}
+
+/// The current balance in micro-units (0 when the user has no balance row).
+pub async fn amount(conn: &impl ConnectionTrait, user_id: i64) -> Result<i64> {
+    Ok(balances::Entity::find_by_id(user_id).one(conn).await?.map_or(0, |b| b.amount))
+}

@@ -1,0 +1,365 @@
+//! Reserve → resolve (settle or void) → sweep: the pre-charge of one request and its end.
+
+use std::cmp::{max, min};
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+
+use super::{balance, ledger};
+use crate::clock::{day_of, now_ms};
+use crate::db::Db;
+use crate::db::entities::{models, reservations, subscriptions, usage_logs};
+use crate::error::{Error, Result};
+use crate::money::{cost, format_amount};
+
+pub const PENDING: &str = "pending";
+pub const SETTLED: &str = "settled";
+pub const VOIDED: &str = "voided";
+
+/// A model's prices, micro-units per 1M tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prices {
+    pub input: i64,
+    pub output: i64,
+}
+
+/// What a request may cost at most.
+#[derive(Clone, Debug)]
+pub struct ReserveRequest<'a> {
+    pub request_id: &'a str,
+    pub user_id: i64,
+    pub key_id: Option<i64>,
+    pub model_id: Option<i64>,
+    /// Tokens of the prompt as counted before sending.
+    pub prompt_tokens: i64,
+    /// The output cap (clamped to the model's limit by the caller).
+    pub max_completion_tokens: i64,
+    pub prices: Prices,
+}
+
+/// A pending pre-charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    /// Money taken from the balance.
+    pub amount: i64,
+    /// Subscription tokens taken, in total.
+    pub tokens: i64,
+    /// `(subscription id, tokens)` in the order they were taken.
+    pub sources: Vec<(i64, i64)>,
+}
+
+/// What a request is charged: subscription tokens consumed and money.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charge {
+    pub tokens: i64,
+    pub amount: i64,
+}
+
+/// The charge for `prompt` + `completion` tokens when `sub_tokens` subscription tokens are
+/// available to cover them (prompt tokens first) and at most `max_amount` money may be charged.
+/// Used for the worst case at reservation time and for the real usage at settlement, so the
+/// two can never disagree.
+pub fn charge_for(sub_tokens: i64, max_amount: i64, prompt: i64, completion: i64, prices: Prices) -> Charge {
+    let (prompt, completion, sub_tokens) = (max(prompt, 0), max(completion, 0), max(sub_tokens, 0));
+    let tokens = min(prompt.saturating_add(completion), sub_tokens);
+    let prompt_uncovered = prompt - min(tokens, prompt);
+    let completion_uncovered = completion - min(tokens - min(tokens, prompt), completion);
+    let amount = cost(prompt_uncovered, prices.input).saturating_add(cost(completion_uncovered, prices.output));
+    Charge { tokens, amount: min(amount, max(max_amount, 0)) }
+}
+
+/// Takes the worst case of a request from the user's subscriptions and balance, and records the
+/// reservation, in one transaction. `InsufficientBalance` when it cannot be covered; then
+/// nothing has changed.
+pub async fn reserve(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
+    let worst_tokens = max(req.prompt_tokens, 0).saturating_add(max(req.max_completion_tokens, 0));
+    let now = now_ms();
+    let txn = db.begin().await?;
+
+    let subs = subscriptions::Entity::find()
+        .filter(subscriptions::Column::UserId.eq(req.user_id))
+        .filter(subscriptions::Column::ExpiresAt.gt(now))
+        .filter(subscriptions::Column::TokensRemaining.gt(0))
+        .order_by_asc(subscriptions::Column::ExpiresAt)
+        .order_by_asc(subscriptions::Column::Id)
+        .all(&txn)
+        .await?;
+    let mut sources = Vec::new();
+    let mut taken = 0i64;
+    for sub in subs {
+        let want = min(worst_tokens - taken, sub.tokens_remaining);
+        if want <= 0 {
+            break;
+        }
+        // Conditional, like the balance: a concurrent reservation that got there first makes
+        // this match nothing, and the rest is paid from the balance instead.
+        let res = subscriptions::Entity::update_many()
+            .col_expr(
+                subscriptions::Column::TokensRemaining,
+                Expr::col(subscriptions::Column::TokensRemaining).sub(want),
+            )
+            .col_expr(subscriptions::Column::UpdatedAt, Expr::value(now))
+            .filter(subscriptions::Column::Id.eq(sub.id))
+            .filter(subscriptions::Column::TokensRemaining.gte(want))
+            .filter(subscriptions::Column::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 1 {
+            sources.push((sub.id, want));
+            taken += want;
+        }
+    }
+
+    let amount = charge_for(taken, i64::MAX, req.prompt_tokens, req.max_completion_tokens, req.prices).amount;
+    if amount > 0 && !balance::debit_if_covered(&txn, req.user_id, amount).await? {
+        let available = balance::amount(&txn, req.user_id).await?;
+        txn.rollback().await?;
+        return Err(Error::InsufficientBalance { needed: format_amount(amount), available: format_amount(available) });
+    }
+
+    let row = reservations::ActiveModel {
+        request_id: Set(req.request_id.to_owned()),
+        user_id: Set(req.user_id),
+        key_id: Set(req.key_id),
+        model_id: Set(req.model_id),
+        state: Set(PENDING.into()),
+        amount: Set(amount),
+        tokens: Set(taken),
+        token_sources: Set(serde_json::to_string(&sources).map_err(anyhow::Error::from)?),
+        charged_amount: Set(0),
+        charged_tokens: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        resolved_at: Set(None),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(Reservation { id: row.id, request_id: row.request_id, user_id: req.user_id, amount, tokens: taken, sources })
+}
+
+/// How a reservation ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalState {
+    /// Charge the usage given (capped at what was reserved), return the rest.
+    Settled { prompt_tokens: i64, completion_tokens: i64, prices: Prices },
+    /// Nothing was delivered: return everything.
+    Voided,
+    /// Left pending by a crashed process: charge everything that was reserved.
+    Swept,
+}
+
+/// The usage-log fields only the caller knows; tokens and cost come from the resolution.
+#[derive(Clone, Debug)]
+pub struct UsageLog {
+    pub model: String,
+    pub status_code: i32,
+    pub latency_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub stream: bool,
+    /// `upstream`, `estimated`, or `reserved` for a swept reservation.
+    pub usage_source: &'static str,
+}
+
+/// One resolution: the end state and the usage row to write with it.
+#[derive(Clone, Debug)]
+pub struct Resolution {
+    pub state: FinalState,
+    pub log: UsageLog,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// This call resolved it and charged this.
+    Charged(Charge),
+    /// It had already been resolved; nothing changed.
+    AlreadyResolved,
+}
+
+/// Ends the reservation of `request_id` exactly once, with its refunds and usage log, in one
+/// transaction. A second call is a no-op that returns `AlreadyResolved`.
+pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Result<Resolved> {
+    let now = now_ms();
+    let txn = db.begin().await?;
+    let Some(res) =
+        reservations::Entity::find().filter(reservations::Column::RequestId.eq(request_id)).one(&txn).await?
+    else {
+        return Err(Error::NotFound(format!("no reservation for request {request_id}")));
+    };
+    if res.state != PENDING {
+        txn.rollback().await?;
+        return Ok(Resolved::AlreadyResolved);
+    }
+
+    let (charge, state, prompt, completion) = match resolution.state {
+        FinalState::Settled { prompt_tokens, completion_tokens, prices } => (
+            charge_for(res.tokens, res.amount, prompt_tokens, completion_tokens, prices),
+            SETTLED,
+            max(prompt_tokens, 0),
+            max(completion_tokens, 0),
+        ),
+        FinalState::Voided => (Charge::default(), VOIDED, 0, 0),
+        FinalState::Swept => (Charge { tokens: res.tokens, amount: res.amount }, SETTLED, 0, 0),
+    };
+
+    // The guard: of two concurrent resolutions only one changes this row, and the loser's
+    // transaction (refunds included) is rolled back.
+    let guard = reservations::Entity::update_many()
+        .col_expr(reservations::Column::State, Expr::value(state))
+        .col_expr(reservations::Column::ChargedAmount, Expr::value(charge.amount))
+        .col_expr(reservations::Column::ChargedTokens, Expr::value(charge.tokens))
+        .col_expr(reservations::Column::ResolvedAt, Expr::value(now))
+        .col_expr(reservations::Column::UpdatedAt, Expr::value(now))
+        .filter(reservations::Column::Id.eq(res.id))
+        .filter(reservations::Column::State.eq(PENDING))
+        .exec(&txn)
+        .await?;
+    if guard.rows_affected != 1 {
+        txn.rollback().await?;
+        return Ok(Resolved::AlreadyResolved);
+    }
+
+    let refund = res.amount - charge.amount;
+    if refund > 0 {
+        balance::credit(&txn, res.user_id, refund).await?;
+    }
+    refund_tokens(&txn, &res, charge.tokens, now).await?;
+
+    usage_logs::ActiveModel {
+        request_id: Set(res.request_id.clone()),
+        user_id: Set(res.user_id),
+        key_id: Set(res.key_id),
+        model: Set(resolution.log.model.chars().take(128).collect()),
+        prompt_tokens: Set(prompt),
+        completion_tokens: Set(completion),
+        total_tokens: Set(prompt.saturating_add(completion)),
+        cost: Set(charge.amount),
+        subscription_tokens: Set(charge.tokens),
+        status_code: Set(resolution.log.status_code),
+        latency_ms: Set(resolution.log.latency_ms),
+        ttfb_ms: Set(resolution.log.ttfb_ms),
+        stream: Set(resolution.log.stream),
+        usage_source: Set(resolution.log.usage_source.to_owned()),
+        created_at: Set(now),
+        day: Set(day_of(now)),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(Resolved::Charged(charge))
+}
+
+/// Returns reserved-but-unused subscription tokens to the subscriptions they came from, in the
+/// order they were taken. Tokens of a subscription that has expired meanwhile are not returned
+/// (they would be expired tokens) and never become money: they are written off with a ledger
+/// entry of kind `expire`.
+async fn refund_tokens(conn: &impl ConnectionTrait, res: &reservations::Model, consumed: i64, now: i64) -> Result<()> {
+    let sources: Vec<(i64, i64)> = serde_json::from_str(&res.token_sources).map_err(anyhow::Error::from)?;
+    let mut to_consume = consumed;
+    for (sub_id, took) in sources {
+        let used = min(to_consume, took);
+        to_consume -= used;
+        let unused = took - used;
+        if unused <= 0 {
+            continue;
+        }
+        let back = subscriptions::Entity::update_many()
+            .col_expr(
+                subscriptions::Column::TokensRemaining,
+                Expr::col(subscriptions::Column::TokensRemaining).add(unused),
+            )
+            .col_expr(subscriptions::Column::UpdatedAt, Expr::value(now))
+            .filter(subscriptions::Column::Id.eq(sub_id))
+            .filter(subscriptions::Column::ExpiresAt.gt(now))
+            .exec(conn)
+            .await?;
+        if back.rows_affected == 0 {
+            ledger::entry(
+                conn,
+                ledger::Entry {
+                    user_id: res.user_id,
+                    kind: "expire",
+                    amount: 0,
+                    tokens: -unused,
+                    subscription_id: Some(sub_id),
+                    reason: "reserved tokens of a subscription that expired during the request",
+                    actor_user_id: None,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Charges every reservation pending for longer than `max_age_ms` (its process died) for the
+/// full amount reserved, once. Returns how many it resolved.
+pub async fn sweep_stale(db: &Db, max_age_ms: i64) -> Result<usize> {
+    let cutoff = now_ms() - max_age_ms;
+    let mut swept = 0;
+    loop {
+        let stale = reservations::Entity::find()
+            .filter(reservations::Column::State.eq(PENDING))
+            .filter(reservations::Column::CreatedAt.lt(cutoff))
+            .order_by_asc(reservations::Column::CreatedAt)
+            .limit(200)
+            .all(&db.read)
+            .await?;
+        if stale.is_empty() {
+            return Ok(swept);
+        }
+        let batch = stale.len();
+        for res in stale {
+            let model = match res.model_id {
+                Some(id) => models::Entity::find_by_id(id).one(&db.read).await?.map(|m| m.name),
+                None => None,
+            };
+            let resolution = Resolution {
+                state: FinalState::Swept,
+                log: UsageLog {
+                    model: model.unwrap_or_else(|| "unknown".into()),
+                    status_code: 0,
+                    latency_ms: now_ms() - res.created_at,
+                    ttfb_ms: None,
+                    stream: false,
+                    usage_source: "reserved",
+                },
+            };
+            if let Resolved::Charged(charge) = resolve(db, &res.request_id, &resolution).await? {
+                swept += 1;
+                tracing::warn!(
+                    reservation.id = res.id,
+                    user.id = res.user_id,
+                    charged = %format_amount(charge.amount),
+                    tokens = charge.tokens,
+                    "stale reservation charged in full by the sweeper"
+                );
+            }
+        }
+        if batch < 200 {
+            return Ok(swept);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Prices = Prices { input: 2_000_000, output: 8_000_000 };
+
+    #[test]
+    fn subscription_tokens_cover_prompt_first() {
+        assert_eq!(charge_for(0, i64::MAX, 1000, 500, P), Charge { tokens: 0, amount: 2000 + 4000 });
+        assert_eq!(charge_for(1000, i64::MAX, 1000, 500, P), Charge { tokens: 1000, amount: 4000 });
+        assert_eq!(charge_for(1200, i64::MAX, 1000, 500, P), Charge { tokens: 1200, amount: 2400 });
+        assert_eq!(charge_for(5000, i64::MAX, 1000, 500, P), Charge { tokens: 1500, amount: 0 });
+        assert_eq!(charge_for(0, 100, 1000, 500, P), Charge { tokens: 0, amount: 100 });
+        assert_eq!(charge_for(0, i64::MAX, -5, i64::MIN, P), Charge { tokens: 0, amount: 0 });
+    }
+}

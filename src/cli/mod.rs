@@ -1,0 +1,136 @@
+//! The command line: `serve`, `migrate` and the operator commands that make a fresh install
+//! usable without OAuth apps.
+
+mod commands;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use commands::run;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An AI API relay station: keys, prepaid balances, exact billing, an OpenAI-compatible proxy."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server and the background jobs (migrates first unless told not to).
+    Serve(ServeArgs),
+    /// Apply database migrations; running it again changes nothing.
+    Migrate,
+    /// Manage users: create, show, top up, disable.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage token subscriptions.
+    #[command(subcommand)]
+    Subscription(SubscriptionCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Do not apply migrations at start (same as AUTO_MIGRATE=false).
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (with a password, to sign in without OAuth).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Password for email sign-in (at least 10 characters). Prefer --password-stdin.
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Make the user an operator (role admin).
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show a user's role, balance, subscriptions and key count.
+    Show {
+        #[arg(long)]
+        email: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add money to a user's balance (a ledger entry and an audit entry, in one transaction).
+    Topup {
+        #[arg(long)]
+        email: String,
+        /// Amount in currency units, such as 12.50 (at most 6 decimals).
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        /// Why, for the ledger and the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Disable a user: their keys stop working within seconds.
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print only its plaintext on stdout (shown once, never stored).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        #[arg(long)]
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionCommand {
+    /// Grant a token package valid for some days from now.
+    Grant {
+        #[arg(long)]
+        email: String,
+        /// Tokens in the package.
+        #[arg(long, allow_hyphen_values = true)]
+        tokens: i64,
+        /// Days until it expires.
+        #[arg(long, allow_hyphen_values = true)]
+        days: i64,
+        #[arg(long, default_value = "subscription")]
+        name: String,
+    },
+    /// Extend a subscription from its current end date (optionally adding tokens).
+    Renew {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        days: i64,
+        #[arg(long, default_value_t = 0)]
+        tokens: i64,
+    },
+    /// Zero every expired subscription now (the daily job, run by hand).
+    Expire,
+}

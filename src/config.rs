@@ -1,0 +1,366 @@
+//! Every setting, its environment name and default, validated once at start.
+//!
+//! Settings are read from the process environment (and `.env`, loaded by the binary). A bad
+//! value fails start-up with a message that names the variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use url::Url;
+
+use crate::db::{Backend, DEFAULT_SQLITE_PATH};
+use crate::money;
+
+/// A secret value whose `Debug` and `Display` print nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A setting that could not be used; `var` is the environment variable to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { var, message: message.into() }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// An OAuth application and the provider endpoints it talks to.
+#[derive(Clone, Debug)]
+pub struct OAuthProvider {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_url: Url,
+    pub token_url: Url,
+    /// GitHub: the API base (for `/user` and `/user/emails`); Google: the userinfo endpoint.
+    pub api_url: Url,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL`: sqlite://, mysql:// (MariaDB too) or postgres://.
+    pub database_url: String,
+    /// `DATABASE_POOL_SIZE`: connections to MySQL/PostgreSQL (SQLite: the read pool).
+    pub database_pool_size: u32,
+    /// `AUTO_MIGRATE`: apply migrations when `serve` starts.
+    pub auto_migrate: bool,
+    /// `REDIS_URL`: shared cache for several instances; in-process cache when unset.
+    pub redis_url: Option<String>,
+    /// `NEXTAUTH_SECRET` / `AUTH_SECRET`: signs and encrypts cookies.
+    pub auth_secret: Secret,
+    /// True when no auth secret was configured and one was generated for this process.
+    pub auth_secret_generated: bool,
+    /// `GITHUB_ID`, `GITHUB_SECRET`, `GITHUB_AUTH_URL`, `GITHUB_TOKEN_URL`, `GITHUB_API_URL`.
+    pub github: Option<OAuthProvider>,
+    /// `GOOGLE_ID`, `GOOGLE_SECRET`, `GOOGLE_AUTH_URL`, `GOOGLE_TOKEN_URL`, `GOOGLE_USERINFO_URL`.
+    pub google: Option<OAuthProvider>,
+    /// `OPENAI_API_KEY`: the upstream credential.
+    pub openai_api_key: Option<Secret>,
+    /// `OPENAI_BASE_URL`: any OpenAI-compatible endpoint.
+    pub openai_base_url: Url,
+    /// `CRON_SECRET`: bearer secret of the cron endpoint; the endpoint is off without a usable one.
+    pub cron_secret: Option<Secret>,
+    /// `LISTEN_ADDR`.
+    pub listen_addr: SocketAddr,
+    /// `PUBLIC_URL`: the address users reach; decides the `Secure` cookie flag.
+    pub public_url: Url,
+    /// `LOG_FORMAT`: pretty or json.
+    pub log_format: LogFormat,
+    /// `SIGNUP_CREDIT`: money given to a new user at first sign-in, in micro-units.
+    pub signup_credit: i64,
+    /// `SCHEDULER_ENABLED`: run the daily jobs and the sweeper in this instance.
+    pub scheduler_enabled: bool,
+    /// `EXPIRE_SUBSCRIPTIONS_AT`: UTC time of day (HH:MM) of the daily expiry run.
+    pub expire_subscriptions_at: (u8, u8),
+    /// `STALE_RESERVATION_SECS`: a pending reservation older than this is resolved by the sweeper.
+    pub stale_reservation_secs: u64,
+    /// `SWEEP_INTERVAL_SECS`: how often the sweeper looks for stale reservations.
+    pub sweep_interval_secs: u64,
+    /// `SHUTDOWN_GRACE_SECS`: how long shutdown waits for open requests and settlements.
+    pub shutdown_grace_secs: u64,
+}
+
+/// The minimum length of a usable `CRON_SECRET`.
+pub const MIN_CRON_SECRET_LEN: usize = 16;
+const MIN_AUTH_SECRET_LEN: usize = 32;
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| format!("sqlite://{DEFAULT_SQLITE_PATH}"));
+        Backend::from_url(&database_url).map_err(|m| invalid("DATABASE_URL", m))?;
+
+        let database_pool_size: u32 = parse(&get, "DATABASE_POOL_SIZE", 20)?;
+        if database_pool_size == 0 || database_pool_size > 1000 {
+            return Err(invalid("DATABASE_POOL_SIZE", "must be between 1 and 1000"));
+        }
+
+        let redis_url = get("REDIS_URL");
+        if let Some(u) = &redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://"))
+        {
+            return Err(invalid("REDIS_URL", "must start with redis://, rediss:// or redis+unix://"));
+        }
+
+        let (auth_secret, auth_secret_generated) = match get("NEXTAUTH_SECRET").or_else(|| get("AUTH_SECRET")) {
+            Some(s) if s.len() < MIN_AUTH_SECRET_LEN => {
+                return Err(invalid(
+                    "NEXTAUTH_SECRET",
+                    format!("must be at least {MIN_AUTH_SECRET_LEN} characters (try `openssl rand -base64 32`)"),
+                ));
+            }
+            Some(s) => (Secret::new(s), false),
+            None => (Secret::new(crate::crypto::random_token(32)), true),
+        };
+
+        let github = oauth(
+            &get,
+            ["GITHUB_ID", "GITHUB_SECRET", "GITHUB_AUTH_URL", "GITHUB_TOKEN_URL", "GITHUB_API_URL"],
+            [
+                "https://github.com/login/oauth/authorize",
+                "https://github.com/login/oauth/access_token",
+                "https://api.github.com",
+            ],
+        )?;
+        let google = oauth(
+            &get,
+            ["GOOGLE_ID", "GOOGLE_SECRET", "GOOGLE_AUTH_URL", "GOOGLE_TOKEN_URL", "GOOGLE_USERINFO_URL"],
+            [
+                "https://accounts.google.com/o/oauth2/v2/auth",
+                "https://oauth2.googleapis.com/token",
+                "https://openidconnect.googleapis.com/v1/userinfo",
+            ],
+        )?;
+
+        let openai_api_key = get("OPENAI_API_KEY").map(Secret::new);
+        let openai_base_url = url(&get, "OPENAI_BASE_URL", "https://api.openai.com/v1")?;
+        let cron_secret = get("CRON_SECRET").map(Secret::new);
+
+        let listen_addr: SocketAddr =
+            parse(&get, "LISTEN_ADDR", "127.0.0.1:3000".parse().map_err(|_| invalid("LISTEN_ADDR", "bad default"))?)?;
+        let public_url = match get("PUBLIC_URL") {
+            Some(_) => url(&get, "PUBLIC_URL", "")?,
+            None => Url::parse(&format!("http://{listen_addr}")).map_err(|e| invalid("PUBLIC_URL", e.to_string()))?,
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref().unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("LOG_FORMAT", format!("`{other}` is not one of pretty, json"))),
+        };
+
+        let signup_credit = match get("SIGNUP_CREDIT") {
+            Some(v) => money::parse_amount(&v).map_err(|e| invalid("SIGNUP_CREDIT", e.to_string()))?,
+            None => 0,
+        };
+
+        let expire_subscriptions_at = match get("EXPIRE_SUBSCRIPTIONS_AT") {
+            Some(v) => parse_hh_mm(&v)
+                .ok_or_else(|| invalid("EXPIRE_SUBSCRIPTIONS_AT", "must be a UTC time of day as HH:MM"))?,
+            None => (0, 0),
+        };
+
+        let stale_reservation_secs: u64 = parse(&get, "STALE_RESERVATION_SECS", 900)?;
+        if stale_reservation_secs < 60 {
+            return Err(invalid("STALE_RESERVATION_SECS", "must be at least 60"));
+        }
+        let sweep_interval_secs: u64 = parse(&get, "SWEEP_INTERVAL_SECS", 60)?;
+        if sweep_interval_secs == 0 {
+            return Err(invalid("SWEEP_INTERVAL_SECS", "must be at least 1"));
+        }
+
+        Ok(Self {
+            database_url,
+            database_pool_size,
+            auto_migrate: boolean(&get, "AUTO_MIGRATE", true)?,
+            redis_url,
+            auth_secret,
+            auth_secret_generated,
+            github,
+            google,
+            openai_api_key,
+            openai_base_url,
+            cron_secret,
+            listen_addr,
+            public_url,
+            log_format,
+            signup_credit,
+            scheduler_enabled: boolean(&get, "SCHEDULER_ENABLED", true)?,
+            expire_subscriptions_at,
+            stale_reservation_secs,
+            sweep_interval_secs,
+            shutdown_grace_secs: parse(&get, "SHUTDOWN_GRACE_SECS", 30)?,
+        })
+    }
+
+    /// The cron secret when it is long enough to be used; `None` disables the endpoint.
+    pub fn usable_cron_secret(&self) -> Option<&Secret> {
+        self.cron_secret.as_ref().filter(|s| s.expose().len() >= MIN_CRON_SECRET_LEN)
+    }
+
+    /// Cookies get `Secure` unless the public address is plain http.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() != "http"
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match get(var) {
+        Some(v) => v.parse().map_err(|e| invalid(var, format!("`{v}`: {e}"))),
+        None => Ok(default),
+    }
+}
+
+fn boolean(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(invalid(var, format!("`{other}` is not a boolean (true/false)"))),
+    }
+}
+
+fn url(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: &str) -> Result<Url, ConfigError> {
+    let raw = get(var).unwrap_or_else(|| default.to_owned());
+    let parsed = Url::parse(&raw).map_err(|e| invalid(var, format!("`{raw}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(var, "must be an http:// or https:// URL"));
+    }
+    Ok(parsed)
+}
+
+fn oauth(
+    get: &impl Fn(&str) -> Option<String>,
+    [id_var, secret_var, auth_var, token_var, api_var]: [&'static str; 5],
+    [auth_default, token_default, api_default]: [&str; 3],
+) -> Result<Option<OAuthProvider>, ConfigError> {
+    let (id, secret) = match (get(id_var), get(secret_var)) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(invalid(secret_var, format!("must be set when {id_var} is set"))),
+        (None, Some(_)) => return Err(invalid(id_var, format!("must be set when {secret_var} is set"))),
+        (Some(id), Some(secret)) => (id, secret),
+    };
+    Ok(Some(OAuthProvider {
+        client_id: id,
+        client_secret: Secret::new(secret),
+        auth_url: url(get, auth_var, auth_default)?,
+        token_url: url(get, token_var, token_default)?,
+        api_url: url(get, api_var, api_default)?,
+    }))
+}
+
+fn parse_hh_mm(v: &str) -> Option<(u8, u8)> {
+    let (h, m) = v.split_once(':')?;
+    let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_url, "sqlite://data/tollgate.db");
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:3000");
+        assert!(c.auth_secret_generated);
+        assert!(c.github.is_none() && c.google.is_none());
+        assert!(!c.secure_cookies());
+        assert_eq!(c.expire_subscriptions_at, (0, 0));
+        assert!(c.usable_cron_secret().is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("DATABASE_URL", "oracle://x")], "DATABASE_URL"),
+            (&[("DATABASE_POOL_SIZE", "many")], "DATABASE_POOL_SIZE"),
+            (&[("LISTEN_ADDR", "nowhere")], "LISTEN_ADDR"),
+            (&[("NEXTAUTH_SECRET", "short")], "NEXTAUTH_SECRET"),
+            (&[("GITHUB_ID", "abc")], "GITHUB_SECRET"),
+            (&[("GOOGLE_SECRET", "abc")], "GOOGLE_ID"),
+            (&[("OPENAI_BASE_URL", "ftp://x")], "OPENAI_BASE_URL"),
+            (&[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (&[("SIGNUP_CREDIT", "-1")], "SIGNUP_CREDIT"),
+            (&[("EXPIRE_SUBSCRIPTIONS_AT", "25:00")], "EXPIRE_SUBSCRIPTIONS_AT"),
+            (&[("AUTO_MIGRATE", "perhaps")], "AUTO_MIGRATE"),
+            (&[("REDIS_URL", "http://x")], "REDIS_URL"),
+        ];
+        for (vars, var) in cases {
+            let err = config(vars).unwrap_err();
+            assert_eq!(err.var, *var, "{vars:?}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn auth_secret_alias_and_cron_secret_length() {
+        let secret = "s".repeat(40);
+        let c =
+            config(&[("AUTH_SECRET", &secret), ("CRON_SECRET", "too-short"), ("PUBLIC_URL", "https://relay.example")])
+                .unwrap();
+        assert_eq!(c.auth_secret.expose(), secret);
+        assert!(!c.auth_secret_generated);
+        assert!(c.usable_cron_secret().is_none());
+        assert!(c.secure_cookies());
+        assert_eq!(format!("{:?}", c.auth_secret), "Secret([redacted])");
+        let c = config(&[("CRON_SECRET", "0123456789abcdef")]).unwrap();
+        assert!(c.usable_cron_secret().is_some());
+    }
+
+    #[test]
+    fn oauth_endpoints_are_overridable() {
+        let c =
+            config(&[("GITHUB_ID", "id"), ("GITHUB_SECRET", "secret"), ("GITHUB_API_URL", "http://127.0.0.1:9/api")])
+                .unwrap();
+        let gh = c.github.unwrap();
+        assert_eq!(gh.api_url.as_str(), "http://127.0.0.1:9/api");
+        assert_eq!(gh.auth_url.as_str(), "https://github.com/login/oauth/authorize");
+    }
+}

@@ -1,0 +1,13 @@
+//! SeaORM entities: one file a table, columns exactly as the migration creates them.
+
+pub mod accounts;
+pub mod api_keys;
+pub mod audit_logs;
+pub mod balances;
+pub mod credit_transactions;
+pub mod models;
+pub mod reservations;
+pub mod sessions;
+pub mod subscriptions;
+pub mod usage_logs;
+pub mod users;

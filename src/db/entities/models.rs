@@ -1,0 +1,27 @@
+//! A model customers may call, with its upstream name, prices and limits.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "models")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(unique)]
+    pub name: String,
+    pub upstream_model: String,
+    /// Micro-units per 1M prompt tokens.
+    pub input_price: i64,
+    /// Micro-units per 1M completion tokens.
+    pub output_price: i64,
+    pub max_output_tokens: i64,
+    pub context_window: i64,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,35 @@
+//! One row per authenticated API call, failures included.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "usage_logs")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub key_id: Option<i64>,
+    pub model: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    /// Money charged, micro-units.
+    pub cost: i64,
+    /// Subscription tokens consumed.
+    pub subscription_tokens: i64,
+    pub status_code: i32,
+    pub latency_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub stream: bool,
+    /// `upstream` or `estimated`.
+    pub usage_source: String,
+    pub created_at: i64,
+    /// `YYYY-MM-DD` in UTC, precomputed because date functions differ between engines.
+    pub day: String,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

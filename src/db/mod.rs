@@ -1,0 +1,186 @@
+//! Database connections and migrations, for SQLite, MySQL/MariaDB and PostgreSQL.
+//!
+//! SQLite has one writer: several pooled connections writing at once would sleep in SQLite's busy
+//! handler and wreck latency, so on SQLite every write goes through a pool of one connection and
+//! reads use a separate pool. On the server databases both handles are the same pool.
+
+pub mod entities;
+pub mod migrations;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::sqlx::ConnectOptions as _;
+use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, SqlxMySqlConnector,
+    SqlxPostgresConnector, SqlxSqliteConnector, TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use self::migrations::Migrator;
+
+/// The database used when `DATABASE_URL` is not set.
+pub const DEFAULT_SQLITE_PATH: &str = "data/tollgate.db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    MySql,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, by its scheme.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Self::Sqlite),
+            "mysql" | "mariadb" => Ok(Self::MySql),
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "" => Err("a URL such as sqlite://data/tollgate.db, mysql://user:pass@host/db or postgres://user@host/db is expected".into()),
+            other => Err(format!(
+                "unsupported database scheme `{other}:` (supported: sqlite:, mysql:, mariadb:, postgres:, postgresql:)"
+            )),
+        }
+    }
+}
+
+/// Handles to one database: `write` for anything that changes data or reads in order to write,
+/// `read` for plain queries.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub backend: Backend,
+    pub read: DatabaseConnection,
+    pub write: DatabaseConnection,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DATABASE_URL: {0}")]
+    Url(String),
+    #[error("cannot prepare the SQLite directory {path}: {source}")]
+    Directory { path: String, source: std::io::Error },
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sea_orm::sqlx::Error),
+}
+
+impl Db {
+    /// Opens the pools for `url`. `pool_size` bounds the connections of MySQL/PostgreSQL and the
+    /// SQLite read pool.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, ConnectError> {
+        let backend = Backend::from_url(url).map_err(ConnectError::Url)?;
+        let acquire = Duration::from_secs(10);
+        match backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| ConnectError::Url(format!("invalid SQLite URL: {e}")))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+                    .disable_statement_logging();
+                let file = options.get_filename();
+                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+                    && !dir.exists()
+                {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| ConnectError::Directory { path: dir.display().to_string(), source })?;
+                }
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(ConnectError::Connect)?;
+                let read = SqlitePoolOptions::new()
+                    .max_connections(pool_size.max(1))
+                    .acquire_timeout(acquire)
+                    .connect_with(options)
+                    .await
+                    .map_err(ConnectError::Connect)?;
+                Ok(Self {
+                    backend,
+                    read: SqlxSqliteConnector::from_sqlx_sqlite_pool(read),
+                    write: SqlxSqliteConnector::from_sqlx_sqlite_pool(write),
+                })
+            }
+            Backend::MySql => {
+                let url = url.replacen("mariadb:", "mysql:", 1);
+                let options = MySqlConnectOptions::from_str(&url)
+                    .map_err(|e| ConnectError::Url(format!("invalid MySQL URL: {e}")))?
+                    .charset("utf8mb4")
+                    .disable_statement_logging();
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(pool_size.max(1))
+                    .acquire_timeout(acquire)
+                    .connect_with(options)
+                    .await
+                    .map_err(ConnectError::Connect)?;
+                let conn = SqlxMySqlConnector::from_sqlx_mysql_pool(pool);
+                Ok(Self { backend, read: conn.clone(), write: conn })
+            }
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| ConnectError::Url(format!("invalid PostgreSQL URL: {e}")))?
+                    .disable_statement_logging();
+                let pool = PgPoolOptions::new()
+                    .max_connections(pool_size.max(1))
+                    .acquire_timeout(acquire)
+                    .connect_with(options)
+                    .await
+                    .map_err(ConnectError::Connect)?;
+                let conn = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+                Ok(Self { backend, read: conn.clone(), write: conn })
+            }
+        }
+    }
+
+    /// Applies every pending migration; a no-op when the schema is current.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.write, None).await
+    }
+
+    /// Names of the migrations not applied yet.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
+        Ok(Migrator::get_pending_migrations(&self.write).await?.iter().map(|m| m.name().to_owned()).collect())
+    }
+
+    /// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, so a read inside
+    /// it can never be invalidated by another process's write (SQLITE_BUSY_SNAPSHOT).
+    pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.write
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.read.execute_unprepared("SELECT 1").await.is_ok()
+    }
+
+    /// Closes the pools, waiting for connections in use to come back.
+    pub async fn close(self) {
+        let _ = self.read.close().await;
+        if self.backend == Backend::Sqlite {
+            let _ = self.write.close().await;
+        }
+    }
+}
+
+/// The URL of the zero-setup SQLite database inside `dir`.
+pub fn sqlite_url_in(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("tollgate.db").display())
+}
+
+/// True when `err` is a unique-constraint violation, on any backend.
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}

@@ -1,0 +1,47 @@
+//! The one error type of the domain; `http` renders it per surface (OpenAI JSON, JSON, HTML).
+
+use sea_orm::DbErr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is wrong; the message tells the caller what to fix.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credentials, or credentials that do not identify anyone.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Identified, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The change would break a uniqueness rule (an email already in use, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The user cannot cover the worst case of the request.
+    #[error("insufficient balance: this request needs up to {needed} and {available} is available")]
+    InsufficientBalance { needed: String, available: String },
+    /// The database could not be reached or failed.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// A short fixed label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "request.invalid",
+            Self::Unauthorized(_) => "auth.unauthorized",
+            Self::Forbidden(_) => "auth.forbidden",
+            Self::NotFound(_) => "request.not_found",
+            Self::Conflict(_) => "request.conflict",
+            Self::InsufficientBalance { .. } => "billing.insufficient_balance",
+            Self::Database(_) => "database.error",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,53 @@
+//! Rendering of the domain error as `{"error": {"message", "type", "code"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::Error;
+
+/// An error on its way to a client.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match &self.0 {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "authentication_error"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict_error"),
+            Error::InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
+            Error::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.parts();
+        let message = match &self.0 {
+            // Internals are logged with their cause and hidden from the client.
+            Error::Database(e) => {
+                tracing::error!(error = %e, label = self.0.label(), "database error");
+                "the service is temporarily unavailable".to_owned()
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = ?e, label = self.0.label(), "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = json!({ "error": { "message": message, "type": kind, "code": self.0.label() } });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,137 @@
+//! `sk-` keys: generation, storage as a SHA-256 hash, creation and revocation.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+
+use crate::clock::now_ms;
+use crate::crypto;
+use crate::db::entities::api_keys;
+use crate::error::{Error, Result};
+
+/// Every key starts with this.
+pub const PREFIX: &str = "sk-";
+/// `sk-` + base64url(24 bytes) = 3 + 32 characters.
+pub const KEY_LEN: usize = 35;
+/// Non-revoked keys a user may hold at once.
+pub const MAX_KEYS_PER_USER: u64 = 50;
+
+/// A freshly generated key. The plaintext exists only here; `Debug` does not print it.
+pub struct NewKey {
+    pub plaintext: String,
+    pub hash: String,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("hash", &self.hash).finish_non_exhaustive()
+    }
+}
+
+/// Generates a key: `sk-` + base64url of 24 random bytes.
+pub fn generate() -> NewKey {
+    let plaintext = format!("{PREFIX}{}", crypto::random_token(24));
+    let hash = crypto::sha256_hex(&plaintext);
+    NewKey { plaintext, hash }
+}
+
+/// True when `key` has the shape of a key we issue; anything else is rejected before a lookup.
+pub fn is_well_formed(key: &str) -> bool {
+    key.len() == KEY_LEN
+        && key.starts_with(PREFIX)
+        && key[PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The SHA-256 under which a key is stored.
+pub fn hash(key: &str) -> String {
+    crypto::sha256_hex(key)
+}
+
+/// Checks a key name given by a person.
+pub fn normalize_name(raw: Option<&str>) -> Result<String> {
+    let name = raw.map(str::trim).filter(|n| !n.is_empty()).unwrap_or("default");
+    if name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::BadRequest("key names are 1 to 64 printable characters".into()));
+    }
+    Ok(name.to_owned())
+}
+
+/// Creates a key for `user_id` and returns its row and plaintext (shown once, never stored).
+pub async fn create(
+    conn: &impl ConnectionTrait,
+    user_id: i64,
+    name: Option<&str>,
+) -> Result<(api_keys::Model, String)> {
+    let name = normalize_name(name)?;
+    let active = api_keys::Entity::find()
+        .filter(api_keys::Column::UserId.eq(user_id))
+        .filter(api_keys::Column::RevokedAt.is_null())
+        .count(conn)
+        .await?;
+    if active >= MAX_KEYS_PER_USER {
+        return Err(Error::Conflict(format!("a user may hold at most {MAX_KEYS_PER_USER} keys; revoke one first")));
+    }
+    let key = generate();
+    let now = now_ms();
+    let row = api_keys::ActiveModel {
+        user_id: Set(user_id),
+        name: Set(name),
+        key_hash: Set(key.hash.clone()),
+        prefix: Set(key.plaintext[..7].to_owned()),
+        last4: Set(key.plaintext[KEY_LEN - 4..].to_owned()),
+        disabled: Set(false),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    Ok((row, key.plaintext))
+}
+
+/// Marks a key of `user_id` revoked. Returns the revoked row, or `NotFound` when the key does not
+/// exist, belongs to someone else or is already revoked.
+pub async fn revoke(conn: &impl ConnectionTrait, user_id: Option<i64>, key_id: i64) -> Result<api_keys::Model> {
+    let mut find = api_keys::Entity::find_by_id(key_id).filter(api_keys::Column::RevokedAt.is_null());
+    if let Some(uid) = user_id {
+        find = find.filter(api_keys::Column::UserId.eq(uid));
+    }
+    let key = find.one(conn).await?.ok_or_else(|| Error::NotFound(format!("no active key with id {key_id}")))?;
+    let now = now_ms();
+    api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::RevokedAt, Expr::value(now))
+        .col_expr(api_keys::Column::UpdatedAt, Expr::value(now))
+        .filter(api_keys::Column::Id.eq(key.id))
+        .exec(conn)
+        .await?;
+    Ok(api_keys::Model { revoked_at: Some(now), updated_at: now, ..key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_hashed() {
+        let k = generate();
+        assert!(is_well_formed(&k.plaintext), "{}", k.plaintext);
+        assert_eq!(k.hash, hash(&k.plaintext));
+        assert_eq!(k.hash.len(), 64);
+        assert!(!format!("{k:?}").contains(&k.plaintext));
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected() {
+        for bad in [
+            "",
+            "sk-",
+            "sk-short",
+            "pk-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "sk-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!",
+            "sk-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(!is_well_formed(bad), "{bad}");
+        }
+    }
+}

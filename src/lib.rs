@@ -1,0 +1,19 @@
+//! Tollgate: an AI API relay station. Keys, prepaid balances and subscriptions, exact billing,
+//! and an OpenAI-compatible proxy, in one binary.
+
+pub mod accounts;
+pub mod app;
+pub mod audit;
+pub mod billing;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod jobs;
+pub mod keys;
+pub mod money;
+pub mod subscriptions;
+pub mod telemetry;

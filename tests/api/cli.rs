@@ -1,0 +1,154 @@
+//! The operator commands, run as a real process against a real database.
+
+use std::process::{Command, Output};
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use tollgate::db::Db;
+use tollgate::db::entities::{api_keys, audit_logs, credit_transactions};
+
+use crate::helpers::{Backend, empty_db_url};
+use crate::on_all_backends;
+
+fn tollgate(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "command failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+async fn migrate_creates_every_table_once(backend: Backend) {
+    let (url, _dir) = empty_db_url(backend).await;
+    let first = stdout(&tollgate(&url, &["migrate"]));
+    assert!(first.contains("applied 1 migration"), "{first}");
+    let second = stdout(&tollgate(&url, &["migrate"]));
+    assert!(second.contains("nothing to apply"), "{second}");
+    let db = Db::connect(&url, 2).await.unwrap();
+    let tables = [
+        "users",
+        "accounts",
+        "sessions",
+        "api_keys",
+        "balances",
+        "subscriptions",
+        "models",
+        "reservations",
+        "credit_transactions",
+        "usage_logs",
+        "audit_logs",
+    ];
+    for table in tables {
+        use sea_orm::ConnectionTrait;
+        db.read
+            .execute_unprepared(&format!("SELECT COUNT(*) FROM {table}"))
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+}
+
+on_all_backends!(migrate_creates_every_table_once);
+
+#[tokio::test]
+async fn operator_commands_work_end_to_end() {
+    let (url, _dir) = empty_db_url(Backend::Sqlite).await;
+    let out = stdout(&tollgate(
+        &url,
+        &["user", "create", "--email", "Ops@Example.com", "--password", "long-enough-pw", "--admin"],
+    ));
+    assert!(out.contains("role admin"), "{out}");
+
+    // `key create` prints only the key, so scripts can capture it.
+    let key = stdout(&tollgate(&url, &["key", "create", "--email", "ops@example.com", "--name", "ci"]));
+    let key = key.strip_suffix('\n').unwrap();
+    assert!(tollgate::keys::is_well_formed(key), "{key:?}");
+
+    let out = stdout(&tollgate(
+        &url,
+        &["user", "topup", "--email", "ops@example.com", "--amount", "12.50", "--reason", "welcome"],
+    ));
+    assert!(out.contains("12.50"), "{out}");
+    let out = stdout(&tollgate(
+        &url,
+        &["subscription", "grant", "--email", "ops@example.com", "--tokens", "5000", "--days", "30"],
+    ));
+    assert!(out.contains("5000 tokens"), "{out}");
+
+    let show: serde_json::Value =
+        serde_json::from_str(&stdout(&tollgate(&url, &["user", "show", "--email", "ops@example.com", "--json"])))
+            .unwrap();
+    assert_eq!(show["role"], "admin");
+    assert_eq!(show["balance"], "12.50");
+    assert_eq!(show["key_count"], 1);
+    assert_eq!(show["subscriptions"][0]["tokens_remaining"], 5000);
+    let text = stdout(&tollgate(&url, &["user", "show", "--email", "ops@example.com"]));
+    assert!(text.contains("balance: 12.50") && text.contains("5000 of 5000 tokens"), "{text}");
+
+    // Bad input: a clear error, a non-zero exit, nothing changed.
+    for args in [
+        &["user", "topup", "--email", "ops@example.com", "--amount", "-1", "--reason", "x"][..],
+        &["user", "topup", "--email", "ops@example.com", "--amount", "1.2345678", "--reason", "x"],
+        &["user", "topup", "--email", "ops@example.com", "--amount", "abc", "--reason", "x"],
+        &["user", "topup", "--email", "ops@example.com", "--amount", "5", "--reason", " "],
+        &["user", "topup", "--email", "nobody@example.com", "--amount", "5", "--reason", "x"],
+        &["user", "create", "--email", "OPS@example.com"],
+        &["user", "create", "--email", "not-an-email"],
+        &["subscription", "grant", "--email", "ops@example.com", "--tokens", "-5", "--days", "3"],
+    ] {
+        let o = tollgate(&url, args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(!o.stderr.is_empty(), "{args:?} should say why");
+    }
+    let again: serde_json::Value =
+        serde_json::from_str(&stdout(&tollgate(&url, &["user", "show", "--email", "ops@example.com", "--json"])))
+            .unwrap();
+    assert_eq!(again["balance"], "12.50");
+    assert_eq!(again["subscriptions"].as_array().unwrap().len(), 1);
+
+    // The database holds the hash, the ledger entry and the audit entry, never the plaintext.
+    let db = Db::connect(&url, 2).await.unwrap();
+    let stored = api_keys::Entity::find().one(&db.read).await.unwrap().unwrap();
+    assert_eq!(stored.key_hash, tollgate::keys::hash(key));
+    let topups = credit_transactions::Entity::find()
+        .filter(credit_transactions::Column::Kind.eq("topup"))
+        .all(&db.read)
+        .await
+        .unwrap();
+    assert_eq!(topups.len(), 1);
+    assert_eq!((topups[0].amount, topups[0].reason.as_str()), (12_500_000, "welcome"));
+    let audit = audit_logs::Entity::find()
+        .filter(audit_logs::Column::Action.eq("balance.adjust"))
+        .one(&db.read)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(audit.after.unwrap().contains("12.50"));
+    let raw = std::fs::read(url.trim_start_matches("sqlite://")).unwrap();
+    assert!(!raw.windows(key.len()).any(|w| w == key.as_bytes()), "the plaintext key must not be stored");
+
+    // Every command has --help.
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["user", "create", "--help"],
+        &["key", "create", "--help"],
+        &["subscription", "grant", "--help"],
+    ] {
+        assert!(tollgate(&url, args).status.success(), "{args:?}");
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_variable() {
+    let o = tollgate("oracle://nowhere", &["migrate"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("DATABASE_URL") && err.contains("unsupported"), "{err}");
+}

@@ -1,0 +1,13 @@
+//! One integration-test binary: the real app on port 0 against fresh databases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod billing;
+mod cli;
+mod concurrency;
+mod cron;
+mod health;
+mod storage_story;
+mod subscriptions;
