@@ -10,15 +10,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
+use crate::gateway::Gateway;
 use crate::{http, jobs};
+
+/// How long a client may take to send a request head (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
+    pub cache: Cache,
+    pub gateway: Arc<Gateway>,
     /// Work that must finish before the process exits (settlements, jobs).
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -49,6 +61,11 @@ impl Application {
             .await
             .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
         let port = listener.local_addr()?.port();
+        // reqwest uses the process-wide rustls provider; install ring once (a second call fails
+        // harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cache = build_cache(&config)?;
+        let gateway = Arc::new(Gateway::new(&config)?);
         if config.auth_secret_generated {
             tracing::warn!(
                 "NEXTAUTH_SECRET is not set: a random one is used, so sessions end at restart and differ between instances"
@@ -57,8 +74,14 @@ impl Application {
         if config.usable_cron_secret().is_none() {
             tracing::warn!("cron endpoint disabled: CRON_SECRET is unset or shorter than 16 characters");
         }
-        let state =
-            AppState { config: Arc::new(config), db, tasks: TaskTracker::new(), shutdown: CancellationToken::new() };
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            cache,
+            gateway,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        };
         Ok(Self { listener, port, state })
     }
 
@@ -85,14 +108,36 @@ impl Application {
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
         tracing::info!(addr = %listener.local_addr()?, database = ?state.db.backend, "tollgate listening");
 
-        let server = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown({
-            let shutdown = shutdown.clone();
-            async move { shutdown.cancelled().await }
-        });
-        let server = tokio::spawn(async move { server.await });
-        shutdown.cancelled().await;
+        let router = http::router(state.clone());
+        let mut conn_builder = ConnBuilder::new(TokioExecutor::new());
+        conn_builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(c) => c,
+                        Err(err) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %err, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = TowerToHyperService::new(router.clone());
+                    let conn = conn_builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            }
+        }
+        drop(listener);
         tracing::info!("shutting down: draining open requests and settlements");
-        if tokio::time::timeout(grace, server).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!(grace_secs = grace.as_secs(), "open connections outlived the shutdown grace period");
         }
         state.tasks.close();
@@ -102,6 +147,14 @@ impl Application {
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The cache this configuration asks for: Redis in front of nothing else when `REDIS_URL` is set.
+pub fn build_cache(config: &Config) -> anyhow::Result<Cache> {
+    match &config.redis_url {
+        Some(url) => Cache::with_redis(url, &config.redis_prefix).context("REDIS_URL"),
+        None => Ok(Cache::in_process()),
     }
 }
 

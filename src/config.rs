@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use url::Url;
 
@@ -102,6 +103,22 @@ pub struct Config {
     pub sweep_interval_secs: u64,
     /// `SHUTDOWN_GRACE_SECS`: how long shutdown waits for open requests and settlements.
     pub shutdown_grace_secs: u64,
+    /// `REDIS_PREFIX`: prefix of every Redis key (several deployments can share one Redis).
+    pub redis_prefix: String,
+    /// `UPSTREAM_CONNECT_TIMEOUT_MS`.
+    pub upstream_connect_timeout: Duration,
+    /// `UPSTREAM_FIRST_BYTE_TIMEOUT_MS`: until the upstream's response head.
+    pub upstream_first_byte_timeout: Duration,
+    /// `UPSTREAM_IDLE_TIMEOUT_MS`: between two chunks of a stream.
+    pub upstream_idle_timeout: Duration,
+    /// `UPSTREAM_TOTAL_TIMEOUT_MS`: the whole upstream exchange.
+    pub upstream_total_timeout: Duration,
+    /// `UPSTREAM_MAX_RETRIES`: retries before the first byte (429, 5xx, timeouts, refused).
+    pub upstream_max_retries: u32,
+    /// `MAX_CONCURRENT_REQUESTS_PER_USER`: in-flight API requests per user and instance.
+    pub max_concurrent_per_user: u32,
+    /// `MAX_REQUEST_BYTES`: the largest request body accepted.
+    pub max_request_bytes: usize,
 }
 
 /// The minimum length of a usable `CRON_SECRET`.
@@ -195,6 +212,31 @@ impl Config {
         if stale_reservation_secs < 60 {
             return Err(invalid("STALE_RESERVATION_SECS", "must be at least 60"));
         }
+        let ms = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            let v: u64 = parse(&get, var, default)?;
+            if v == 0 {
+                return Err(invalid(var, "must be at least 1"));
+            }
+            Ok(Duration::from_millis(v))
+        };
+        let upstream_connect_timeout = ms("UPSTREAM_CONNECT_TIMEOUT_MS", 10_000)?;
+        let upstream_first_byte_timeout = ms("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", 300_000)?;
+        let upstream_idle_timeout = ms("UPSTREAM_IDLE_TIMEOUT_MS", 120_000)?;
+        let upstream_total_timeout = ms("UPSTREAM_TOTAL_TIMEOUT_MS", 600_000)?;
+        if upstream_total_timeout.as_secs() + 60 > stale_reservation_secs {
+            return Err(invalid(
+                "STALE_RESERVATION_SECS",
+                "must exceed UPSTREAM_TOTAL_TIMEOUT_MS by at least 60 s, or live requests would be swept",
+            ));
+        }
+        let max_concurrent_per_user: u32 = parse(&get, "MAX_CONCURRENT_REQUESTS_PER_USER", 32)?;
+        if max_concurrent_per_user == 0 {
+            return Err(invalid("MAX_CONCURRENT_REQUESTS_PER_USER", "must be at least 1"));
+        }
+        let max_request_bytes: usize = parse(&get, "MAX_REQUEST_BYTES", 10 * 1024 * 1024)?;
+        if max_request_bytes < 1024 {
+            return Err(invalid("MAX_REQUEST_BYTES", "must be at least 1024"));
+        }
         let sweep_interval_secs: u64 = parse(&get, "SWEEP_INTERVAL_SECS", 60)?;
         if sweep_interval_secs == 0 {
             return Err(invalid("SWEEP_INTERVAL_SECS", "must be at least 1"));
@@ -221,6 +263,14 @@ impl Config {
             stale_reservation_secs,
             sweep_interval_secs,
             shutdown_grace_secs: parse(&get, "SHUTDOWN_GRACE_SECS", 30)?,
+            redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "tollgate:".to_owned()),
+            upstream_connect_timeout,
+            upstream_first_byte_timeout,
+            upstream_idle_timeout,
+            upstream_total_timeout,
+            upstream_max_retries: parse(&get, "UPSTREAM_MAX_RETRIES", 2)?,
+            max_concurrent_per_user,
+            max_request_bytes,
         })
     }
 
@@ -331,6 +381,9 @@ mod tests {
             (&[("EXPIRE_SUBSCRIPTIONS_AT", "25:00")], "EXPIRE_SUBSCRIPTIONS_AT"),
             (&[("AUTO_MIGRATE", "perhaps")], "AUTO_MIGRATE"),
             (&[("REDIS_URL", "http://x")], "REDIS_URL"),
+            (&[("UPSTREAM_IDLE_TIMEOUT_MS", "0")], "UPSTREAM_IDLE_TIMEOUT_MS"),
+            (&[("UPSTREAM_TOTAL_TIMEOUT_MS", "9000000")], "STALE_RESERVATION_SECS"),
+            (&[("MAX_CONCURRENT_REQUESTS_PER_USER", "0")], "MAX_CONCURRENT_REQUESTS_PER_USER"),
         ];
         for (vars, var) in cases {
             let err = config(vars).unwrap_err();

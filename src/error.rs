@@ -21,6 +21,15 @@ pub enum Error {
     /// The user cannot cover the worst case of the request.
     #[error("insufficient balance: this request needs up to {needed} and {available} is available")]
     InsufficientBalance { needed: String, available: String },
+    /// The request body is over the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Too many requests: in flight for this user, or the upstream is rate limiting.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_secs: u64 },
+    /// The upstream failed or refused; `status` is what the client gets (400, 413, 502, 504).
+    #[error("{message}")]
+    Upstream { status: u16, message: String, label: &'static str },
     /// The database could not be reached or failed.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
@@ -38,6 +47,9 @@ impl Error {
             Self::NotFound(_) => "request.not_found",
             Self::Conflict(_) => "request.conflict",
             Self::InsufficientBalance { .. } => "billing.insufficient_balance",
+            Self::PayloadTooLarge(_) => "request.too_large",
+            Self::RateLimited { .. } => "limits.too_many_requests",
+            Self::Upstream { label, .. } => label,
             Self::Database(_) => "database.error",
             Self::Internal(_) => "internal",
         }

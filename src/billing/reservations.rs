@@ -74,7 +74,14 @@ pub fn charge_for(sub_tokens: i64, max_amount: i64, prompt: i64, completion: i64
 /// Takes the worst case of a request from the user's subscriptions and balance, and records the
 /// reservation, in one transaction. `InsufficientBalance` when it cannot be covered; then
 /// nothing has changed.
+///
+/// Lock order, shared with `resolve`: subscriptions, then the balance, then the reservation
+/// row — so concurrent reservations and settlements of one user queue instead of deadlocking.
 pub async fn reserve(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
+    crate::db::retry_transient(|| reserve_once(db, req)).await
+}
+
+async fn reserve_once(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
     let worst_tokens = max(req.prompt_tokens, 0).saturating_add(max(req.max_completion_tokens, 0));
     let now = now_ms();
     let txn = db.begin().await?;
@@ -183,6 +190,10 @@ pub enum Resolved {
 /// Ends the reservation of `request_id` exactly once, with its refunds and usage log, in one
 /// transaction. A second call is a no-op that returns `AlreadyResolved`.
 pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Result<Resolved> {
+    crate::db::retry_transient(|| resolve_once(db, request_id, resolution)).await
+}
+
+async fn resolve_once(db: &Db, request_id: &str, resolution: &Resolution) -> Result<Resolved> {
     let now = now_ms();
     let txn = db.begin().await?;
     let Some(res) =
@@ -206,8 +217,14 @@ pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Resu
         FinalState::Swept => (Charge { tokens: res.tokens, amount: res.amount }, SETTLED, 0, 0),
     };
 
-    // The guard: of two concurrent resolutions only one changes this row, and the loser's
-    // transaction (refunds included) is rolled back.
+    // Refunds first (subscriptions, then the balance: the lock order `reserve` uses), then the
+    // guard: of two concurrent resolutions only one changes the reservation row, and the loser's
+    // whole transaction, refunds included, is rolled back.
+    refund_tokens(&txn, &res, charge.tokens, now).await?;
+    let refund = res.amount - charge.amount;
+    if refund > 0 {
+        balance::credit(&txn, res.user_id, refund).await?;
+    }
     let guard = reservations::Entity::update_many()
         .col_expr(reservations::Column::State, Expr::value(state))
         .col_expr(reservations::Column::ChargedAmount, Expr::value(charge.amount))
@@ -222,12 +239,6 @@ pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Resu
         txn.rollback().await?;
         return Ok(Resolved::AlreadyResolved);
     }
-
-    let refund = res.amount - charge.amount;
-    if refund > 0 {
-        balance::credit(&txn, res.user_id, refund).await?;
-    }
-    refund_tokens(&txn, &res, charge.tokens, now).await?;
 
     usage_logs::ActiveModel {
         request_id: Set(res.request_id.clone()),

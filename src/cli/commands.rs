@@ -6,14 +6,16 @@ use anyhow::{Context, bail};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::json;
 
-use super::{Cli, Command, KeyCommand, SubscriptionCommand, UserCommand};
+use super::{Cli, Command, KeyCommand, ModelCommand, SubscriptionCommand, UserCommand};
 use crate::accounts::{self, NewUser, ROLE_ADMIN, ROLE_USER, password};
-use crate::app::Application;
+use crate::app::{Application, build_cache};
 use crate::billing::{balance, ledger};
+use crate::cache::Cache;
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::entities::{api_keys, subscriptions as subs};
+use crate::gateway::{auth, catalog};
 use crate::money::{format_amount, parse_amount};
 use crate::{jobs, keys, subscriptions};
 
@@ -58,13 +60,19 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User(cmd) => {
             let db = open(&config).await?;
-            let result = user(&db, cmd).await;
+            let result = user(&db, &build_cache(&config)?, cmd).await;
             db.close().await;
             result
         }
         Command::Key(cmd) => {
             let db = open(&config).await?;
-            let result = key(&db, cmd).await;
+            let result = key(&db, &build_cache(&config)?, cmd).await;
+            db.close().await;
+            result
+        }
+        Command::Model(cmd) => {
+            let db = open(&config).await?;
+            let result = model(&db, &build_cache(&config)?, cmd).await;
             db.close().await;
             result
         }
@@ -77,7 +85,7 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn user(db: &Db, cmd: UserCommand) -> anyhow::Result<()> {
+async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Create { email, password, password_stdin, admin, name } => {
             let password = if password_stdin {
@@ -123,6 +131,7 @@ async fn user(db: &Db, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Disable { email } => {
             let user = accounts::set_disabled(db, &email, true, None).await?;
+            auth::forget_user_keys(db, cache, user.id).await?;
             out(&format!("disabled {}; their keys stop working within 5 seconds", user.email))
         }
         UserCommand::Enable { email } => {
@@ -200,7 +209,7 @@ async fn show_user(db: &Db, email: &str, as_json: bool) -> anyhow::Result<()> {
     out(&text)
 }
 
-async fn key(db: &Db, cmd: KeyCommand) -> anyhow::Result<()> {
+async fn key(db: &Db, cache: &Cache, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Create { email, name } => {
             let user = accounts::require_by_email(&db.read, &email).await?;
@@ -210,6 +219,7 @@ async fn key(db: &Db, cmd: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Revoke { id } => {
             let row = keys::revoke(&db.write, None, id).await?;
+            auth::forget_revoked(cache, &row.key_hash).await;
             out(&format!("revoked key {} ({}…{}); it stops working within 5 seconds", row.id, row.prefix, row.last4))
         }
     }
@@ -240,6 +250,72 @@ async fn subscription(db: &Db, cmd: SubscriptionCommand) -> anyhow::Result<()> {
         SubscriptionCommand::Expire => {
             let affected = jobs::run_expiry(db).await?;
             out(&format!("expired {affected} subscription(s)"))
+        }
+    }
+}
+
+fn price(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
+    value.map(|v| parse_amount(&v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
+}
+
+async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::List { json } => {
+            let models = catalog::all(&db.read).await?;
+            if json {
+                let list: Vec<_> = models
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "name": m.name,
+                            "upstream_model": m.upstream_model,
+                            "input_price": format_amount(m.input_price),
+                            "output_price": format_amount(m.output_price),
+                            "max_output_tokens": m.max_output_tokens,
+                            "context_window": m.context_window,
+                            "enabled": m.enabled,
+                        })
+                    })
+                    .collect();
+                return out(&serde_json::to_string_pretty(&list)?);
+            }
+            let mut text = format!(
+                "{:<28} {:>12} {:>12} {:>10} {:>10} {:<8} {}",
+                "NAME", "INPUT/1M", "OUTPUT/1M", "MAX OUT", "CONTEXT", "ENABLED", "UPSTREAM"
+            );
+            for m in &models {
+                text.push_str(&format!(
+                    "\n{:<28} {:>12} {:>12} {:>10} {:>10} {:<8} {}",
+                    m.name,
+                    format_amount(m.input_price),
+                    format_amount(m.output_price),
+                    m.max_output_tokens,
+                    m.context_window,
+                    m.enabled,
+                    m.upstream_model
+                ));
+            }
+            out(&text)
+        }
+        ModelCommand::Set { name, input_price, output_price, max_output, context_window, upstream_model, enabled } => {
+            let change = catalog::ModelChange {
+                upstream_model,
+                input_price: price("--input-price", input_price)?,
+                output_price: price("--output-price", output_price)?,
+                max_output_tokens: max_output,
+                context_window,
+                enabled,
+            };
+            let m = catalog::set(db, cache, &name, change, None).await?;
+            out(&format!(
+                "{}: input {} / output {} per 1M tokens, max output {}, context {}, {}",
+                m.name,
+                format_amount(m.input_price),
+                format_amount(m.output_price),
+                m.max_output_tokens,
+                m.context_window,
+                if m.enabled { "enabled" } else { "disabled" }
+            ))
         }
     }
 }

@@ -33,6 +33,39 @@ pub enum Command {
     /// Manage token subscriptions.
     #[command(subcommand)]
     Subscription(SubscriptionCommand),
+    /// Manage the model catalogue and prices.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// List every model with its prices and limits.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a model or change it. Prices are currency units per 1M tokens (such as 2.50).
+    Set {
+        /// The name clients send as `model`.
+        name: String,
+        #[arg(long)]
+        input_price: Option<String>,
+        #[arg(long)]
+        output_price: Option<String>,
+        /// The most output tokens one request may ask for (and the default reservation).
+        #[arg(long)]
+        max_output: Option<i64>,
+        /// Prompt plus output tokens the model accepts.
+        #[arg(long)]
+        context_window: Option<i64>,
+        /// The model name sent upstream (defaults to NAME).
+        #[arg(long)]
+        upstream_model: Option<String>,
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
 }
 
 #[derive(Debug, Args)]

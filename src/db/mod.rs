@@ -118,6 +118,16 @@ impl Db {
                 let pool = MySqlPoolOptions::new()
                     .max_connections(pool_size.max(1))
                     .acquire_timeout(acquire)
+                    // Money statements are single conditional UPDATEs and need no snapshot;
+                    // READ COMMITTED avoids InnoDB's gap locks, which deadlock concurrent
+                    // reservations and settlements under REPEATABLE READ.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sea_orm::sqlx::Executor;
+                            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await
                     .map_err(ConnectError::Connect)?;
@@ -178,6 +188,40 @@ impl Db {
 /// The URL of the zero-setup SQLite database inside `dir`.
 pub fn sqlite_url_in(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("tollgate.db").display())
+}
+
+/// True when `err` is a deadlock or serialization failure that a retry of the whole transaction
+/// resolves (MySQL/MariaDB 1213 and lock wait timeouts, PostgreSQL 40001/40P01).
+pub fn is_transient(err: &DbErr) -> bool {
+    let (DbErr::Exec(runtime) | DbErr::Query(runtime)) = err else { return false };
+    let sea_orm::RuntimeErr::SqlxError(e) = runtime else { return false };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("40001" | "40P01"))
+                || d.message().contains("Deadlock found")
+                || d.message().contains("Lock wait timeout")
+        }
+        _ => false,
+    }
+}
+
+/// Runs `op` (a whole transaction) again while it fails with a transient error, a few times.
+pub async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, crate::error::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::error::Error>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Err(crate::error::Error::Database(e)) if is_transient(&e) && attempt < 8 => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "transaction conflict; retrying");
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// True when `err` is a unique-constraint violation, on any backend.

@@ -1,7 +1,7 @@
 //! Rendering of the domain error as `{"error": {"message", "type", "code"}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -18,6 +18,11 @@ impl From<Error> for ApiError {
 }
 
 impl ApiError {
+    /// The status code this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     fn parts(&self) -> (StatusCode, &'static str) {
         match &self.0 {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
@@ -26,6 +31,12 @@ impl ApiError {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict_error"),
             Error::InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
+            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            Error::Upstream { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                if *status < 500 { "invalid_request_error" } else { "upstream_error" },
+            ),
             Error::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
@@ -48,6 +59,10 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = json!({ "error": { "message": message, "type": kind, "code": self.0.label() } });
-        (status, Json(body)).into_response()
+        let mut res = (status, Json(body)).into_response();
+        if let Error::RateLimited { retry_after_secs, .. } = &self.0 {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        res
     }
 }

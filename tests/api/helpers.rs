@@ -127,7 +127,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _test_db: TestDb,
+    pub database_url: String,
+    app_cache: tollgate::cache::Cache,
+    _test_db: Option<TestDb>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -136,11 +138,22 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     let test_db = fresh_db(backend).await;
-    let config = test_config(&test_db.url, extra);
+    let url = test_db.url.clone();
+    spawn_on(&url, Some(test_db), extra).await
+}
+
+/// Another instance on the same database (as behind a load balancer).
+pub async fn spawn_instance(database_url: &str, extra: &[(&str, &str)]) -> TestApp {
+    spawn_on(database_url, None, extra).await
+}
+
+async fn spawn_on(database_url: &str, test_db: Option<TestDb>, extra: &[(&str, &str)]) -> TestApp {
+    let config = test_config(database_url, extra);
     let app = Application::build(config).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
     let db = app.state().db.clone();
+    let app_cache = app.state().cache.clone();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -148,6 +161,8 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         shutdown,
         server,
+        database_url: database_url.to_owned(),
+        app_cache,
         _test_db: test_db,
     }
 }
@@ -165,10 +180,17 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
-    /// Stops the server the way SIGTERM does and waits for it.
-    pub async fn stop(self) {
+    /// The app's own cache, for changes made from the test.
+    pub fn cache(&self) -> tollgate::cache::Cache {
+        self.app_cache.clone()
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it. The database is kept for as long
+    /// as the returned value lives.
+    pub async fn stop(self) -> Option<TestDb> {
         self.shutdown.cancel();
         self.server.await.unwrap().unwrap();
+        self._test_db
     }
 }
 
@@ -193,5 +215,156 @@ pub async fn assert_books_balance(db: &Db, user_id: i64) {
     let r = reconcile(&db.read, user_id).await.unwrap();
     if let Err(problem) = r.check() {
         panic!("billing invariant broken for user {user_id}: {problem}");
+    }
+}
+
+pub use tollgate_fake_upstream::{FakeUpstream, Mode};
+
+/// The upstream credential tests configure; it must never reach a client or the database.
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789abcdef";
+/// The test model: 1 micro-unit per prompt token, 2 per completion token, at most 100 out.
+pub const MODEL: &str = "test-model";
+pub const MAX_OUT: i64 = 100;
+
+/// The app in front of a fake upstream, with the test model in the catalogue.
+pub struct Gateway {
+    pub app: TestApp,
+    pub fake: FakeUpstream,
+}
+
+pub async fn spawn_gateway(backend: Backend, mode: Mode, extra: &[(&str, &str)]) -> Gateway {
+    let fake = FakeUpstream::start(mode).await.unwrap();
+    let base = fake.base_url();
+    let mut vars: Vec<(&str, &str)> = vec![("OPENAI_BASE_URL", &base), ("OPENAI_API_KEY", UPSTREAM_KEY)];
+    vars.extend_from_slice(extra);
+    let app = spawn_app_with(backend, &vars).await;
+    add_test_model(&app).await;
+    Gateway { app, fake }
+}
+
+pub async fn add_test_model(app: &TestApp) {
+    let cache = tollgate::cache::Cache::in_process();
+    tollgate::gateway::catalog::set(
+        &app.db,
+        &cache,
+        MODEL,
+        tollgate::gateway::catalog::ModelChange {
+            upstream_model: Some("upstream-model".into()),
+            input_price: Some(1_000_000),
+            output_price: Some(2_000_000),
+            max_output_tokens: Some(MAX_OUT),
+            context_window: Some(100_000),
+            enabled: Some(true),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// A chat body for the test model.
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({ "model": MODEL, "stream": stream, "messages": [{ "role": "user", "content": "Say hello." }] })
+}
+
+/// The worst case the gateway reserves for `body` (prompt estimate + output cap), micro-units.
+pub fn worst_case(body: &serde_json::Value, max_out: i64) -> i64 {
+    let prompt = tollgate::gateway::tokens::count_prompt("upstream-model", body.as_object().unwrap());
+    prompt + 2 * max_out
+}
+
+impl TestApp {
+    /// A user with `balance` micro-units and one key.
+    pub async fn customer(&self, email: &str, balance: i64) -> (i64, String) {
+        let user = user_with_balance(&self.db, email, balance).await;
+        let (_, key) = tollgate::keys::create(&self.db.write, user, None).await.unwrap();
+        (user, key)
+    }
+
+    pub async fn chat(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/chat/completions", self.address))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `user` has no pending reservation (settlement runs after the response).
+    pub async fn settled(&self, user: i64) {
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        use tollgate::db::entities::reservations;
+        for _ in 0..200 {
+            let pending = reservations::Entity::find()
+                .filter(reservations::Column::UserId.eq(user))
+                .filter(reservations::Column::State.eq("pending"))
+                .count(&self.db.read)
+                .await
+                .unwrap();
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("user {user} still has pending reservations");
+    }
+
+    pub async fn balance(&self, user: i64) -> i64 {
+        tollgate::billing::balance::amount(&self.db.read, user).await.unwrap()
+    }
+
+    /// The usage rows of `user`, oldest first.
+    pub async fn usage(&self, user: i64) -> Vec<tollgate::db::entities::usage_logs::Model> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+        use tollgate::db::entities::usage_logs;
+        usage_logs::Entity::find()
+            .filter(usage_logs::Column::UserId.eq(user))
+            .order_by_asc(usage_logs::Column::Id)
+            .all(&self.db.read)
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `check` every 50 ms for up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Reads an SSE response to the end and returns its `data:` payloads.
+pub async fn sse_data(res: reqwest::Response) -> Vec<String> {
+    let text = res.text().await.unwrap();
+    text.split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_owned)).collect()
+}
+
+/// Test-only lookups on entities.
+pub trait FindByHash {
+    /// The id of the key whose plaintext is `key`.
+    fn find_by_hash(key: &str, db: &Db) -> impl std::future::Future<Output = i64>;
+}
+
+impl FindByHash for tollgate::db::entities::api_keys::Entity {
+    async fn find_by_hash(key: &str, db: &Db) -> i64 {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        use tollgate::db::entities::api_keys;
+        api_keys::Entity::find()
+            .filter(api_keys::Column::KeyHash.eq(tollgate::keys::hash(key)))
+            .one(&db.read)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
     }
 }

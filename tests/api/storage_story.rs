@@ -76,8 +76,8 @@ async fn storage_story(backend: Backend) {
 
     // models
     let model = models::ActiveModel {
-        name: Set("gpt-4o-mini".into()),
-        upstream_model: Set("gpt-4o-mini".into()),
+        name: Set("story-model".into()),
+        upstream_model: Set("story-upstream".into()),
         input_price: Set(150_000),
         output_price: Set(600_000),
         max_output_tokens: Set(16_384),

@@ -1,0 +1,292 @@
+//! A scriptable OpenAI-compatible upstream. It counts its calls, records the raw headers and
+//! bodies it received, and misbehaves on request: no usage, usage in every chunk, slow chunks,
+//! stalls, mid-stream resets, error statuses, redirects.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// How the fake answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// As OpenAI does: JSON with usage, or a stream whose usage chunk comes only when asked.
+    Normal,
+    /// JSON without `usage`; streams never send usage.
+    NoUsage,
+    /// Streams repeat the running usage in every chunk.
+    UsageEveryChunk,
+    /// Streams pause this long before every chunk.
+    SlowChunks(Duration),
+    /// Streams send `after` chunks, then nothing, forever.
+    Stall { after: usize },
+    /// Streams send `after` chunks, then cut the connection.
+    Reset { after: usize },
+    /// Answer with this status and an OpenAI error body (naming an organisation).
+    Status(u16),
+    /// Fail with `status` for the first `times` calls, then answer normally.
+    FailThenOk { status: u16, times: usize },
+    /// Wait this long before the response head.
+    DelayHead(Duration),
+    /// Redirect to `location`.
+    Redirect(String),
+}
+
+/// The content of the completion: `chunks` pieces of text.
+pub const PROMPT_TOKENS: i64 = 17;
+
+#[derive(Debug)]
+pub struct Shared {
+    pub mode: Mutex<Mode>,
+    /// Completion chunks per answer (each counts one completion token).
+    pub chunks: Mutex<usize>,
+    pub calls: AtomicUsize,
+    /// Streams whose reader went away before the end.
+    pub cancelled: AtomicUsize,
+    /// Streams currently being sent.
+    pub open_streams: AtomicUsize,
+    pub headers: Mutex<Vec<HeaderMap>>,
+    pub bodies: Mutex<Vec<Value>>,
+    /// Keep headers and bodies (off in the benchmark).
+    pub record: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+}
+
+impl FakeUpstream {
+    /// Starts the fake on 127.0.0.1, port 0.
+    pub async fn start(mode: Mode) -> std::io::Result<Self> {
+        Self::bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?, mode, true).await
+    }
+
+    pub async fn bind(addr: SocketAddr, mode: Mode, record: bool) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            mode: Mutex::new(mode),
+            chunks: Mutex::new(5),
+            calls: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+            open_streams: AtomicUsize::new(0),
+            headers: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
+            record,
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .route("/chat/completions", post(completions))
+            .route("/elsewhere", post(completions))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    /// The base URL to give Tollgate as `OPENAI_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        if let Ok(mut m) = self.shared.mode.lock() {
+            *m = mode;
+        }
+    }
+
+    pub fn set_chunks(&self, n: usize) {
+        if let Ok(mut c) = self.shared.chunks.lock() {
+            *c = n;
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.shared.open_streams.load(Ordering::SeqCst)
+    }
+
+    pub fn headers(&self) -> Vec<HeaderMap> {
+        self.shared.headers.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.shared.bodies.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+fn error_response(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({ "error": {
+        "message": format!("fake upstream error {} for organization org-FAKE123 (key sk-fakefakefake1234)", status.as_u16()),
+        "type": "server_error",
+        "code": null,
+    }});
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut().insert("openai-organization", HeaderValue::from_static("org-FAKE123"));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    }
+    res
+}
+
+async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let call = shared.calls.fetch_add(1, Ordering::SeqCst);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if shared.record {
+        if let Ok(mut h) = shared.headers.lock() {
+            h.push(headers);
+        }
+        if let Ok(mut b) = shared.bodies.lock() {
+            b.push(request.clone());
+        }
+    }
+    let mode = shared.mode.lock().map(|m| m.clone()).unwrap_or(Mode::Normal);
+    let chunks = shared.chunks.lock().map(|c| *c).unwrap_or(5);
+    match &mode {
+        Mode::Status(code) => return error_response(*code),
+        Mode::FailThenOk { status, times } if call < *times => return error_response(*status),
+        Mode::DelayHead(d) => tokio::time::sleep(*d).await,
+        Mode::Redirect(location) => {
+            let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(location) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            return res;
+        }
+        _ => {}
+    }
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("fake").to_owned();
+    if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let asked = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+        stream_response(shared, mode, model, chunks, asked)
+    } else {
+        json_response(&mode, &model, chunks)
+    }
+}
+
+fn usage(completion: usize) -> Value {
+    let completion = i64::try_from(completion).unwrap_or(i64::MAX);
+    json!({ "prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion })
+}
+
+/// The text of chunk `i`: one token each.
+pub fn piece(i: usize) -> String {
+    if i == 0 { "Hello".to_owned() } else { format!(" w{i}") }
+}
+
+fn json_response(mode: &Mode, model: &str, chunks: usize) -> Response {
+    let text: String = (0..chunks).map(piece).collect();
+    let mut body = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+        "usage": usage(chunks),
+    });
+    if *mode == Mode::NoUsage
+        && let Some(o) = body.as_object_mut()
+    {
+        o.remove("usage");
+    }
+    let mut res = axum::Json(body).into_response();
+    res.headers_mut().insert("openai-organization", HeaderValue::from_static("org-FAKE123"));
+    res
+}
+
+fn chunk(model: &str, i: usize, usage_value: Option<Value>) -> Bytes {
+    let mut c = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{ "index": 0, "delta": { "content": piece(i) }, "finish_reason": null }],
+    });
+    if let (Some(u), Some(o)) = (usage_value, c.as_object_mut()) {
+        o.insert("usage".into(), u);
+    }
+    Bytes::from(format!("data: {c}\n\n"))
+}
+
+/// Counts an open stream and, when dropped before `completed`, a cancelled one.
+struct StreamGuard {
+    shared: Arc<Shared>,
+    completed: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.shared.open_streams.fetch_sub(1, Ordering::SeqCst);
+        if !self.completed {
+            self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn stream_response(shared: Arc<Shared>, mode: Mode, model: String, chunks: usize, asked: bool) -> Response {
+    shared.open_streams.fetch_add(1, Ordering::SeqCst);
+    let guard = StreamGuard { shared, completed: false };
+    let stream = futures_util::stream::unfold((0usize, guard), move |(i, mut guard)| {
+        let (mode, model) = (mode.clone(), model.clone());
+        async move {
+            match &mode {
+                Mode::SlowChunks(d) => tokio::time::sleep(*d).await,
+                Mode::Stall { after } if i == *after => {
+                    std::future::pending::<()>().await;
+                }
+                Mode::Reset { after } if i == *after => {
+                    // Let the chunks before flush, so the reset is really mid-stream.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    guard.completed = true;
+                    return Some((Err(std::io::Error::other("connection reset")), (i + 1, guard)));
+                }
+                _ => {}
+            }
+            if i < chunks {
+                let u = (mode == Mode::UsageEveryChunk).then(|| usage(i + 1));
+                return Some((Ok(chunk(&model, i, u)), (i + 1, guard)));
+            }
+            if i == chunks {
+                let final_usage = match mode {
+                    Mode::NoUsage => None,
+                    _ if asked => {
+                        let c = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(chunks) });
+                        Some(Bytes::from(format!("data: {c}\n\n")))
+                    }
+                    _ => None,
+                };
+                if let Some(b) = final_usage {
+                    return Some((Ok(b), (i + 1, guard)));
+                }
+            }
+            if i <= chunks + 1 && !guard.completed {
+                guard.completed = true;
+                return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (chunks + 2, guard)));
+            }
+            None
+        }
+    });
+    let mut res = Response::new(Body::from_stream(stream));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    res
+}

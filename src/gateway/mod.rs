@@ -1,0 +1,37 @@
+//! The hot path: `/v1/chat/completions` and `/v1/models`, key authentication, the upstream
+//! client, the SSE relay and token counting.
+
+pub mod auth;
+pub mod catalog;
+pub mod chat;
+mod chunks;
+pub mod limits;
+pub mod relay;
+pub mod settle;
+pub mod sse;
+pub mod tokens;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use self::limits::InFlight;
+use self::upstream::Upstream;
+use crate::config::Config;
+
+/// What the gateway holds across requests.
+#[derive(Debug)]
+pub struct Gateway {
+    pub upstream: Upstream,
+    pub inflight: Arc<InFlight>,
+    pub max_request_bytes: usize,
+}
+
+impl Gateway {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            upstream: Upstream::new(config)?,
+            inflight: InFlight::new(config.max_concurrent_per_user),
+            max_request_bytes: config.max_request_bytes,
+        })
+    }
+}

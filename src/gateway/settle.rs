@@ -1,0 +1,158 @@
+//! The settlement guard of one request. Whatever happens after the reservation — a normal end,
+//! an upstream failure, a client that disconnects, a panic — the reservation is resolved
+//! exactly once, from a tracked task that outlives the request and is drained at shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+
+use super::tokens::count_text;
+use crate::billing::{FinalState, Prices, Resolution, Resolved, UsageLog, resolve};
+use crate::cache::{self, Cache};
+use crate::db::Db;
+use crate::error::Error;
+
+/// Usage as the upstream reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// The end of a request, as far as billing is concerned.
+#[derive(Clone, Copy, Debug)]
+pub enum Ending {
+    /// Something was (or may have been) generated: charge the usage, or the estimate.
+    Delivered { status: i32 },
+    /// Nothing was delivered (the upstream failed before its first byte): refund everything.
+    Nothing { status: i32 },
+}
+
+pub struct Settler {
+    pub db: Db,
+    pub cache: Cache,
+    pub tasks: TaskTracker,
+    pub request_id: String,
+    pub user_id: i64,
+    pub model: String,
+    pub prices: Prices,
+    pub stream: bool,
+    pub started: Instant,
+    /// Our prompt estimate, used when the upstream reports no usage.
+    pub prompt_estimate: i64,
+    /// The last usage block the upstream sent.
+    pub usage: Option<Usage>,
+    /// Text generated so far, for the estimate when no usage arrives.
+    pub completion_text: String,
+    pub ttfb: Option<Duration>,
+    done: bool,
+}
+
+impl Settler {
+    #[expect(clippy::too_many_arguments, reason = "one constructor for one request's billing context")]
+    pub fn new(
+        db: Db,
+        cache: Cache,
+        tasks: TaskTracker,
+        request_id: String,
+        user_id: i64,
+        model: String,
+        prices: Prices,
+        stream: bool,
+        started: Instant,
+        prompt_estimate: i64,
+    ) -> Self {
+        Self {
+            db,
+            cache,
+            tasks,
+            request_id,
+            user_id,
+            model,
+            prices,
+            stream,
+            started,
+            prompt_estimate,
+            usage: None,
+            completion_text: String::new(),
+            ttfb: None,
+            done: false,
+        }
+    }
+
+    /// Resolves the reservation (once; later calls do nothing).
+    pub fn finish(&mut self, ending: Ending) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let (state, status, source) = match ending {
+            Ending::Nothing { status } => (FinalState::Voided, status, "upstream"),
+            Ending::Delivered { status } => {
+                let (usage, source) = match self.usage {
+                    Some(u) => (u, "upstream"),
+                    None => (
+                        Usage {
+                            prompt_tokens: self.prompt_estimate,
+                            completion_tokens: count_text(&self.model, &self.completion_text),
+                        },
+                        "estimated",
+                    ),
+                };
+                let state = FinalState::Settled {
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    prices: self.prices,
+                };
+                (state, status, source)
+            }
+        };
+        let resolution = Resolution {
+            state,
+            log: UsageLog {
+                model: self.model.clone(),
+                status_code: status,
+                latency_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                ttfb_ms: self.ttfb.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                stream: self.stream,
+                usage_source: source,
+            },
+        };
+        let (db, cache, request_id, user_id) =
+            (self.db.clone(), self.cache.clone(), self.request_id.clone(), self.user_id);
+        self.tasks.spawn(async move { settle_with_retries(&db, &cache, &request_id, user_id, &resolution).await });
+    }
+}
+
+impl Drop for Settler {
+    /// The request ended without saying how (client gone, panic, early return): bill what was
+    /// generated so far — never the whole reservation, never nothing.
+    fn drop(&mut self) {
+        self.finish(Ending::Delivered { status: 499 });
+    }
+}
+
+/// Resolves, retrying while the database is unreachable. If it stays unreachable, the
+/// reservation stays pending and the sweeper charges it later.
+async fn settle_with_retries(db: &Db, cache: &Cache, request_id: &str, user_id: i64, resolution: &Resolution) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=8 {
+        match resolve(db, request_id, resolution).await {
+            Ok(Resolved::Charged(charge)) => {
+                tracing::debug!(request.id = request_id, cost = charge.amount, tokens = charge.tokens, "settled");
+                cache.delete(&cache::user_balance(user_id)).await;
+                return;
+            }
+            Ok(Resolved::AlreadyResolved) => return,
+            Err(Error::Database(err)) => {
+                tracing::warn!(request.id = request_id, attempt, error = %err, "settlement failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(err) => {
+                tracing::error!(request.id = request_id, error = %err, "settlement failed");
+                return;
+            }
+        }
+    }
+    tracing::error!(request.id = request_id, "settlement gave up; the sweeper will resolve the reservation");
+}

@@ -1,0 +1,196 @@
+//! The upstream client: pooled connections, separate timeouts, no redirects, our credentials
+//! only, and bounded retries before the first byte.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use url::Url;
+
+use crate::config::{Config, Secret};
+
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Until the response head arrives.
+    pub first_byte: Duration,
+    /// Between two chunks of a streamed body.
+    pub idle: Duration,
+    /// The whole exchange.
+    pub total: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    completions_url: Url,
+    api_key: Option<Secret>,
+    pub timeouts: Timeouts,
+    max_retries: u32,
+}
+
+/// Why the upstream gave no usable response.
+#[derive(Debug)]
+pub enum UpstreamFailure {
+    /// No response head in time (or the connection could not be made in time).
+    Timeout,
+    /// The connection failed.
+    Connect(String),
+    /// A response with a non-success status.
+    Status { status: u16, retry_after: Option<u64>, body: String },
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.upstream_connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut base = config.openai_base_url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self {
+            client,
+            completions_url: base.join("chat/completions")?,
+            api_key: config.openai_api_key.clone(),
+            timeouts: Timeouts {
+                connect: config.upstream_connect_timeout,
+                first_byte: config.upstream_first_byte_timeout,
+                idle: config.upstream_idle_timeout,
+                total: config.upstream_total_timeout,
+            },
+            max_retries: config.upstream_max_retries,
+        })
+    }
+
+    fn headers(&self, stream: bool, beta: Option<&HeaderValue>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(ACCEPT, HeaderValue::from_static(if stream { "text/event-stream" } else { "application/json" }));
+        if let Some(key) = &self.api_key
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        {
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+        if let Some(beta) = beta {
+            h.insert("openai-beta", beta.clone());
+        }
+        h
+    }
+
+    /// Sends the request, retrying (with the same body and reservation) on connection errors,
+    /// timeouts, 429 and 5xx, until a successful response head arrives or retries run out.
+    pub async fn send(
+        &self,
+        body: bytes::Bytes,
+        stream: bool,
+        beta: Option<&HeaderValue>,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, UpstreamFailure> {
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = self.timeouts.first_byte.min(left);
+            let req =
+                self.client.post(self.completions_url.clone()).headers(self.headers(stream, beta)).body(body.clone());
+            let failure = match tokio::time::timeout(wait, req.send()).await {
+                Err(_) => UpstreamFailure::Timeout,
+                Ok(Err(e)) if e.is_timeout() => UpstreamFailure::Timeout,
+                Ok(Err(e)) => UpstreamFailure::Connect(e.without_url().to_string()),
+                Ok(Ok(res)) if res.status().is_success() => return Ok(res),
+                Ok(Ok(res)) => {
+                    let status = res.status().as_u16();
+                    let retry_after = res
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse().ok());
+                    let body = read_error_body(res).await;
+                    UpstreamFailure::Status { status, retry_after, body }
+                }
+            };
+            let retriable = match &failure {
+                UpstreamFailure::Timeout | UpstreamFailure::Connect(_) => true,
+                UpstreamFailure::Status { status, .. } => *status == 429 || *status >= 500,
+            };
+            if !retriable || attempt >= self.max_retries || Instant::now() >= deadline {
+                return Err(failure);
+            }
+            attempt += 1;
+            let backoff = Duration::from_millis(100 * 3u64.pow(attempt - 1));
+            tracing::info!(attempt, backoff_ms = backoff.as_millis() as u64, "retrying the upstream");
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+}
+
+/// The first 8 KiB of an error body, for our logs and a redacted message.
+async fn read_error_body(mut res: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(5), res.chunk()).await {
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= 8192 {
+            buf.truncate(8192);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Removes what identifies our upstream account from a message: organisation and project ids and
+/// anything shaped like a key.
+pub fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while !rest.is_empty() {
+        // A prefix counts only at the start of a word: `task-` holds no key.
+        let at_word_start = |i: usize| i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
+        let hit = ["org-", "proj_", "sk-"]
+            .iter()
+            .filter_map(|p| rest.match_indices(p).map(|(i, _)| i).find(|i| at_word_start(*i)).map(|i| (i, *p)))
+            .min_by_key(|(i, _)| *i);
+        let Some((i, prefix)) = hit else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(&rest[..i]);
+        let after = &rest[i + prefix.len()..];
+        let len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').count();
+        out.push_str(prefix);
+        if len > 0 {
+            out.push_str("***");
+        }
+        rest = &after[len..];
+    }
+    out
+}
+
+/// The `message` of an OpenAI-shaped error body, redacted; a generic text otherwise.
+pub fn error_message(body: &str) -> String {
+    let msg = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.get("message")).and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "the upstream refused the request".to_owned());
+    redact(&msg.chars().take(1000).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_account_identifiers() {
+        assert_eq!(
+            redact("Rate limit reached for gpt-4 in organization org-AbC123 on tokens; key sk-proj-abcdef012345"),
+            "Rate limit reached for gpt-4 in organization org-*** on tokens; key sk-***"
+        );
+        assert_eq!(redact("project proj_XYZ and task-sk-"), "project proj_*** and task-sk-");
+        assert_eq!(error_message(r#"{"error":{"message":"bad org-1"}}"#), "bad org-***");
+        assert_eq!(error_message("<html>"), "the upstream refused the request");
+    }
+}
