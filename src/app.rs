@@ -21,9 +21,6 @@ use crate::db::Db;
 use crate::gateway::Gateway;
 use crate::{http, jobs};
 
-/// How long a client may take to send a request head (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -110,7 +107,7 @@ impl Application {
 
         let router = http::router(state.clone());
         let mut conn_builder = ConnBuilder::new(TokioExecutor::new());
-        conn_builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        conn_builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {

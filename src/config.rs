@@ -119,6 +119,10 @@ pub struct Config {
     pub max_concurrent_per_user: u32,
     /// `MAX_REQUEST_BYTES`: the largest request body accepted.
     pub max_request_bytes: usize,
+    /// `HEADER_READ_TIMEOUT_MS`: how long a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_MS`: how long a client may take to send a request body.
+    pub body_read_timeout: Duration,
 }
 
 /// The minimum length of a usable `CRON_SECRET`.
@@ -271,6 +275,8 @@ impl Config {
             upstream_max_retries: parse(&get, "UPSTREAM_MAX_RETRIES", 2)?,
             max_concurrent_per_user,
             max_request_bytes,
+            header_read_timeout: ms("HEADER_READ_TIMEOUT_MS", 10_000)?,
+            body_read_timeout: ms("BODY_READ_TIMEOUT_MS", 30_000)?,
         })
     }
 

@@ -21,6 +21,9 @@ pub enum Error {
     /// The user cannot cover the worst case of the request.
     #[error("insufficient balance: this request needs up to {needed} and {available} is available")]
     InsufficientBalance { needed: String, available: String },
+    /// The client was too slow to send its request.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request body is over the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -48,6 +51,7 @@ impl Error {
             Self::Conflict(_) => "request.conflict",
             Self::InsufficientBalance { .. } => "billing.insufficient_balance",
             Self::PayloadTooLarge(_) => "request.too_large",
+            Self::RequestTimeout(_) => "request.timeout",
             Self::RateLimited { .. } => "limits.too_many_requests",
             Self::Upstream { label, .. } => label,
             Self::Database(_) => "database.error",

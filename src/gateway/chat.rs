@@ -85,7 +85,12 @@ async fn handle(
     if declared.is_some_and(|n| n > limit) {
         return Err(fail(too_large(), ""));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| fail(too_large(), ""))?;
+    // A body that trickles in is cut off (slowloris); one over the limit is refused.
+    let bytes = match tokio::time::timeout(state.gateway.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => return Err(fail(Error::RequestTimeout("the request body did not arrive in time".into()), "")),
+        Ok(Err(_)) => return Err(fail(too_large(), "")),
+        Ok(Ok(b)) => b,
+    };
     let mut request: Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| fail(bad(format!("We could not parse the JSON body of your request: {e}")), ""))?;
 

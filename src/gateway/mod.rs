@@ -24,6 +24,7 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub inflight: Arc<InFlight>,
     pub max_request_bytes: usize,
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Gateway {
@@ -32,6 +33,7 @@ impl Gateway {
             upstream: Upstream::new(config)?,
             inflight: InFlight::new(config.max_concurrent_per_user),
             max_request_bytes: config.max_request_bytes,
+            body_read_timeout: config.body_read_timeout,
         })
     }
 }

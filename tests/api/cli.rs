@@ -152,3 +152,62 @@ fn configuration_errors_name_the_variable() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("DATABASE_URL") && err.contains("unsupported"), "{err}");
 }
+
+#[tokio::test]
+async fn models_keys_and_users_are_managed_from_the_command_line() {
+    let (url, _dir) = empty_db_url(Backend::Sqlite).await;
+    stdout(&tollgate(&url, &["migrate"]));
+    // The starter catalogue is there.
+    let list: serde_json::Value = serde_json::from_str(&stdout(&tollgate(&url, &["model", "list", "--json"]))).unwrap();
+    let mini = list.as_array().unwrap().iter().find(|m| m["name"] == "gpt-4o-mini").unwrap();
+    assert_eq!((mini["input_price"].as_str(), mini["output_price"].as_str()), (Some("0.15"), Some("0.60")));
+
+    let out = stdout(&tollgate(
+        &url,
+        &[
+            "model",
+            "set",
+            "house-model",
+            "--input-price",
+            "1.25",
+            "--output-price",
+            "5",
+            "--max-output",
+            "2048",
+            "--upstream-model",
+            "gpt-4o",
+        ],
+    ));
+    assert!(out.contains("input 1.25 / output 5.00"), "{out}");
+    stdout(&tollgate(&url, &["model", "set", "house-model", "--enabled", "false"]));
+    let table = stdout(&tollgate(&url, &["model", "list"]));
+    let row = table.lines().find(|l| l.starts_with("house-model")).unwrap();
+    assert!(row.contains("false") && row.contains("gpt-4o") && row.contains("2048"), "{row}");
+    for bad in [
+        &["model", "set", "new-model", "--input-price", "1"][..],
+        &["model", "set", "house-model", "--input-price", "-1"],
+        &["model", "set", "bad name", "--input-price", "1", "--output-price", "1"],
+        &["model", "set", "house-model", "--max-output", "0"],
+    ] {
+        let o = tollgate(&url, bad);
+        assert!(!o.status.success() && !o.stderr.is_empty(), "{bad:?}");
+    }
+
+    stdout(&tollgate(&url, &["user", "create", "--email", "cli@example.com"]));
+    let key = stdout(&tollgate(&url, &["key", "create", "--email", "cli@example.com"]));
+    let db = Db::connect(&url, 2).await.unwrap();
+    let row = api_keys::Entity::find().one(&db.read).await.unwrap().unwrap();
+    assert_eq!(row.key_hash, tollgate::keys::hash(key.trim()));
+    let out = stdout(&tollgate(&url, &["key", "revoke", "--id", &row.id.to_string()]));
+    assert!(out.contains("revoked"), "{out}");
+    assert!(!tollgate(&url, &["key", "revoke", "--id", &row.id.to_string()]).status.success(), "already revoked");
+    let revoked = api_keys::Entity::find_by_id(row.id).one(&db.read).await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+
+    stdout(&tollgate(&url, &["user", "disable", "--email", "cli@example.com"]));
+    let show: serde_json::Value =
+        serde_json::from_str(&stdout(&tollgate(&url, &["user", "show", "--email", "cli@example.com", "--json"])))
+            .unwrap();
+    assert_eq!(show["disabled"], true);
+    stdout(&tollgate(&url, &["user", "enable", "--email", "cli@example.com"]));
+}

@@ -121,3 +121,84 @@ on_all_backends!(
     only_our_credentials_reach_the_upstream,
     redis_down_still_authenticates_and_bills,
 );
+
+/// A Redis server of the test's own, on a free port, that the test can stop and start.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (it is on CI machines)");
+        Self { port, child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn wait_up(&self) {
+        let port = self.port.to_string();
+        crate::helpers::eventually(10, "redis-server answers", || {
+            let port = port.clone();
+            async move {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", &port, "ping"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            }
+        })
+        .await;
+    }
+
+    fn keys(&self) -> String {
+        let out =
+            std::process::Command::new("redis-cli").args(["-p", &self.port.to_string(), "--scan"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_that_dies_and_returns_is_used_again_by_itself() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    redis.wait_up().await;
+    let g = spawn_gateway(Backend::Sqlite, Mode::Normal, &[("REDIS_URL", &url)]).await;
+    let (user, key) = g.app.customer("flaky@example.com", 1_000_000).await;
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200);
+    assert!(redis.keys().contains("key_cache:"), "the key was cached in Redis");
+
+    redis.stop();
+    for _ in 0..3 {
+        assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200, "Redis down: the database answers");
+    }
+
+    let redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    crate::helpers::eventually(15, "the app writes to Redis again", || {
+        let (app, key) = (&g.app, &key);
+        let redis = &redis;
+        async move {
+            tokio::time::sleep(Duration::from_millis(1100)).await; // past the local layer and the retry pause
+            app.chat(key, &chat_body(false)).await.status() == 200 && redis.keys().contains("key_cache:")
+        }
+    })
+    .await;
+    g.app.settled(user).await;
+    assert_books_balance(&g.app.db, user).await;
+}

@@ -6,12 +6,15 @@ mod helpers;
 
 mod billing;
 mod cli;
+mod compat;
 mod concurrency;
 mod cron;
 mod faults;
 mod gateway;
 mod health;
 mod keys;
+mod process;
+mod properties;
 mod storage_story;
 mod streaming;
 mod subscriptions;

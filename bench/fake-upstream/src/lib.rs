@@ -176,12 +176,40 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         _ => {}
     }
     let model = request.get("model").and_then(Value::as_str).unwrap_or("fake").to_owned();
+    if let Some(name) = request.pointer("/tools/0/function/name").and_then(Value::as_str) {
+        return tool_call_response(&request, name);
+    }
     if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         let asked = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
         stream_response(shared, mode, model, chunks, asked)
     } else {
         json_response(&mode, &model, chunks)
     }
+}
+
+/// Answers a request that offers tools by calling the first one, streamed or not.
+fn tool_call_response(request: &Value, name: &str) -> Response {
+    let call = json!({ "id": "call_fake", "type": "function", "function": { "name": name, "arguments": "{\"city\":\"Paris\"}" } });
+    if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let delta = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "fake",
+            "choices": [{ "index": 0, "delta": { "role": "assistant", "tool_calls": [{ "index": 0, "id": "call_fake", "type": "function", "function": { "name": name, "arguments": "{\"city\":\"Paris\"}" } }] }, "finish_reason": null }] });
+        let done = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "fake",
+            "choices": [{ "index": 0, "delta": {}, "finish_reason": "tool_calls" }] });
+        let usage_chunk = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "fake", "choices": [], "usage": usage(9) });
+        let body = format!("data: {delta}\n\ndata: {done}\n\ndata: {usage_chunk}\n\ndata: [DONE]\n\n");
+        let mut res = Response::new(Body::from(body));
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        return res;
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "fake",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "tool_calls": [call] }, "finish_reason": "tool_calls" }],
+        "usage": usage(9),
+    }))
+    .into_response()
 }
 
 fn usage(completion: usize) -> Value {
