@@ -15,11 +15,32 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 
+use axum::extract::FromRef;
+use axum_extra::extract::cookie::Key;
+
+use crate::auth::limiter::Failures;
+use crate::auth::oauth::Provider;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::Gateway;
 use crate::{http, jobs};
+
+/// Sign-in machinery shared by the sign-in routes.
+pub struct AuthState {
+    pub providers: Vec<Provider>,
+    /// For provider calls: no redirects followed, short timeouts.
+    pub http: reqwest::Client,
+    /// Encrypts the OAuth-attempt and first-key cookies; derived from `NEXTAUTH_SECRET`.
+    pub cookie_key: Key,
+    pub failures: Failures,
+}
+
+impl FromRef<AppState> for Key {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.cookie_key.clone()
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -28,6 +49,9 @@ pub struct AppState {
     pub db: Db,
     pub cache: Cache,
     pub gateway: Arc<Gateway>,
+    pub auth: Arc<AuthState>,
+    /// The address users reach (`PUBLIC_URL`, or the bound address when it is unset).
+    pub public_url: url::Url,
     /// Work that must finish before the process exits (settlements, jobs).
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -63,6 +87,21 @@ impl Application {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cache = build_cache(&config)?;
         let gateway = Arc::new(Gateway::new(&config)?);
+        let public_url = if config.public_url_explicit {
+            config.public_url.clone()
+        } else {
+            url::Url::parse(&format!("http://{}", listener.local_addr()?))?
+        };
+        let auth = Arc::new(AuthState {
+            providers: Provider::all(&config, &public_url)?,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(20))
+                .build()?,
+            cookie_key: cookie_key(&config),
+            failures: Failures::default(),
+        });
         if config.auth_secret_generated {
             tracing::warn!(
                 "NEXTAUTH_SECRET is not set: a random one is used, so sessions end at restart and differ between instances"
@@ -76,6 +115,8 @@ impl Application {
             db,
             cache,
             gateway,
+            auth,
+            public_url,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         };
@@ -113,7 +154,7 @@ impl Application {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(c) => c,
                         Err(err) => {
                             // Out of file descriptors and the like: back off instead of spinning.
@@ -123,7 +164,14 @@ impl Application {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(router.clone());
+                    // The peer address, for per-address limits (ConnectInfo).
+                    let with_peer = tower::ServiceBuilder::new()
+                        .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                            req
+                        })
+                        .service(router.clone());
+                    let service = TowerToHyperService::new(with_peer);
                     let conn = conn_builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -145,6 +193,16 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The cookie encryption key: 64 bytes derived from `NEXTAUTH_SECRET`, the same on every
+/// instance that shares the secret.
+fn cookie_key(config: &Config) -> Key {
+    use sha2::{Digest, Sha512};
+    let mut h = Sha512::new();
+    h.update(b"tollgate cookie key\0");
+    h.update(config.auth_secret.expose().as_bytes());
+    Key::from(&h.finalize())
 }
 
 /// The cache this configuration asks for: Redis in front of nothing else when `REDIS_URL` is set.

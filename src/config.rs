@@ -87,8 +87,11 @@ pub struct Config {
     pub cron_secret: Option<Secret>,
     /// `LISTEN_ADDR`.
     pub listen_addr: SocketAddr,
-    /// `PUBLIC_URL`: the address users reach; decides the `Secure` cookie flag.
+    /// `PUBLIC_URL`: the address users reach; decides the `Secure` cookie flag and the OAuth
+    /// callback address.
     pub public_url: Url,
+    /// False when `PUBLIC_URL` was not set: the server then uses the address it bound.
+    pub public_url_explicit: bool,
     /// `LOG_FORMAT`: pretty or json.
     pub log_format: LogFormat,
     /// `SIGNUP_CREDIT`: money given to a new user at first sign-in, in micro-units.
@@ -123,6 +126,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `BODY_READ_TIMEOUT_MS`: how long a client may take to send a request body.
     pub body_read_timeout: Duration,
+    /// `SESSION_IDLE_SECS`: a sign-in session unused this long ends.
+    pub session_idle: Duration,
+    /// `SESSION_MAX_AGE_SECS`: a sign-in session ends this long after sign-in, however used.
+    pub session_max_age: Duration,
 }
 
 /// The minimum length of a usable `CRON_SECRET`.
@@ -190,6 +197,7 @@ impl Config {
 
         let listen_addr: SocketAddr =
             parse(&get, "LISTEN_ADDR", "127.0.0.1:3000".parse().map_err(|_| invalid("LISTEN_ADDR", "bad default"))?)?;
+        let public_url_explicit = get("PUBLIC_URL").is_some();
         let public_url = match get("PUBLIC_URL") {
             Some(_) => url(&get, "PUBLIC_URL", "")?,
             None => Url::parse(&format!("http://{listen_addr}")).map_err(|e| invalid("PUBLIC_URL", e.to_string()))?,
@@ -222,6 +230,13 @@ impl Config {
                 return Err(invalid(var, "must be at least 1"));
             }
             Ok(Duration::from_millis(v))
+        };
+        let secs = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            let v: u64 = parse(&get, var, default)?;
+            if v < 60 {
+                return Err(invalid(var, "must be at least 60"));
+            }
+            Ok(v)
         };
         let upstream_connect_timeout = ms("UPSTREAM_CONNECT_TIMEOUT_MS", 10_000)?;
         let upstream_first_byte_timeout = ms("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", 300_000)?;
@@ -275,6 +290,9 @@ impl Config {
             upstream_max_retries: parse(&get, "UPSTREAM_MAX_RETRIES", 2)?,
             max_concurrent_per_user,
             max_request_bytes,
+            session_idle: Duration::from_secs(secs("SESSION_IDLE_SECS", 7 * 24 * 3600)?),
+            session_max_age: Duration::from_secs(secs("SESSION_MAX_AGE_SECS", 30 * 24 * 3600)?),
+            public_url_explicit,
             header_read_timeout: ms("HEADER_READ_TIMEOUT_MS", 10_000)?,
             body_read_timeout: ms("BODY_READ_TIMEOUT_MS", 30_000)?,
         })

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod app;
 pub mod audit;
+pub mod auth;
 pub mod billing;
 pub mod cache;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod keys;
 pub mod money;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod usage;

@@ -4,6 +4,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
+use tokio_util::task::TaskTracker;
 
 use crate::cache::{self, Cache};
 use crate::db::Db;
@@ -23,8 +24,9 @@ pub fn invalid_key() -> Error {
     Error::Unauthorized("Incorrect API key provided. You can find your API keys in the dashboard.".into())
 }
 
-/// The key presented as `Authorization: Bearer sk-…`.
-pub async fn authenticate(db: &Db, cache: &Cache, headers: &HeaderMap) -> Result<ApiKey> {
+/// The key presented as `Authorization: Bearer sk-…`. A database lookup (at most once per key
+/// per cache lifetime) also records the key as used, on `tasks`, off the request path.
+pub async fn authenticate(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderMap) -> Result<ApiKey> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(Error::Unauthorized(
             "You didn't provide an API key. Send it as `Authorization: Bearer sk-...`.".into(),
@@ -55,6 +57,18 @@ pub async fn authenticate(db: &Db, cache: &Cache, headers: &HeaderMap) -> Result
     if let Ok(v) = serde_json::to_string(&key) {
         cache.set(&cache_key, &v, cache::KEY_TTL).await;
     }
+    let db = db.clone();
+    tasks.spawn(async move {
+        let now = crate::clock::now_ms();
+        let res = api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::LastUsedAt, sea_orm::sea_query::Expr::value(now))
+            .filter(api_keys::Column::Id.eq(key.key_id))
+            .exec(&db.write)
+            .await;
+        if let Err(err) = res {
+            tracing::debug!(error = %err, "could not record key use");
+        }
+    });
     Ok(key)
 }
 

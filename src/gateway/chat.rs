@@ -71,7 +71,7 @@ async fn handle(
     request_id: &str,
     started: Instant,
 ) -> Result<Response, Failure> {
-    let key = auth::authenticate(&state.db, &state.cache, headers).await.map_err(|error| Failure {
+    let key = auth::authenticate(&state.db, &state.cache, &state.tasks, headers).await.map_err(|error| Failure {
         error,
         key: None,
         model: String::new(),
@@ -377,7 +377,7 @@ fn log_failure(state: &AppState, request_id: &str, key: ApiKey, model: String, s
 
 /// `GET /v1/models`: the enabled models, in OpenAI's list shape.
 pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(err) = auth::authenticate(&state.db, &state.cache, &headers).await {
+    if let Err(err) = auth::authenticate(&state.db, &state.cache, &state.tasks, &headers).await {
         return ApiError(err).into_response();
     }
     match catalog::enabled(&state.db.read).await {

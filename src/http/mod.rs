@@ -3,9 +3,14 @@
 mod cron;
 mod error;
 mod health;
+pub mod internal;
+mod pages;
+pub mod session;
+mod signin;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
 use crate::gateway::chat;
@@ -13,7 +18,25 @@ use crate::gateway::chat;
 pub use error::ApiError;
 
 pub fn router(state: AppState) -> Router {
+    // Everything a browser session reaches: sessions and the cross-site check apply here only,
+    // never on the API hot path.
+    let with_session = Router::new()
+        .route("/", get(pages::root))
+        .route("/login", get(pages::login))
+        .route("/dashboard", get(pages::dashboard))
+        .route("/api/auth/signin/password", post(signin::password_signin))
+        .route("/api/auth/signin/{provider}", get(signin::start))
+        .route("/api/auth/callback/{provider}", get(signin::callback))
+        .route("/api/auth/signout", post(signin::signout))
+        .route("/api/internal/me", get(internal::me))
+        .route("/api/internal/keys", get(internal::list_keys).post(internal::create_key))
+        .route("/api/internal/keys/{id}", delete(internal::revoke_key))
+        .route("/api/internal/usage", get(internal::usage))
+        .route("/api/internal/usage/export", get(internal::export))
+        .layer(from_fn_with_state(state.clone(), session::reject_cross_site))
+        .layer(crate::auth::sessions::layer(&state.config, &state.db));
     Router::new()
+        .merge(with_session)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/api/cron/expire-subscriptions", get(cron::expire_subscriptions))

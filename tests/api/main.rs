@@ -4,11 +4,14 @@
 
 mod helpers;
 
+mod accounts;
 mod billing;
+mod browser;
 mod cli;
 mod compat;
 mod concurrency;
 mod cron;
+mod fake_oauth;
 mod faults;
 mod gateway;
 mod health;
@@ -18,3 +21,4 @@ mod properties;
 mod storage_story;
 mod streaming;
 mod subscriptions;
+mod usage_api;

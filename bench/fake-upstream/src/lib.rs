@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -90,6 +91,11 @@ impl FakeUpstream {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        // Without TCP_NODELAY, Nagle holds every SSE chunk after the first until the reader's
+        // delayed ACK (~40 ms): streams would measure the kernel, not the relay.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -1,0 +1,129 @@
+//! Cookie-authenticated requests: the signed-in user extractor, the cross-site request check,
+//! and the rules for `next=` redirects.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use sea_orm::EntityTrait;
+use tower_sessions::Session;
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::auth::sessions::{SIGNED_IN_AT, USER_ID};
+use crate::clock::now_ms;
+use crate::db::entities::users;
+use crate::error::Error;
+
+/// The signed-in user. API routes reject with 401 JSON; pages redirect to the login page.
+pub struct CurrentUser {
+    pub user: users::Model,
+    pub session: Session,
+}
+
+fn path_and_query(parts: &Parts) -> String {
+    parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let api = parts.uri.path().starts_with("/api/");
+        let here = path_and_query(parts);
+        let deny = move || {
+            if api {
+                ApiError(Error::Unauthorized("sign in first".into())).into_response()
+            } else {
+                Redirect::to(&format!("/login?next={}", urlencoding(&here))).into_response()
+            }
+        };
+        let session = Session::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        let user_id: Option<i64> = session.get(USER_ID).await.ok().flatten();
+        let signed_in_at: Option<i64> = session.get(SIGNED_IN_AT).await.ok().flatten();
+        let Some(user_id) = user_id else { return Err(deny()) };
+        let max_age = i64::try_from(state.config.session_max_age.as_millis()).unwrap_or(i64::MAX);
+        if signed_in_at.is_none_or(|t| now_ms().saturating_sub(t) > max_age) {
+            let _ = session.flush().await;
+            return Err(deny());
+        }
+        let user = users::Entity::find_by_id(user_id)
+            .one(&state.db.read)
+            .await
+            .map_err(|e| ApiError(Error::Database(e)).into_response())?;
+        match user {
+            Some(user) if !user.disabled => Ok(Self { user, session }),
+            _ => {
+                let _ = session.flush().await;
+                Err(deny())
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn urlencoding(raw: &str) -> String {
+    url::form_urlencoded::byte_serialize(raw.as_bytes()).collect()
+}
+
+/// A `next=` target we are willing to redirect to: a path on this site, nothing else.
+pub fn safe_next(raw: Option<&str>) -> String {
+    let fallback = "/dashboard".to_owned();
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else { return fallback };
+    let same_origin_path = raw.starts_with('/')
+        && !raw.starts_with("//")
+        && !raw.starts_with("/\\")
+        && !raw.chars().any(|c| c.is_control() || c == '\\')
+        && raw.len() <= 512;
+    if same_origin_path { raw.to_owned() } else { fallback }
+}
+
+/// Refuses state-changing requests that a browser made on behalf of another site: the
+/// `Sec-Fetch-Site` header when the browser sends it, else `Origin` must be this site.
+/// Requests with neither (not from a browser) pass.
+pub async fn reject_cross_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let allowed = match fetch_site {
+        Some(site) => matches!(site, "same-origin" | "none"),
+        None => match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            None => true,
+            Some(origin) => {
+                let ours = state.public_url.origin().ascii_serialization();
+                let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
+                origin == ours || (!host.is_empty() && origin_host == host)
+            }
+        },
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        let body = serde_json::json!({ "error": {
+            "message": "cross-site request refused",
+            "type": "permission_error",
+            "code": "auth.cross_site",
+        }});
+        (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_only_goes_to_paths_on_this_site() {
+        assert_eq!(safe_next(Some("/dashboard/keys?x=1")), "/dashboard/keys?x=1");
+        for bad in
+            ["https://evil.example", "//evil.example", "/\\evil.example", "javascript:alert(1)", "dashboard", "/a\nb"]
+        {
+            assert_eq!(safe_next(Some(bad)), "/dashboard", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/dashboard");
+    }
+}

@@ -1,0 +1,217 @@
+//! The sign-in routes: OAuth start and callback, password sign-in, sign-out.
+
+use std::net::SocketAddr;
+
+use axum::Form;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::PrivateCookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use serde::{Deserialize, Serialize};
+use tower_sessions::Session;
+
+use super::session::{safe_next, urlencoding};
+use crate::accounts::{self, password};
+use crate::app::AppState;
+use crate::auth::oauth::{Kind, OAuthError};
+use crate::auth::sessions::{SIGNED_IN_AT, USER_ID};
+use crate::auth::signin::{self, SignedIn};
+use crate::clock::now_ms;
+use crate::crypto::constant_time_eq;
+use crate::error::Error;
+
+/// The encrypted cookie that carries one OAuth attempt from redirect to callback.
+const OAUTH_COOKIE: &str = "tollgate_oauth";
+/// The encrypted cookie that carries a first key to the dashboard, once.
+pub const NEW_KEY_COOKIE: &str = "tollgate_new_key";
+/// How long an OAuth attempt may take.
+const OAUTH_TTL_MS: i64 = 10 * 60 * 1000;
+
+#[derive(Serialize, Deserialize)]
+struct Attempt {
+    provider: String,
+    state: String,
+    verifier: String,
+    next: String,
+    expires_at: i64,
+}
+
+fn login_with_error(message: &str) -> Response {
+    Redirect::to(&format!("/login?error={}", urlencoding(message))).into_response()
+}
+
+fn cookie(
+    state: &AppState,
+    name: &'static str,
+    value: String,
+    path: &'static str,
+    max_age_secs: i64,
+) -> Cookie<'static> {
+    Cookie::build((name, value))
+        .path(path)
+        .http_only(true)
+        .secure(state.config.secure_cookies())
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(max_age_secs))
+        .build()
+}
+
+#[derive(Deserialize)]
+pub struct StartQuery {
+    next: Option<String>,
+}
+
+/// `GET /api/auth/signin/{provider}`: to the provider, with a fresh state and PKCE verifier.
+pub async fn start(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    Query(q): Query<StartQuery>,
+    jar: PrivateCookieJar,
+) -> Response {
+    let Some(p) = Kind::parse(&provider).and_then(|k| state.auth.providers.iter().find(|p| p.kind == k)) else {
+        return login_with_error("that sign-in method is not available");
+    };
+    let start = p.start();
+    let attempt = Attempt {
+        provider: p.kind.name().to_owned(),
+        state: start.state,
+        verifier: start.verifier,
+        next: safe_next(q.next.as_deref()),
+        expires_at: now_ms() + OAUTH_TTL_MS,
+    };
+    let Ok(value) = serde_json::to_string(&attempt) else { return login_with_error("sign-in failed; try again") };
+    let jar = jar.add(cookie(&state, OAUTH_COOKIE, value, "/api/auth", OAUTH_TTL_MS / 1000));
+    (jar, Redirect::to(start.url.as_str())).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /api/auth/callback/{provider}`: checks the state, exchanges the code, signs in.
+pub async fn callback(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    Query(q): Query<CallbackQuery>,
+    session: Session,
+    jar: PrivateCookieJar,
+) -> Response {
+    // The attempt is used once, whatever happens next.
+    let attempt: Option<Attempt> = jar.get(OAUTH_COOKIE).and_then(|c| serde_json::from_str(c.value()).ok());
+    let jar = jar.remove(Cookie::build(OAUTH_COOKIE).path("/api/auth").build());
+    let fail = |jar: PrivateCookieJar, message: &str| (jar, login_with_error(message)).into_response();
+
+    if let Some(error) = q.error {
+        let message = if error == "access_denied" {
+            "sign-in was cancelled".to_owned()
+        } else {
+            format!("the provider refused the sign-in ({error})")
+        };
+        return fail(jar, &message);
+    }
+    let Some(attempt) = attempt else { return fail(jar, "this sign-in link expired or was already used; start again") };
+    let valid = attempt.provider == provider
+        && attempt.expires_at > now_ms()
+        && q.state.as_deref().is_some_and(|s| constant_time_eq(s, &attempt.state));
+    if !valid {
+        return fail(jar, "this sign-in link expired or was already used; start again");
+    }
+    let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
+        return fail(jar, "the provider sent no code");
+    };
+    let Some(p) = Kind::parse(&provider).and_then(|k| state.auth.providers.iter().find(|p| p.kind == k)) else {
+        return fail(jar, "that sign-in method is not available");
+    };
+    let identity = match p.finish(&state.auth.http, &code, &attempt.verifier).await {
+        Ok(i) => i,
+        Err(OAuthError::Refused(message)) => return fail(jar, &message),
+        Err(OAuthError::Provider(detail)) => {
+            tracing::warn!(provider, error = %detail, "OAuth provider error");
+            return fail(jar, &OAuthError::Provider(String::new()).to_string());
+        }
+    };
+    match signin::sign_in(&state.db, &identity, state.config.signup_credit).await {
+        Ok(signed) => {
+            let jar = match begin_session(&state, &session, &signed, jar).await {
+                Ok(jar) => jar,
+                Err(response) => return response,
+            };
+            (jar, Redirect::to(&attempt.next)).into_response()
+        }
+        Err(Error::Conflict(message) | Error::Forbidden(message)) => fail(jar, &message),
+        Err(err) => {
+            tracing::error!(error = %err, "sign-in failed");
+            fail(jar, "sign-in failed; try again")
+        }
+    }
+}
+
+/// Starts a fresh session for the user: a new id (so a planted one is useless), the user, the
+/// time; and the first key, once, in an encrypted cookie for the dashboard.
+async fn begin_session(
+    state: &AppState,
+    session: &Session,
+    signed: &SignedIn,
+    jar: PrivateCookieJar,
+) -> Result<PrivateCookieJar, Response> {
+    let ok = session.cycle_id().await.is_ok()
+        && session.insert(USER_ID, signed.user.id).await.is_ok()
+        && session.insert(SIGNED_IN_AT, now_ms()).await.is_ok();
+    if !ok {
+        return Err(login_with_error("sign-in failed; try again"));
+    }
+    tracing::info!(user.id = signed.user.id, "signed in");
+    Ok(match &signed.first_key {
+        Some(key) => jar.add(cookie(state, NEW_KEY_COOKIE, key.clone(), "/dashboard", 600)),
+        None => jar,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    email: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// `POST /api/auth/signin/password`.
+pub async fn password_signin(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    jar: PrivateCookieJar,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let account = form.email.trim().to_lowercase();
+    let ip = Some(peer.ip());
+    if state.auth.failures.blocked(&account, ip) {
+        return login_with_error("too many failed attempts; wait a few minutes and try again");
+    }
+    let user = accounts::find_by_email(&state.db.read, &account).await.ok().flatten();
+    let phc = user.as_ref().and_then(|u| u.password_hash.clone());
+    // Verified even when there is no such user, so both failures take the same time.
+    let matches = password::verify(form.password, phc).await;
+    match user {
+        Some(user) if matches && !user.disabled => {
+            state.auth.failures.clear(&account);
+            let signed = SignedIn { user, first_key: None };
+            match begin_session(&state, &session, &signed, jar).await {
+                Ok(jar) => (jar, Redirect::to(&safe_next(form.next.as_deref()))).into_response(),
+                Err(response) => response,
+            }
+        }
+        _ => {
+            state.auth.failures.record(&account, ip);
+            login_with_error("wrong email or password")
+        }
+    }
+}
+
+/// `POST /api/auth/signout`: ends the session on the server and in the browser.
+pub async fn signout(session: Session) -> Response {
+    let _ = session.flush().await;
+    Redirect::to("/login").into_response()
+}

@@ -1,0 +1,288 @@
+//! Usage queries for the dashboard: filters, totals over the whole filtered set, pages, and the
+//! CSV export.
+
+use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use time::format_description::well_known::Rfc3339;
+use time::{Date, OffsetDateTime, macros::format_description};
+
+use crate::clock::MS_PER_DAY;
+use crate::db::entities::usage_logs;
+use crate::db::{Backend, Db};
+use crate::error::{Error, Result};
+
+/// The most rows one export may hold.
+pub const EXPORT_LIMIT: u64 = 10_000;
+pub const MAX_PAGE_SIZE: u64 = 100;
+
+/// The query parameters as received (all optional strings, so every mistake gets a message).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawFilter {
+    pub model: Option<String>,
+    pub status_code: Option<String>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub page: Option<String>,
+    pub page_size: Option<String>,
+}
+
+/// Validated filters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub user_id: i64,
+    pub model: Option<String>,
+    pub status_code: Option<i32>,
+    /// Inclusive lower bound, unix ms.
+    pub from_ms: Option<i64>,
+    /// Exclusive upper bound, unix ms.
+    pub until_ms: Option<i64>,
+    pub page: u64,
+    pub page_size: u64,
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::BadRequest(message.into())
+}
+
+/// A date (`2026-11-25`, a whole UTC day) or an instant (RFC 3339): (start ms, end ms).
+fn parse_when(name: &str, raw: &str) -> Result<(i64, i64)> {
+    let raw = raw.trim();
+    if let Ok(date) = Date::parse(raw, format_description!("[year]-[month]-[day]")) {
+        let start = date.midnight().assume_utc().unix_timestamp() * 1000;
+        return Ok((start, start + MS_PER_DAY));
+    }
+    if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
+        let ms =
+            i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad(format!("{name} is out of range")))?;
+        return Ok((ms, ms + 1));
+    }
+    Err(bad(format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 time, not `{raw}`")))
+}
+
+impl RawFilter {
+    pub fn validate(self, user_id: i64) -> Result<Filter> {
+        let model = match self.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()) {
+            Some(m) if m.len() > 128 => return Err(bad("model is at most 128 characters")),
+            other => other,
+        };
+        let status_code = match self.status_code.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => match s.parse::<i32>() {
+                Ok(c) if (0..=599).contains(&c) => Some(c),
+                _ => return Err(bad(format!("statusCode must be an HTTP status code, not `{s}`"))),
+            },
+        };
+        let from_ms = self
+            .start_date
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_when("startDate", s))
+            .transpose()?
+            .map(|r| r.0);
+        let until_ms = self
+            .end_date
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_when("endDate", s))
+            .transpose()?
+            .map(|r| r.1);
+        if let (Some(f), Some(u)) = (from_ms, until_ms)
+            && f >= u
+        {
+            return Err(bad("startDate must be before endDate"));
+        }
+        let number = |name: &str, raw: Option<String>, default: u64, max: u64| -> Result<u64> {
+            match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                None => Ok(default),
+                Some(s) => match s.parse::<u64>() {
+                    Ok(n) if (1..=max).contains(&n) => Ok(n),
+                    _ => Err(bad(format!("{name} must be a whole number from 1 to {max}, not `{s}`"))),
+                },
+            }
+        };
+        Ok(Filter {
+            user_id,
+            model,
+            status_code,
+            from_ms,
+            until_ms,
+            page: number("page", self.page, 1, 1_000_000)?,
+            page_size: number("pageSize", self.page_size, 20, MAX_PAGE_SIZE)?,
+        })
+    }
+}
+
+impl Filter {
+    fn condition(&self) -> Condition {
+        let mut c = Condition::all().add(usage_logs::Column::UserId.eq(self.user_id));
+        if let Some(m) = &self.model {
+            c = c.add(usage_logs::Column::Model.eq(m.clone()));
+        }
+        if let Some(s) = self.status_code {
+            c = c.add(usage_logs::Column::StatusCode.eq(s));
+        }
+        if let Some(f) = self.from_ms {
+            c = c.add(usage_logs::Column::CreatedAt.gte(f));
+        }
+        if let Some(u) = self.until_ms {
+            c = c.add(usage_logs::Column::CreatedAt.lt(u));
+        }
+        c
+    }
+}
+
+/// Totals over the whole filtered set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromQueryResult)]
+pub struct Totals {
+    pub total_cost: i64,
+    pub total_tokens: i64,
+    pub total_request_count: i64,
+}
+
+/// `SUM` of a BIGINT is DECIMAL on MySQL and NUMERIC on PostgreSQL: cast it back, per engine.
+fn sum(backend: Backend, column: &str) -> SimpleExpr {
+    let sql = match backend {
+        Backend::Postgres => format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT)"),
+        Backend::MySql => format!("CAST(COALESCE(SUM({column}), 0) AS SIGNED)"),
+        Backend::Sqlite => format!("COALESCE(SUM({column}), 0)"),
+    };
+    Expr::cust(sql)
+}
+
+pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {
+    let row = usage_logs::Entity::find()
+        .select_only()
+        .column_as(sum(db.backend, "cost"), "total_cost")
+        .column_as(sum(db.backend, "total_tokens"), "total_tokens")
+        .column_as(Expr::cust("COUNT(*)"), "total_request_count")
+        .filter(filter.condition())
+        .into_model::<Totals>()
+        .one(&db.read)
+        .await?;
+    Ok(row.unwrap_or_default())
+}
+
+/// One page of rows, newest first.
+pub async fn page(db: &Db, filter: &Filter) -> Result<Vec<usage_logs::Model>> {
+    Ok(usage_logs::Entity::find()
+        .filter(filter.condition())
+        .order_by_desc(usage_logs::Column::CreatedAt)
+        .order_by_desc(usage_logs::Column::Id)
+        .offset((filter.page - 1) * filter.page_size)
+        .limit(filter.page_size)
+        .all(&db.read)
+        .await?)
+}
+
+/// How many rows match.
+pub async fn count(db: &Db, filter: &Filter) -> Result<u64> {
+    Ok(usage_logs::Entity::find().filter(filter.condition()).count(&db.read).await?)
+}
+
+/// Rows for the export, newest first, `batch` at a time after the row `before_id` (keyset).
+pub async fn export_batch(
+    db: &Db,
+    filter: &Filter,
+    before_id: Option<i64>,
+    batch: u64,
+) -> Result<Vec<usage_logs::Model>> {
+    let mut q = usage_logs::Entity::find().filter(filter.condition());
+    if let Some(id) = before_id {
+        q = q.filter(usage_logs::Column::Id.lt(id));
+    }
+    Ok(q.order_by_desc(usage_logs::Column::Id).limit(batch).all(&db.read).await?)
+}
+
+/// The CSV header of the export.
+pub const CSV_HEADER: [&str; 13] = [
+    "request_id",
+    "created_at",
+    "model",
+    "status_code",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost",
+    "subscription_tokens",
+    "usage_source",
+    "latency_ms",
+    "ttfb_ms",
+];
+
+/// A cell a spreadsheet would run as a formula gets a leading `'`.
+pub fn neutralise(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{cell}") } else { cell.to_owned() }
+}
+
+/// One export row.
+pub fn csv_record(r: &usage_logs::Model) -> [String; 13] {
+    [
+        neutralise(&r.request_id),
+        crate::clock::rfc3339(r.created_at),
+        neutralise(&r.model),
+        r.status_code.to_string(),
+        r.stream.to_string(),
+        r.prompt_tokens.to_string(),
+        r.completion_tokens.to_string(),
+        r.total_tokens.to_string(),
+        crate::money::format_amount(r.cost),
+        r.subscription_tokens.to_string(),
+        neutralise(&r.usage_source),
+        r.latency_ms.to_string(),
+        r.ttfb_ms.map(|t| t.to_string()).unwrap_or_default(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawFilter {
+        let mut r = RawFilter::default();
+        for (k, v) in pairs {
+            let v = Some((*v).to_owned());
+            match *k {
+                "model" => r.model = v,
+                "statusCode" => r.status_code = v,
+                "startDate" => r.start_date = v,
+                "endDate" => r.end_date = v,
+                "page" => r.page = v,
+                "pageSize" => r.page_size = v,
+                _ => unreachable!(),
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn filters_are_validated_with_messages() {
+        let f =
+            raw(&[("startDate", "2026-11-01"), ("endDate", "2026-11-01"), ("statusCode", "402")]).validate(7).unwrap();
+        assert_eq!(f.until_ms.unwrap() - f.from_ms.unwrap(), MS_PER_DAY, "end dates are inclusive days");
+        assert_eq!((f.page, f.page_size, f.status_code), (1, 20, Some(402)));
+        for bad in [
+            raw(&[("page", "0")]),
+            raw(&[("pageSize", "101")]),
+            raw(&[("pageSize", "ten")]),
+            raw(&[("statusCode", "abc")]),
+            raw(&[("statusCode", "1000")]),
+            raw(&[("startDate", "yesterday")]),
+            raw(&[("startDate", "2026-11-02"), ("endDate", "2026-11-01")]),
+            raw(&[("model", &"m".repeat(129))]),
+        ] {
+            assert!(matches!(bad.validate(1), Err(Error::BadRequest(_))));
+        }
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(neutralise("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(neutralise("+1"), "'+1");
+        assert_eq!(neutralise("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(neutralise("gpt-4o"), "gpt-4o");
+    }
+}

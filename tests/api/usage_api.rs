@@ -1,0 +1,174 @@
+//! The usage API and CSV export: filters, pagination, totals over the whole filtered set, the
+//! export limit, and nobody else's rows — on every backend.
+
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use serde_json::Value;
+use tollgate::clock::{MS_PER_DAY, day_of};
+use tollgate::db::entities::usage_logs;
+
+use crate::fake_oauth::Browser;
+use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::on_all_backends;
+
+/// 2025-11-01T00:00:00Z
+const NOV_1: i64 = 1_761_955_200_000;
+
+fn row(user: i64, i: i64, model: &str, status: i32, day_offset: i64) -> usage_logs::ActiveModel {
+    let at = NOV_1 + day_offset * MS_PER_DAY + i;
+    usage_logs::ActiveModel {
+        request_id: Set(format!("req-{user}-{i}")),
+        user_id: Set(user),
+        key_id: Set(None),
+        model: Set(model.to_owned()),
+        prompt_tokens: Set(10),
+        completion_tokens: Set(i),
+        total_tokens: Set(10 + i),
+        cost: Set(if status == 200 { 100 + i } else { 0 }),
+        subscription_tokens: Set(0),
+        status_code: Set(status),
+        latency_ms: Set(5),
+        ttfb_ms: Set(Some(1)),
+        stream: Set(i % 2 == 0),
+        usage_source: Set("upstream".into()),
+        created_at: Set(at),
+        day: Set(day_of(at)),
+        ..Default::default()
+    }
+}
+
+async fn signed_in(app: &TestApp, email: &str) -> (i64, Browser) {
+    let hash = tollgate::accounts::password::hash("correct horse battery".into()).await.unwrap();
+    let user = tollgate::accounts::create_user(
+        &app.db.write,
+        tollgate::accounts::NewUser { email, name: None, role: "user", password_hash: Some(hash), signup_credit: 0 },
+    )
+    .await
+    .unwrap();
+    let browser = Browser::new();
+    browser
+        .post_form(
+            &format!("{}/api/auth/signin/password", app.address),
+            &[("email", email), ("password", "correct horse battery")],
+            None,
+        )
+        .await;
+    assert!(browser.cookie("tollgate_session").is_some());
+    (user.id, browser)
+}
+
+async fn usage_filters_paginate_and_total_the_whole_set(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
+    let (me, browser) = signed_in(&app, "usage@example.com").await;
+    let (other, _) = signed_in(&app, "someone@example.com").await;
+    // 30 rows of mine over 3 days and two models (every 5th a 402), and 7 of someone else's.
+    for i in 0..30 {
+        let (model, status) = (if i % 3 == 0 { "gpt-4o" } else { "gpt-4o-mini" }, if i % 5 == 0 { 402 } else { 200 });
+        row(me, i, model, status, i % 3).insert(&app.db.write).await.unwrap();
+    }
+    for i in 0..7 {
+        row(other, 100 + i, "gpt-4o", 200, 0).insert(&app.db.write).await.unwrap();
+    }
+    let get = |q: &str| {
+        let url = format!("{}/api/internal/usage{q}", app.address);
+        let browser = &browser;
+        async move { browser.get(&url).await }
+    };
+
+    let all: Value = get("").await.json().await.unwrap();
+    let expected_cost: i64 = (0..30).filter(|i| i % 5 != 0).map(|i| 100 + i).sum();
+    assert_eq!(all["totalRequestCount"], 30);
+    assert_eq!(all["totalTokens"], (0..30).map(|i| 10 + i).sum::<i64>());
+    assert_eq!(all["totalCost"], tollgate::money::format_amount(expected_cost));
+    assert_eq!(all["data"].as_array().unwrap().len(), 20, "the default page size");
+    assert_eq!(all["data"][0]["requestId"], "req-1-29", "newest first");
+
+    let page2: Value = get("?page=2&pageSize=20").await.json().await.unwrap();
+    assert_eq!(page2["data"].as_array().unwrap().len(), 10);
+    assert_eq!(page2["totalRequestCount"], 30, "totals cover the whole filtered set, not the page");
+
+    let by_model: Value = get("?model=gpt-4o&pageSize=100").await.json().await.unwrap();
+    assert_eq!(by_model["totalRequestCount"], 10);
+    assert!(by_model["data"].as_array().unwrap().iter().all(|r| r["model"] == "gpt-4o"));
+
+    let refused: Value = get("?statusCode=402").await.json().await.unwrap();
+    assert_eq!((refused["totalRequestCount"].as_i64(), refused["totalCost"].as_str()), (Some(6), Some("0.00")));
+
+    let day = day_of(NOV_1 + MS_PER_DAY);
+    let one_day: Value = get(&format!("?startDate={day}&endDate={day}")).await.json().await.unwrap();
+    assert_eq!(one_day["totalRequestCount"], 10, "end dates include their whole day");
+    let none: Value = get("?startDate=2030-01-01").await.json().await.unwrap();
+    assert_eq!((none["totalRequestCount"].as_i64(), none["totalCost"].as_str()), (Some(0), Some("0.00")));
+
+    for bad in [
+        "?page=0",
+        "?pageSize=1000",
+        "?statusCode=abc",
+        "?startDate=nope",
+        "?startDate=2026-11-03&endDate=2026-11-01",
+        "?sneaky=1",
+    ] {
+        let res = get(bad).await;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}");
+    }
+
+    // CSV: the same filters, a filename, formulas neutralised.
+    row(me, 99, "=HYPERLINK(\"http://evil\")", 404, 0).insert(&app.db.write).await.unwrap();
+    let res = get("?statusCode=404").await;
+    assert_eq!(res.status(), 200);
+    let res = browser.get(&format!("{}/api/internal/usage/export?statusCode=404", app.address)).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-disposition"].to_str().unwrap().starts_with("attachment; filename=\"tollgate-usage-")
+    );
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = res.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("request_id,created_at,model,status_code"));
+    assert!(lines[1].contains("'=HYPERLINK"), "{csv}");
+    let res = browser.get(&format!("{}/api/internal/usage/export?model=gpt-4o", app.address)).await;
+    assert_eq!(res.text().await.unwrap().lines().count(), 11, "a header and my 10 rows, none of someone else's");
+    assert_eq!(browser.get(&format!("{}/api/internal/usage/export?page=zero", app.address)).await.status(), 400);
+}
+
+async fn exports_beyond_ten_thousand_rows_are_refused(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_app_with(backend, &[]).await;
+    let (me, browser) = signed_in(&app, "big@example.com").await;
+    // 10,001 rows, inserted in a few multi-row statements.
+    for chunk in 0..11 {
+        let rows: Vec<String> = (0..1000)
+            .map(|i| chunk * 1000 + i)
+            .filter(|n| *n <= 10_000)
+            .map(|n| {
+                format!("('big-{n}', {me}, 'm', 1, 1, 2, 1, 0, 200, 1, 1, 'upstream', {}, '2025-11-01')", NOV_1 + n)
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "INSERT INTO usage_logs (request_id, user_id, model, prompt_tokens, completion_tokens, total_tokens, cost, subscription_tokens, status_code, latency_ms, stream, usage_source, created_at, day) VALUES {}",
+            rows.join(",")
+        );
+        let sql = if backend == Backend::Postgres { sql.replace(", 1, 'upstream'", ", true, 'upstream'") } else { sql };
+        app.db.write.execute_raw(Statement::from_string(app.db.write.get_database_backend(), sql)).await.unwrap();
+    }
+    let url = format!("{}/api/internal/usage/export", app.address);
+    let res = browser.get(&url).await;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("10001 rows match"), "{body}");
+    // Exactly 10,000 is fine, streamed in full.
+    let res = browser.get(&format!("{url}?startDate=2025-11-01T00:00:00.001Z")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap().lines().count(), 10_001);
+    let totals: Value = browser.get(&format!("{}/api/internal/usage", app.address)).await.json().await.unwrap();
+    assert_eq!(totals["totalRequestCount"], 10_001);
+    assert_eq!(totals["totalTokens"], 20_002);
+    let _ = usage_logs::Entity::find();
+}
+
+on_all_backends!(usage_filters_paginate_and_total_the_whole_set, exports_beyond_ten_thousand_rows_are_refused);

@@ -1,0 +1,58 @@
+// Signs in through the (fake) GitHub provider in a real browser, sees the one-time key,
+// creates and revokes a second key, and logs out. Prints a JSON summary on the last line.
+// Environment: TOLLGATE_URL (the app), CHROMIUM (the browser binary).
+import { chromium } from 'playwright-core';
+
+const base = process.env.TOLLGATE_URL;
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+});
+const fail = async (message) => { console.log(JSON.stringify({ ok: false, message })); await browser.close(); process.exit(1); };
+try {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('dialog', (dialog) => dialog.accept());
+
+  await page.goto(`${base}/login`);
+  await page.click('#signin-github');
+  await page.waitForURL(`${base}/dashboard`);
+  const firstKey = (await page.textContent('#new-key')).trim();
+  if (!/^sk-[A-Za-z0-9_-]{32}$/.test(firstKey)) await fail(`no one-time key on the dashboard: ${firstKey}`);
+  const balance = (await page.textContent('#balance')).trim();
+
+  // The key is shown once: a reload does not show it again.
+  await page.reload();
+  if (await page.locator('#new-key').count() !== 0) await fail('the first key was shown twice');
+
+  // A second key.
+  await page.fill('#key-name', 'second');
+  await page.click('#create-key');
+  await page.waitForSelector('#created:not([hidden])');
+  const secondKey = (await page.textContent('#created-key')).trim();
+  if (!/^sk-[A-Za-z0-9_-]{32}$/.test(secondKey) || secondKey === firstKey) await fail(`bad second key: ${secondKey}`);
+  await page.waitForFunction(() => document.querySelectorAll('#keys tbody tr').length === 2);
+
+  // Revoke it.
+  const secondRow = page.locator('#keys tbody tr').nth(1);
+  const secondId = await secondRow.getAttribute('data-key-id');
+  await secondRow.locator('[data-revoke]').click();
+  await page.waitForFunction(() => document.querySelectorAll('#keys tbody tr').length === 1);
+  await page.reload();
+  const rows = await page.locator('#keys tbody tr').count();
+  if (rows !== 1) await fail(`after revoking, ${rows} keys are listed`);
+
+  // Log out: back to the login page, and the dashboard is closed.
+  await page.click('#logout');
+  await page.waitForURL(/\/login$/);
+  await page.goto(`${base}/dashboard`);
+  if (!page.url().includes('/login')) await fail(`the dashboard is still open after logout: ${page.url()}`);
+
+  await page.screenshot({ path: process.env.SCREENSHOT || '/tmp/tollgate-login.png' });
+  console.log(JSON.stringify({ ok: true, firstKey, secondKey, secondId, balance }));
+  await browser.close();
+} catch (error) {
+  await fail(String(error && error.stack || error));
+}
