@@ -133,8 +133,18 @@ pub enum KeyCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Revoke a key by id.
+    /// Revoke a key by id (for good).
     Revoke {
+        #[arg(long)]
+        id: i64,
+    },
+    /// Disable a key by id; it can be enabled again.
+    Disable {
+        #[arg(long)]
+        id: i64,
+    },
+    /// Enable a disabled key.
+    Enable {
         #[arg(long)]
         id: i64,
     },

@@ -108,6 +108,23 @@ pub async fn revoke(conn: &impl ConnectionTrait, user_id: Option<i64>, key_id: i
     Ok(api_keys::Model { revoked_at: Some(now), updated_at: now, ..key })
 }
 
+/// Disables or re-enables a key without revoking it. Returns the key, or `NotFound`.
+pub async fn set_disabled(conn: &impl ConnectionTrait, key_id: i64, disabled: bool) -> Result<api_keys::Model> {
+    let key = api_keys::Entity::find_by_id(key_id)
+        .filter(api_keys::Column::RevokedAt.is_null())
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no active key with id {key_id}")))?;
+    let now = now_ms();
+    api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::Disabled, Expr::value(disabled))
+        .col_expr(api_keys::Column::UpdatedAt, Expr::value(now))
+        .filter(api_keys::Column::Id.eq(key.id))
+        .exec(conn)
+        .await?;
+    Ok(api_keys::Model { disabled, updated_at: now, ..key })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,6 +176,18 @@ async fn oauth_state_must_match_once() {
     assert_eq!(s.user_count().await, 0);
     assert!(browser.cookie("tollgate_session").is_none());
 
+    // A code the provider does not know (expired, forged): a readable refusal.
+    let browser = Browser::new();
+    let authorize =
+        browser.get(&s.url("/api/auth/signin/github")).await.headers()["location"].to_str().unwrap().to_owned();
+    let callback = browser.get(&authorize).await.headers()["location"].to_str().unwrap().to_owned();
+    let forged = url::Url::parse(&callback).unwrap();
+    let state: String = forged.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let res = browser.get(&s.url(&format!("/api/auth/callback/github?code=expired-code&state={state}"))).await;
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(error_on_login_page(&format!("http://x{location}")).contains("invalid_grant"), "{location}");
+    assert_eq!(s.user_count().await, 0);
+
     // A clean attempt works, and its callback cannot be replayed.
     let browser = Browser::new();
     let res = browser.get(&s.url("/api/auth/signin/github?next=https://evil.example/steal")).await;
@@ -427,4 +439,21 @@ async fn a_key_revoked_in_the_dashboard_stops_working_at_the_gateway() {
     let page = browser.get(&s.url("/dashboard")).await.text().await.unwrap();
     assert!(page.contains("data-key-id="), "the first key is still listed");
     assert!(!page.contains(&format!("data-key-id=\"{}\"", created["id"])), "the revoked key is not");
+}
+
+#[tokio::test]
+async fn keys_per_user_are_limited() {
+    let s = site(&[]).await;
+    s.oauth.sign_in_as(person("50", "many@example.com"));
+    let browser = Browser::new();
+    s.sign_in(&browser, "github", "/dashboard").await;
+    let keys = s.url("/api/internal/keys");
+    for _ in 1..tollgate::keys::MAX_KEYS_PER_USER {
+        let res = browser.send(browser.client.post(&keys).json(&serde_json::json!({}))).await;
+        assert_eq!(res.status(), 201);
+    }
+    let res = browser.send(browser.client.post(&keys).json(&serde_json::json!({}))).await;
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("at most"));
 }

@@ -30,7 +30,7 @@ pub struct Shared {
     pub deny: Mutex<bool>,
     /// code → (challenge, redirect uri, person)
     codes: Mutex<HashMap<String, (String, String, Person)>>,
-    tokens: Mutex<HashMap<String, Person>>,
+    pub tokens: Mutex<HashMap<String, Person>>,
     pub pkce_verified: AtomicUsize,
     pub challenge_methods: Mutex<Vec<String>>,
 }

@@ -61,9 +61,10 @@ async fn revocation_reaches_every_instance(backend: Backend, redis: Option<Strin
     let other = spawn_instance(&g.app.database_url, &second_extra).await;
     let (user_a, key_a) = g.app.customer("a@example.com", 1_000_000).await;
     let (user_b, key_b) = g.app.customer("b@example.com", 1_000_000).await;
-    // Both instances have both keys cached.
+    let (user_c, key_c) = g.app.customer("c@example.com", 1_000_000).await;
+    // Both instances have every key cached.
     for app in [&g.app, &other] {
-        for k in [&key_a, &key_b] {
+        for k in [&key_a, &key_b, &key_c] {
             assert_eq!(app.chat(k, &chat_body(false)).await.status(), 200);
         }
     }
@@ -89,6 +90,23 @@ async fn revocation_reaches_every_instance(backend: Backend, redis: Option<Strin
     })
     .await;
 
+    // Disable key C (not revoked: it can come back).
+    let id = tollgate::db::entities::api_keys::Entity::find_by_hash(&key_c, &g.app.db).await;
+    let row = tollgate::keys::set_disabled(&g.app.db.write, id, true).await.unwrap();
+    g.app.cache().delete(&tollgate::cache::key_cache(&row.key_hash)).await;
+    assert_eq!(g.app.chat(&key_c, &chat_body(false)).await.status(), 401);
+    eventually(within, "the other instance refuses the disabled key", || async {
+        other.chat(&key_c, &chat_body(false)).await.status() == 401
+    })
+    .await;
+    tollgate::keys::set_disabled(&g.app.db.write, id, false).await.unwrap();
+    eventually(within, "an enabled key works again", || async {
+        other.chat(&key_c, &chat_body(false)).await.status() == 200
+    })
+    .await;
+
+    g.app.settled(user_c).await;
+    assert_books_balance(&g.app.db, user_c).await;
     g.app.settled(user_a).await;
     g.app.settled(user_b).await;
     assert_books_balance(&g.app.db, user_a).await;

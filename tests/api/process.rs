@@ -19,9 +19,16 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn serve(database_url: &str, upstream: &str, port: u16, log: &std::path::Path) -> Child {
+fn serve(
+    database_url: &str,
+    upstream: &str,
+    port: u16,
+    log: &std::path::Path,
+    oauth: &[(&'static str, String)],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("serve")
+        .envs(oauth.iter().map(|(k, v)| (*k, v.as_str())))
         .env("DATABASE_URL", database_url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("OPENAI_BASE_URL", upstream)
@@ -58,9 +65,32 @@ async fn a_crash_mid_stream_is_swept_once_and_logs_hold_no_secrets() {
     let db = tollgate::db::Db::connect(&url, 2).await.unwrap_or(db);
     let log = tempfile::NamedTempFile::new().unwrap();
 
+    let oauth = crate::fake_oauth::FakeOAuth::start().await;
+    oauth.sign_in_as(crate::fake_oauth::person("99", "logs@example.com"));
+    let settings = oauth.settings();
     let port = free_port();
-    let mut child = serve(&url, &fake.base_url(), port, log.path());
+    let mut child = serve(&url, &fake.base_url(), port, log.path(), &settings);
     wait_ready(port).await;
+
+    // A full OAuth sign-in through the process: its code, state, token and session id must not
+    // be logged either.
+    let browser = crate::fake_oauth::Browser::new();
+    let authorize = browser.get(&format!("http://127.0.0.1:{port}/api/auth/signin/github")).await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let callback = browser.get(&authorize).await.headers()["location"].to_str().unwrap().to_owned();
+    let res = browser.get(&callback).await;
+    assert_eq!(res.headers()["location"], "/dashboard");
+    let page = browser.get(&format!("http://127.0.0.1:{port}/dashboard")).await.text().await.unwrap();
+    let first_key = page.split("id=\"new-key\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    let session_id = browser.cookie("tollgate_session").unwrap();
+    let callback_url = url::Url::parse(&callback).unwrap();
+    let mut oauth_secrets: Vec<String> = callback_url.query_pairs().map(|(_, v)| v.into_owned()).collect();
+    oauth_secrets.extend(oauth.shared.tokens.lock().unwrap().keys().cloned());
+    oauth_secrets.extend([first_key, session_id]);
+    assert_eq!(oauth_secrets.len(), 5, "code, state, access token, first key, session id");
+
     let client = reqwest::Client::new();
     let res = client
         .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
@@ -89,7 +119,7 @@ async fn a_crash_mid_stream_is_swept_once_and_logs_hold_no_secrets() {
         .await
         .unwrap();
     let port = free_port();
-    let mut child = serve(&url, &fake.base_url(), port, log.path());
+    let mut child = serve(&url, &fake.base_url(), port, log.path(), &settings);
     wait_ready(port).await;
     eventually(15, "the sweeper resolves the stale reservation", || {
         let db = db.clone();
@@ -123,11 +153,22 @@ async fn a_crash_mid_stream_is_swept_once_and_logs_hold_no_secrets() {
 
     let logs = std::fs::read_to_string(log.path()).unwrap();
     assert!(logs.len() > 1000, "trace logging was on");
-    for secret in [key.as_str(), UPSTREAM_KEY, CRON_SECRET, "session-cookie-value", "process-test-secret"] {
-        assert!(!logs.contains(secret), "a secret reached the logs: {secret}");
+    let mut secrets = vec![
+        key.clone(),
+        UPSTREAM_KEY.into(),
+        CRON_SECRET.into(),
+        "session-cookie-value".into(),
+        "process-test-secret".into(),
+        "gh-secret".into(),
+    ];
+    secrets.extend(oauth_secrets);
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {secret}");
     }
-    let raw = std::fs::read(url.trim_start_matches("sqlite://")).unwrap();
-    for secret in [key.as_str(), UPSTREAM_KEY, CRON_SECRET] {
+    let file = url.trim_start_matches("sqlite://").to_owned();
+    let mut raw = std::fs::read(&file).unwrap();
+    raw.extend(std::fs::read(format!("{file}-wal")).unwrap_or_default());
+    for secret in &secrets {
         assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret reached the database: {secret}");
     }
 }
