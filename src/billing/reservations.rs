@@ -3,7 +3,9 @@
 use std::cmp::{max, min};
 
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 
 use super::{balance, ledger};
 use crate::clock::{day_of, now_ms};
@@ -43,6 +45,7 @@ pub struct Reservation {
     pub id: i64,
     pub request_id: String,
     pub user_id: i64,
+    pub key_id: Option<i64>,
     /// Money taken from the balance.
     pub amount: i64,
     /// Subscription tokens taken, in total.
@@ -78,21 +81,54 @@ pub fn charge_for(sub_tokens: i64, max_amount: i64, prompt: i64, completion: i64
 /// Lock order, shared with `resolve`: subscriptions, then the balance, then the reservation
 /// row — so concurrent reservations and settlements of one user queue instead of deadlocking.
 pub async fn reserve(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
-    crate::db::retry_transient(|| reserve_once(db, req)).await
+    let owned = OwnedRequest {
+        request_id: req.request_id.to_owned(),
+        user_id: req.user_id,
+        key_id: req.key_id,
+        model_id: req.model_id,
+        prompt_tokens: req.prompt_tokens,
+        max_completion_tokens: req.max_completion_tokens,
+        prices: req.prices,
+    };
+    let outcome = db.write(move |txn| Box::pin(reserve_in(txn, owned.clone()))).await?;
+    match outcome {
+        Reserved::Taken(r) => Ok(r),
+        Reserved::Refused { needed, available } => {
+            Err(Error::InsufficientBalance { needed: format_amount(needed), available: format_amount(available) })
+        }
+    }
 }
 
-async fn reserve_once(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
+#[derive(Clone, Debug)]
+struct OwnedRequest {
+    request_id: String,
+    user_id: i64,
+    key_id: Option<i64>,
+    model_id: Option<i64>,
+    prompt_tokens: i64,
+    max_completion_tokens: i64,
+    prices: Prices,
+}
+
+enum Reserved {
+    Taken(Reservation),
+    /// Not enough money: everything taken was put back.
+    Refused {
+        needed: i64,
+        available: i64,
+    },
+}
+
+async fn reserve_in(txn: &DatabaseTransaction, req: OwnedRequest) -> Result<Reserved> {
     let worst_tokens = max(req.prompt_tokens, 0).saturating_add(max(req.max_completion_tokens, 0));
     let now = now_ms();
-    let txn = db.begin().await?;
-
     let subs = subscriptions::Entity::find()
         .filter(subscriptions::Column::UserId.eq(req.user_id))
         .filter(subscriptions::Column::ExpiresAt.gt(now))
         .filter(subscriptions::Column::TokensRemaining.gt(0))
         .order_by_asc(subscriptions::Column::ExpiresAt)
         .order_by_asc(subscriptions::Column::Id)
-        .all(&txn)
+        .all(txn)
         .await?;
     let mut sources = Vec::new();
     let mut taken = 0i64;
@@ -112,7 +148,7 @@ async fn reserve_once(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> 
             .filter(subscriptions::Column::Id.eq(sub.id))
             .filter(subscriptions::Column::TokensRemaining.gte(want))
             .filter(subscriptions::Column::ExpiresAt.gt(now))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         if res.rows_affected == 1 {
             sources.push((sub.id, want));
@@ -121,14 +157,24 @@ async fn reserve_once(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> 
     }
 
     let amount = charge_for(taken, i64::MAX, req.prompt_tokens, req.max_completion_tokens, req.prices).amount;
-    if amount > 0 && !balance::debit_if_covered(&txn, req.user_id, amount).await? {
-        let available = balance::amount(&txn, req.user_id).await?;
-        txn.rollback().await?;
-        return Err(Error::InsufficientBalance { needed: format_amount(amount), available: format_amount(available) });
+    if amount > 0 && !balance::debit_if_covered(txn, req.user_id, amount).await? {
+        // Put back what was taken, so the transaction stays whole for whoever commits it.
+        for (sub_id, tokens) in &sources {
+            subscriptions::Entity::update_many()
+                .col_expr(
+                    subscriptions::Column::TokensRemaining,
+                    Expr::col(subscriptions::Column::TokensRemaining).add(*tokens),
+                )
+                .filter(subscriptions::Column::Id.eq(*sub_id))
+                .exec(txn)
+                .await?;
+        }
+        let available = balance::amount(txn, req.user_id).await?;
+        return Ok(Reserved::Refused { needed: amount, available });
     }
 
     let row = reservations::ActiveModel {
-        request_id: Set(req.request_id.to_owned()),
+        request_id: Set(req.request_id.clone()),
         user_id: Set(req.user_id),
         key_id: Set(req.key_id),
         model_id: Set(req.model_id),
@@ -142,11 +188,18 @@ async fn reserve_once(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> 
         updated_at: Set(now),
         resolved_at: Set(None),
         ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
-    txn.commit().await?;
-    Ok(Reservation { id: row.id, request_id: row.request_id, user_id: req.user_id, amount, tokens: taken, sources })
+    };
+    // `exec` returns only the new id: no read-back of the row it just wrote.
+    let id = reservations::Entity::insert(row).exec(txn).await?.last_insert_id;
+    Ok(Reserved::Taken(Reservation {
+        id,
+        request_id: req.request_id,
+        user_id: req.user_id,
+        key_id: req.key_id,
+        amount,
+        tokens: taken,
+        sources,
+    }))
 }
 
 /// How a reservation ends.
@@ -190,22 +243,61 @@ pub enum Resolved {
 /// Ends the reservation of `request_id` exactly once, with its refunds and usage log, in one
 /// transaction. A second call is a no-op that returns `AlreadyResolved`.
 pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Result<Resolved> {
-    crate::db::retry_transient(|| resolve_once(db, request_id, resolution)).await
+    let (request_id, resolution) = (request_id.to_owned(), resolution.clone());
+    let outcome = db
+        .write(move |txn| {
+            let (request_id, resolution) = (request_id.clone(), resolution.clone());
+            Box::pin(async move {
+                let Some(res) = reservations::Entity::find()
+                    .filter(reservations::Column::RequestId.eq(request_id.as_str()))
+                    .one(txn)
+                    .await?
+                else {
+                    return Err(Error::NotFound(format!("no reservation for request {request_id}")));
+                };
+                if res.state != PENDING {
+                    return Ok(Resolved::AlreadyResolved);
+                }
+                let sources = serde_json::from_str(&res.token_sources).map_err(anyhow::Error::from)?;
+                let known = Reservation {
+                    id: res.id,
+                    request_id: res.request_id,
+                    user_id: res.user_id,
+                    key_id: res.key_id,
+                    amount: res.amount,
+                    tokens: res.tokens,
+                    sources,
+                };
+                resolve_in(txn, &known, &resolution).await
+            })
+        })
+        .await;
+    match outcome {
+        // Another resolution won the guard between our read and our update (a concurrent
+        // writer on MySQL/PostgreSQL): our transaction, refunds included, was rolled back.
+        Err(Error::Conflict(_)) => Ok(Resolved::AlreadyResolved),
+        other => other,
+    }
 }
 
-async fn resolve_once(db: &Db, request_id: &str, resolution: &Resolution) -> Result<Resolved> {
-    let now = now_ms();
-    let txn = db.begin().await?;
-    let Some(res) =
-        reservations::Entity::find().filter(reservations::Column::RequestId.eq(request_id)).one(&txn).await?
-    else {
-        return Err(Error::NotFound(format!("no reservation for request {request_id}")));
-    };
-    if res.state != PENDING {
-        txn.rollback().await?;
-        return Ok(Resolved::AlreadyResolved);
+/// As `resolve`, for the reservation this process made: no need to read it back; the guard on
+/// its state still makes a second resolution a no-op.
+pub async fn resolve_reservation(db: &Db, reservation: &Reservation, resolution: &Resolution) -> Result<Resolved> {
+    let (known, resolution) = (reservation.clone(), resolution.clone());
+    let outcome = db.write(move |txn| {
+        let (known, resolution) = (known.clone(), resolution.clone());
+        Box::pin(async move { resolve_in(txn, &known, &resolution).await })
+    });
+    match outcome.await {
+        // Another resolution won the guard between our read and our update (a concurrent
+        // writer on MySQL/PostgreSQL): our transaction, refunds included, was rolled back.
+        Err(Error::Conflict(_)) => Ok(Resolved::AlreadyResolved),
+        other => other,
     }
+}
 
+async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &Resolution) -> Result<Resolved> {
+    let now = now_ms();
     let (charge, state, prompt, completion) = match resolution.state {
         FinalState::Settled { prompt_tokens, completion_tokens, prices } => (
             charge_for(res.tokens, res.amount, prompt_tokens, completion_tokens, prices),
@@ -220,10 +312,10 @@ async fn resolve_once(db: &Db, request_id: &str, resolution: &Resolution) -> Res
     // Refunds first (subscriptions, then the balance: the lock order `reserve` uses), then the
     // guard: of two concurrent resolutions only one changes the reservation row, and the loser's
     // whole transaction, refunds included, is rolled back.
-    refund_tokens(&txn, &res, charge.tokens, now).await?;
+    refund_tokens(txn, res, charge.tokens, now).await?;
     let refund = res.amount - charge.amount;
     if refund > 0 {
-        balance::credit(&txn, res.user_id, refund).await?;
+        balance::credit(txn, res.user_id, refund).await?;
     }
     let guard = reservations::Entity::update_many()
         .col_expr(reservations::Column::State, Expr::value(state))
@@ -233,14 +325,14 @@ async fn resolve_once(db: &Db, request_id: &str, resolution: &Resolution) -> Res
         .col_expr(reservations::Column::UpdatedAt, Expr::value(now))
         .filter(reservations::Column::Id.eq(res.id))
         .filter(reservations::Column::State.eq(PENDING))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     if guard.rows_affected != 1 {
-        txn.rollback().await?;
-        return Ok(Resolved::AlreadyResolved);
+        // Returned as an error so that the refunds above are rolled back.
+        return Err(Error::Conflict("the reservation was resolved concurrently".into()));
     }
 
-    usage_logs::ActiveModel {
+    let log = usage_logs::ActiveModel {
         request_id: Set(res.request_id.clone()),
         user_id: Set(res.user_id),
         key_id: Set(res.key_id),
@@ -258,10 +350,8 @@ async fn resolve_once(db: &Db, request_id: &str, resolution: &Resolution) -> Res
         created_at: Set(now),
         day: Set(day_of(now)),
         ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
-    txn.commit().await?;
+    };
+    usage_logs::Entity::insert(log).exec(txn).await?;
     Ok(Resolved::Charged(charge))
 }
 
@@ -269,10 +359,9 @@ async fn resolve_once(db: &Db, request_id: &str, resolution: &Resolution) -> Res
 /// order they were taken. Tokens of a subscription that has expired meanwhile are not returned
 /// (they would be expired tokens) and never become money: they are written off with a ledger
 /// entry of kind `expire`.
-async fn refund_tokens(conn: &impl ConnectionTrait, res: &reservations::Model, consumed: i64, now: i64) -> Result<()> {
-    let sources: Vec<(i64, i64)> = serde_json::from_str(&res.token_sources).map_err(anyhow::Error::from)?;
+async fn refund_tokens(conn: &impl ConnectionTrait, res: &Reservation, consumed: i64, now: i64) -> Result<()> {
     let mut to_consume = consumed;
-    for (sub_id, took) in sources {
+    for &(sub_id, took) in &res.sources {
         let used = min(to_consume, took);
         to_consume -= used;
         let unused = took - used;

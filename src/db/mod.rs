@@ -6,6 +6,7 @@
 
 pub mod entities;
 pub mod migrations;
+pub mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -56,6 +57,8 @@ pub struct Db {
     pub backend: Backend,
     pub read: DatabaseConnection,
     pub write: DatabaseConnection,
+    /// SQLite only: the writer thread that runs the hot-path write jobs (see `writer`).
+    writer: Option<writer::Writer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,8 @@ pub enum ConnectError {
     Directory { path: String, source: std::io::Error },
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sea_orm::sqlx::Error),
+    #[error("cannot start the SQLite writer thread: {0}")]
+    Writer(#[source] std::io::Error),
 }
 
 impl Db {
@@ -97,6 +102,8 @@ impl Db {
                     .connect_with(options.clone())
                     .await
                     .map_err(ConnectError::Connect)?;
+                let write = SqlxSqliteConnector::from_sqlx_sqlite_pool(write);
+                let writer = writer::Writer::start(write.clone()).map_err(ConnectError::Writer)?;
                 let read = SqlitePoolOptions::new()
                     .max_connections(pool_size.max(1))
                     .acquire_timeout(acquire)
@@ -106,7 +113,8 @@ impl Db {
                 Ok(Self {
                     backend,
                     read: SqlxSqliteConnector::from_sqlx_sqlite_pool(read),
-                    write: SqlxSqliteConnector::from_sqlx_sqlite_pool(write),
+                    write,
+                    writer: Some(writer),
                 })
             }
             Backend::MySql => {
@@ -132,7 +140,7 @@ impl Db {
                     .await
                     .map_err(ConnectError::Connect)?;
                 let conn = SqlxMySqlConnector::from_sqlx_mysql_pool(pool);
-                Ok(Self { backend, read: conn.clone(), write: conn })
+                Ok(Self { backend, read: conn.clone(), write: conn, writer: None })
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)
@@ -145,7 +153,7 @@ impl Db {
                     .await
                     .map_err(ConnectError::Connect)?;
                 let conn = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
-                Ok(Self { backend, read: conn.clone(), write: conn })
+                Ok(Self { backend, read: conn.clone(), write: conn, writer: None })
             }
         }
     }
@@ -169,6 +177,37 @@ impl Db {
                 ..Default::default()
             })
             .await
+    }
+
+    /// Runs `job` in a write transaction and returns its result once committed. On SQLite the
+    /// writer thread runs it, possibly committing it together with others; elsewhere it gets a
+    /// transaction of its own, run again on deadlocks and serialization failures. `job` may be
+    /// called more than once; an `Err` from it rolls its work back.
+    pub async fn write<T, F>(&self, job: F) -> crate::error::Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> Fn(&'a DatabaseTransaction) -> writer::BoxFuture<'a, crate::error::Result<T>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if let Some(w) = &self.writer {
+            return w.submit(job).await;
+        }
+        retry_transient(|| async {
+            let txn = self.begin().await?;
+            match job(&txn).await {
+                Ok(v) => {
+                    txn.commit().await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
     /// True when the database answers a trivial query.

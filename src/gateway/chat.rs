@@ -146,7 +146,7 @@ async fn handle(
     }
     let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(|e| fail(Error::Internal(e.into())))?);
 
-    reserve(
+    let reservation = reserve(
         &state.db,
         &ReserveRequest {
             request_id,
@@ -165,8 +165,7 @@ async fn handle(
         state.db.clone(),
         state.cache.clone(),
         state.tasks.clone(),
-        request_id.to_owned(),
-        key.user_id,
+        reservation,
         model.name.clone(),
         model.prices(),
         stream,

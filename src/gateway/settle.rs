@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::tokens::count_text;
-use crate::billing::{FinalState, Prices, Resolution, Resolved, UsageLog, resolve};
+use crate::billing::{FinalState, Prices, Reservation, Resolution, Resolved, UsageLog, resolve_reservation};
 use crate::cache::{self, Cache};
 use crate::db::Db;
 use crate::error::Error;
@@ -32,8 +32,7 @@ pub struct Settler {
     pub db: Db,
     pub cache: Cache,
     pub tasks: TaskTracker,
-    pub request_id: String,
-    pub user_id: i64,
+    pub reservation: Reservation,
     pub model: String,
     pub prices: Prices,
     pub stream: bool,
@@ -54,8 +53,7 @@ impl Settler {
         db: Db,
         cache: Cache,
         tasks: TaskTracker,
-        request_id: String,
-        user_id: i64,
+        reservation: Reservation,
         model: String,
         prices: Prices,
         stream: bool,
@@ -66,8 +64,7 @@ impl Settler {
             db,
             cache,
             tasks,
-            request_id,
-            user_id,
+            reservation,
             model,
             prices,
             stream,
@@ -117,9 +114,8 @@ impl Settler {
                 usage_source: source,
             },
         };
-        let (db, cache, request_id, user_id) =
-            (self.db.clone(), self.cache.clone(), self.request_id.clone(), self.user_id);
-        self.tasks.spawn(async move { settle_with_retries(&db, &cache, &request_id, user_id, &resolution).await });
+        let (db, cache, reservation) = (self.db.clone(), self.cache.clone(), self.reservation.clone());
+        self.tasks.spawn(async move { settle_with_retries(&db, &cache, &reservation, &resolution).await });
     }
 }
 
@@ -133,10 +129,11 @@ impl Drop for Settler {
 
 /// Resolves, retrying while the database is unreachable. If it stays unreachable, the
 /// reservation stays pending and the sweeper charges it later.
-async fn settle_with_retries(db: &Db, cache: &Cache, request_id: &str, user_id: i64, resolution: &Resolution) {
+async fn settle_with_retries(db: &Db, cache: &Cache, reservation: &Reservation, resolution: &Resolution) {
+    let (request_id, user_id) = (reservation.request_id.as_str(), reservation.user_id);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=8 {
-        match resolve(db, request_id, resolution).await {
+        match resolve_reservation(db, reservation, resolution).await {
             Ok(Resolved::Charged(charge)) => {
                 tracing::debug!(request.id = request_id, cost = charge.amount, tokens = charge.tokens, "settled");
                 cache.delete(&cache::user_balance(user_id)).await;
