@@ -146,35 +146,13 @@ async fn handle(
     }
     let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(|e| fail(Error::Internal(e.into())))?);
 
-    let reservation = reserve(
-        &state.db,
-        &ReserveRequest {
-            request_id,
-            user_id: key.user_id,
-            key_id: Some(key.key_id),
-            model_id: Some(model.id),
-            prompt_tokens: prompt,
-            max_completion_tokens: max_out,
-            prices: model.prices(),
-        },
-    )
-    .await
-    .map_err(fail)?;
     // From here on the settler resolves the reservation, whatever happens.
-    let mut settler = Settler::new(
-        state.db.clone(),
-        state.cache.clone(),
-        state.tasks.clone(),
-        reservation,
-        model.name.clone(),
-        model.prices(),
-        stream,
-        started,
-        prompt,
-    );
+    let mut settler =
+        reserve_detached(state, request_id, key, &model, stream, started, prompt, max_out).await.map_err(fail)?;
 
     let upstream = &state.gateway.upstream;
     let deadline = started + upstream.timeouts.total;
+    settler.upstream_called = true;
     let response = match upstream.send(upstream_body, stream, headers.get("openai-beta"), deadline).await {
         Ok(r) => r,
         Err(failure) => {
@@ -228,6 +206,50 @@ async fn handle(
             Err(Failure { error: error.0, key: None, model: model.name })
         }
     }
+}
+
+/// Reserves from a tracked task of its own, which hands back the settlement guard. A client
+/// that goes away while the reservation commits drops this handler, not the reservation: the
+/// guard, received or not, is dropped and refunds it in full (the upstream was never called).
+#[expect(clippy::too_many_arguments, reason = "the request's billing context, passed once")]
+async fn reserve_detached(
+    state: &AppState,
+    request_id: &str,
+    key: ApiKey,
+    model: &catalog::ModelConfig,
+    stream: bool,
+    started: Instant,
+    prompt: i64,
+    max_out: i64,
+) -> Result<Settler, Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (db, cache, tasks, request_id, model_id, prices, model_name) = (
+        state.db.clone(),
+        state.cache.clone(),
+        state.tasks.clone(),
+        request_id.to_owned(),
+        model.id,
+        model.prices(),
+        model.name.clone(),
+    );
+    state.tasks.spawn(async move {
+        let req = ReserveRequest {
+            request_id: &request_id,
+            user_id: key.user_id,
+            key_id: Some(key.key_id),
+            model_id: Some(model_id),
+            prompt_tokens: prompt,
+            max_completion_tokens: max_out,
+            prices,
+        };
+        let result = reserve(&db, &req).await.map(|reservation| {
+            Settler::new(db.clone(), cache, tasks, reservation, model_name, prices, stream, started, prompt)
+        });
+        // If the handler is gone, the guard comes back here (or dies unreceived in the channel)
+        // and its drop voids the reservation.
+        drop(tx.send(result));
+    });
+    rx.await.map_err(|_| Error::Internal(anyhow::anyhow!("the reservation task stopped")))?
 }
 
 /// The reservation's output cap: the field the client used and its value (`None` when absent).

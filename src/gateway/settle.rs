@@ -44,6 +44,8 @@ pub struct Settler {
     /// Text generated so far, for the estimate when no usage arrives.
     pub completion_text: String,
     pub ttfb: Option<Duration>,
+    /// Set just before the request goes upstream: until then, nothing can have been generated.
+    pub upstream_called: bool,
     done: bool,
 }
 
@@ -73,6 +75,7 @@ impl Settler {
             usage: None,
             completion_text: String::new(),
             ttfb: None,
+            upstream_called: false,
             done: false,
         }
     }
@@ -82,6 +85,7 @@ impl Settler {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        tracing::debug!(request.id = %self.reservation.request_id, ?ending, "settling");
         let (state, status, source) = match ending {
             Ending::Nothing { status } => (FinalState::Voided, status, "upstream"),
             Ending::Delivered { status } => {
@@ -121,9 +125,14 @@ impl Settler {
 
 impl Drop for Settler {
     /// The request ended without saying how (client gone, panic, early return): bill what was
-    /// generated so far — never the whole reservation, never nothing.
+    /// generated so far — never the whole reservation; nothing at all when the upstream was
+    /// never called.
     fn drop(&mut self) {
-        self.finish(Ending::Delivered { status: 499 });
+        if self.upstream_called {
+            self.finish(Ending::Delivered { status: 499 });
+        } else {
+            self.finish(Ending::Nothing { status: 499 });
+        }
     }
 }
 
