@@ -56,6 +56,11 @@ fn cookie(
         .build()
 }
 
+/// The configured provider called `name` in a path.
+fn configured<'a>(state: &'a AppState, name: &str) -> Option<&'a crate::auth::oauth::Provider> {
+    Kind::parse(name).and_then(|k| state.auth.providers.iter().find(|p| p.kind == k))
+}
+
 #[derive(Deserialize)]
 pub struct StartQuery {
     next: Option<String>,
@@ -68,7 +73,7 @@ pub async fn start(
     Query(q): Query<StartQuery>,
     jar: PrivateCookieJar,
 ) -> Response {
-    let Some(p) = Kind::parse(&provider).and_then(|k| state.auth.providers.iter().find(|p| p.kind == k)) else {
+    let Some(p) = configured(&state, &provider) else {
         return login_with_error("that sign-in method is not available");
     };
     let start = p.start();
@@ -122,7 +127,7 @@ pub async fn callback(
     let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
         return fail(jar, "the provider sent no code");
     };
-    let Some(p) = Kind::parse(&provider).and_then(|k| state.auth.providers.iter().find(|p| p.kind == k)) else {
+    let Some(p) = configured(&state, &provider) else {
         return fail(jar, "that sign-in method is not available");
     };
     let identity = match p.finish(&state.auth.http, &code, &attempt.verifier).await {

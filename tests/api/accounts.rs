@@ -203,21 +203,7 @@ async fn oauth_state_must_match_once() {
 #[tokio::test]
 async fn password_sign_in_rotates_the_session_and_logout_ends_it_on_the_server() {
     let s = site(&[]).await;
-    let hash = tollgate::accounts::password::hash("correct horse battery".into()).await.unwrap();
-    let txn = s.app.db.begin().await.unwrap();
-    tollgate::accounts::create_user(
-        &txn,
-        tollgate::accounts::NewUser {
-            email: "ops@example.com",
-            name: None,
-            role: "admin",
-            password_hash: Some(hash),
-            signup_credit: 0,
-        },
-    )
-    .await
-    .unwrap();
-    txn.commit().await.unwrap();
+    crate::helpers::password_user(&s.app.db, "ops@example.com", "admin").await;
 
     let browser = Browser::new();
     let login = s.url("/api/auth/signin/password");
@@ -267,19 +253,7 @@ async fn password_sign_in_rotates_the_session_and_logout_ends_it_on_the_server()
 #[tokio::test]
 async fn failed_passwords_are_limited_per_account() {
     let s = site(&[]).await;
-    let hash = tollgate::accounts::password::hash("correct horse battery".into()).await.unwrap();
-    tollgate::accounts::create_user(
-        &s.app.db.write,
-        tollgate::accounts::NewUser {
-            email: "victim@example.com",
-            name: None,
-            role: "user",
-            password_hash: Some(hash),
-            signup_credit: 0,
-        },
-    )
-    .await
-    .unwrap();
+    crate::helpers::password_user(&s.app.db, "victim@example.com", "user").await;
     let login = s.url("/api/auth/signin/password");
     let browser = Browser::new();
     for _ in 0..tollgate::auth::limiter::PER_ACCOUNT {
@@ -303,19 +277,7 @@ async fn secure_cookies_outside_plain_http() {
         attempt.contains("Secure") && attempt.contains("HttpOnly") && attempt.contains("SameSite=Lax"),
         "{attempt}"
     );
-    let hash = tollgate::accounts::password::hash("correct horse battery".into()).await.unwrap();
-    tollgate::accounts::create_user(
-        &s.app.db.write,
-        tollgate::accounts::NewUser {
-            email: "s@example.com",
-            name: None,
-            role: "user",
-            password_hash: Some(hash),
-            signup_credit: 0,
-        },
-    )
-    .await
-    .unwrap();
+    crate::helpers::password_user(&s.app.db, "s@example.com", "user").await;
     let res = browser
         .post_form(
             &s.url("/api/auth/signin/password"),

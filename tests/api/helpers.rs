@@ -368,3 +368,17 @@ impl FindByHash for tollgate::db::entities::api_keys::Entity {
             .id
     }
 }
+
+/// The password every test user created by `password_user` has.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Creates a user who signs in with `PASSWORD`.
+pub async fn password_user(db: &Db, email: &str, role: &str) -> tollgate::db::entities::users::Model {
+    let hash = tollgate::accounts::password::hash(PASSWORD.into()).await.unwrap();
+    tollgate::accounts::create_user(
+        &db.write,
+        tollgate::accounts::NewUser { email, name: None, role, password_hash: Some(hash), signup_credit: 0 },
+    )
+    .await
+    .unwrap()
+}

@@ -37,18 +37,12 @@ fn row(user: i64, i: i64, model: &str, status: i32, day_offset: i64) -> usage_lo
 }
 
 async fn signed_in(app: &TestApp, email: &str) -> (i64, Browser) {
-    let hash = tollgate::accounts::password::hash("correct horse battery".into()).await.unwrap();
-    let user = tollgate::accounts::create_user(
-        &app.db.write,
-        tollgate::accounts::NewUser { email, name: None, role: "user", password_hash: Some(hash), signup_credit: 0 },
-    )
-    .await
-    .unwrap();
+    let user = crate::helpers::password_user(&app.db, email, "user").await;
     let browser = Browser::new();
     browser
         .post_form(
             &format!("{}/api/auth/signin/password", app.address),
-            &[("email", email), ("password", "correct horse battery")],
+            &[("email", email), ("password", crate::helpers::PASSWORD)],
             None,
         )
         .await;
