@@ -16,15 +16,7 @@ use crate::on_all_backends;
 const PRICES: Prices = Prices { input: 2_000_000, output: 8_000_000 };
 
 fn request(id: &str, user: i64, prompt: i64, max_out: i64) -> ReserveRequest<'_> {
-    ReserveRequest {
-        request_id: id,
-        user_id: user,
-        key_id: None,
-        model_id: None,
-        prompt_tokens: prompt,
-        max_completion_tokens: max_out,
-        prices: PRICES,
-    }
+    crate::helpers::reserve_request(id, user, prompt, max_out, PRICES)
 }
 
 fn log() -> UsageLog {

@@ -382,3 +382,22 @@ pub async fn password_user(db: &Db, email: &str, role: &str) -> tollgate::db::en
     .await
     .unwrap()
 }
+
+/// A reservation request with no key or model, at `prices`.
+pub fn reserve_request(
+    id: &str,
+    user: i64,
+    prompt: i64,
+    max_out: i64,
+    prices: tollgate::billing::Prices,
+) -> tollgate::billing::ReserveRequest<'_> {
+    tollgate::billing::ReserveRequest {
+        request_id: id,
+        user_id: user,
+        key_id: None,
+        model_id: None,
+        prompt_tokens: prompt,
+        max_completion_tokens: max_out,
+        prices,
+    }
+}

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use tollgate::billing::{
-    Charge, FinalState, Prices, ReserveRequest, Resolution, Resolved, UsageLog, charge_for, reserve, resolve,
-    sweep_stale,
+    Charge, FinalState, Prices, Resolution, Resolved, UsageLog, charge_for, reserve, resolve, sweep_stale,
 };
 use tollgate::money::cost;
 
@@ -128,15 +127,7 @@ async fn run_ops(ops: Vec<Op>) {
                 }
                 let taken: i64 = sources.iter().map(|s| s.1).sum();
                 let (_, amount) = money_for(taken, prompt, max_out);
-                let req = ReserveRequest {
-                    request_id: &id,
-                    user_id: user,
-                    key_id: None,
-                    model_id: None,
-                    prompt_tokens: prompt,
-                    max_completion_tokens: max_out,
-                    prices: PRICES,
-                };
+                let req = crate::helpers::reserve_request(&id, user, prompt, max_out, PRICES);
                 let got = reserve(db, &req).await;
                 if amount > m.balance {
                     assert!(

@@ -41,15 +41,7 @@ async fn expire_entries(db: &Db, user: i64) -> Vec<i64> {
 }
 
 fn request(id: &str, user: i64, prompt: i64, max_out: i64) -> ReserveRequest<'_> {
-    ReserveRequest {
-        request_id: id,
-        user_id: user,
-        key_id: None,
-        model_id: None,
-        prompt_tokens: prompt,
-        max_completion_tokens: max_out,
-        prices: PRICES,
-    }
+    crate::helpers::reserve_request(id, user, prompt, max_out, PRICES)
 }
 
 fn settled(prompt: i64, completion: i64) -> Resolution {
