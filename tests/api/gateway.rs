@@ -14,7 +14,7 @@ async fn m1_concurrent_requests_never_overspend(backend: Backend) {
     // the others during the race.
     let g = spawn_gateway(
         backend,
-        Mode::DelayHead(Duration::from_millis(700)),
+        Mode::DelayHead(Duration::from_millis(2000)),
         &[("MAX_CONCURRENT_REQUESTS_PER_USER", "100")],
     )
     .await;
@@ -53,7 +53,7 @@ async fn m1_concurrent_requests_never_overspend(backend: Backend) {
 async fn every_request_reserves_however_rich(backend: Backend) {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     use tollgate::db::entities::reservations;
-    let g = spawn_gateway(backend, Mode::DelayHead(Duration::from_millis(400)), &[]).await;
+    let g = spawn_gateway(backend, Mode::DelayHead(Duration::from_millis(1500)), &[]).await;
     let (user, key) = g.app.customer("rich@example.com", 1_000_000_000_000_000).await;
     let app = Arc::new(g.app);
     let call = {
@@ -226,7 +226,7 @@ async fn subscriptions_pay_before_the_balance(backend: Backend) {
 async fn concurrent_requests_per_user_are_limited(backend: Backend) {
     let g = spawn_gateway(
         backend,
-        Mode::DelayHead(Duration::from_millis(600)),
+        Mode::DelayHead(Duration::from_millis(1500)),
         &[("MAX_CONCURRENT_REQUESTS_PER_USER", "1")],
     )
     .await;
@@ -236,7 +236,8 @@ async fn concurrent_requests_per_user_are_limited(backend: Backend) {
         let (app, key) = (app.clone(), key.clone());
         tokio::spawn(async move { app.chat(&key, &chat_body(false)).await.status() })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first request holds its slot while the upstream works on it.
+    crate::helpers::eventually(10, "the first request reaches the upstream", || async { g.fake.calls() == 1 }).await;
     let second = app.chat(&key, &chat_body(false)).await;
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["retry-after"], "1");
