@@ -21,5 +21,5 @@ pub mod reservations;
 
 pub use reservations::{
     Charge, FinalState, Prices, Reservation, ReserveRequest, Resolution, Resolved, UsageLog, charge_for, reserve,
-    resolve, resolve_reservation, sweep_stale,
+    resolve, resolve_reservation, sweep_stale, usage_row,
 };

@@ -332,27 +332,41 @@ async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &R
         return Err(Error::Conflict("the reservation was resolved concurrently".into()));
     }
 
-    let log = usage_logs::ActiveModel {
-        request_id: Set(res.request_id.clone()),
-        user_id: Set(res.user_id),
-        key_id: Set(res.key_id),
-        model: Set(resolution.log.model.chars().take(128).collect()),
+    let row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, prompt, completion, charge);
+    usage_logs::Entity::insert(row).exec(txn).await?;
+    Ok(Resolved::Charged(charge))
+}
+
+/// The usage-log row of one call: who, what was used and charged, and how it went.
+pub fn usage_row(
+    request_id: &str,
+    user_id: i64,
+    key_id: Option<i64>,
+    log: &UsageLog,
+    prompt: i64,
+    completion: i64,
+    charge: Charge,
+) -> usage_logs::ActiveModel {
+    let now = now_ms();
+    usage_logs::ActiveModel {
+        request_id: Set(request_id.to_owned()),
+        user_id: Set(user_id),
+        key_id: Set(key_id),
+        model: Set(log.model.chars().take(128).collect()),
         prompt_tokens: Set(prompt),
         completion_tokens: Set(completion),
         total_tokens: Set(prompt.saturating_add(completion)),
         cost: Set(charge.amount),
         subscription_tokens: Set(charge.tokens),
-        status_code: Set(resolution.log.status_code),
-        latency_ms: Set(resolution.log.latency_ms),
-        ttfb_ms: Set(resolution.log.ttfb_ms),
-        stream: Set(resolution.log.stream),
-        usage_source: Set(resolution.log.usage_source.to_owned()),
+        status_code: Set(log.status_code),
+        latency_ms: Set(log.latency_ms),
+        ttfb_ms: Set(log.ttfb_ms),
+        stream: Set(log.stream),
+        usage_source: Set(log.usage_source.to_owned()),
         created_at: Set(now),
         day: Set(day_of(now)),
         ..Default::default()
-    };
-    usage_logs::Entity::insert(log).exec(txn).await?;
-    Ok(Resolved::Charged(charge))
+    }
 }
 
 /// Returns reserved-but-unused subscription tokens to the subscriptions they came from, in the

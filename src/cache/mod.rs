@@ -91,10 +91,6 @@ impl Cache {
         Ok(Self { redis: Some(Arc::new(layer)), ..Self::in_process() })
     }
 
-    pub fn has_redis(&self) -> bool {
-        self.redis.is_some()
-    }
-
     fn local_ttl(&self, ttl: Duration) -> Duration {
         if self.redis.is_some() { ttl.min(LOCAL_TTL_WITH_REDIS) } else { ttl }
     }

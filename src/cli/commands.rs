@@ -132,7 +132,11 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Disable { email } => {
             let user = accounts::set_disabled(db, &email, true, None).await?;
             auth::forget_user_keys(db, cache, user.id).await?;
-            out(&format!("disabled {}; their keys stop working within 5 seconds", user.email))
+            let sessions = crate::auth::sessions::end_all(db, user.id).await?;
+            out(&format!(
+                "disabled {}; their keys stop working within 5 seconds and {sessions} sign-in session(s) ended",
+                user.email
+            ))
         }
         UserCommand::Enable { email } => {
             let user = accounts::set_disabled(db, &email, false, None).await?;

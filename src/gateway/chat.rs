@@ -17,8 +17,7 @@ use super::settle::{Ending, Settler};
 use super::tokens;
 use super::upstream::{UpstreamFailure, error_message};
 use crate::app::AppState;
-use crate::billing::{ReserveRequest, reserve};
-use crate::clock::{day_of, now_ms};
+use crate::billing::{Charge, ReserveRequest, UsageLog, reserve, usage_row};
 use crate::error::Error;
 use crate::http::ApiError;
 
@@ -366,31 +365,18 @@ async fn read_body(
 /// off the request path.
 fn log_failure(state: &AppState, request_id: &str, key: ApiKey, model: String, status: u16, started: Instant) {
     let db = state.db.clone();
-    let request_id = request_id.to_owned();
-    let latency = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let log = UsageLog {
+        model,
+        status_code: i32::from(status),
+        latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        ttfb_ms: None,
+        stream: false,
+        usage_source: "none",
+    };
+    let row = usage_row(request_id, key.user_id, Some(key.key_id), &log, 0, 0, Charge::default());
     state.tasks.spawn(async move {
-        use sea_orm::{ActiveModelTrait, Set};
-        let now = now_ms();
-        let row = crate::db::entities::usage_logs::ActiveModel {
-            request_id: Set(request_id),
-            user_id: Set(key.user_id),
-            key_id: Set(Some(key.key_id)),
-            model: Set(model.chars().take(128).collect()),
-            prompt_tokens: Set(0),
-            completion_tokens: Set(0),
-            total_tokens: Set(0),
-            cost: Set(0),
-            subscription_tokens: Set(0),
-            status_code: Set(i32::from(status)),
-            latency_ms: Set(latency),
-            ttfb_ms: Set(None),
-            stream: Set(false),
-            usage_source: Set("none".into()),
-            created_at: Set(now),
-            day: Set(day_of(now)),
-            ..Default::default()
-        };
-        if let Err(err) = row.insert(&db.write).await {
+        use sea_orm::EntityTrait;
+        if let Err(err) = crate::db::entities::usage_logs::Entity::insert(row).exec(&db.write).await {
             tracing::warn!(error = %err, "could not write the usage log of a failed request");
         }
     });

@@ -31,10 +31,6 @@ impl InFlight {
         *n += 1;
         Some(Slot { owner: self.clone(), user_id })
     }
-
-    pub fn in_flight(&self, user_id: i64) -> u32 {
-        self.counts.lock().map(|c| c.get(&user_id).copied().unwrap_or(0)).unwrap_or(0)
-    }
 }
 
 impl Drop for Slot {

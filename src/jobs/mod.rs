@@ -1,5 +1,5 @@
-//! Scheduled work inside `serve`: the daily subscription expiry and the stale-reservation
-//! sweeper.
+//! Scheduled work inside `serve`: the daily subscription expiry, the stale-reservation
+//! sweeper, and the hourly removal of expired sessions.
 //!
 //! With several instances every instance runs both. That is safe because both jobs are
 //! idempotent compare-and-set loops (see `subscriptions::expire_due` and
@@ -55,7 +55,16 @@ pub fn start(config: &Config, db: &Db, tracker: &TaskTracker, shutdown: &Cancell
     let max_age_ms = i64::try_from(config.stale_reservation_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let every = Duration::from_secs(config.sweep_interval_secs);
     tracker.spawn(async move {
+        let mut next_purge = now_ms();
         loop {
+            if now_ms() >= next_purge {
+                next_purge = now_ms() + 3_600_000;
+                match crate::auth::sessions::purge_expired(&db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
+                    Err(err) => tracing::error!(error = %err, "expired-session cleanup failed"),
+                }
+            }
             match billing::sweep_stale(&db, max_age_ms).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(swept = n, "stale reservations resolved"),

@@ -419,3 +419,26 @@ async fn keys_per_user_are_limited() {
     let body: Value = res.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("at most"));
 }
+
+#[tokio::test]
+async fn expired_sessions_are_removed() {
+    use sea_orm::{ActiveModelTrait, Set};
+    let s = site(&[]).await;
+    let now = tollgate::clock::now_ms();
+    for (id, expires_at) in [("old".repeat(20), now - 1), ("new".repeat(20), now + 60_000)] {
+        sessions::ActiveModel {
+            id: Set(id),
+            user_id: Set(None),
+            data: Set("{}".into()),
+            expires_at: Set(expires_at),
+            created_at: Set(now),
+        }
+        .insert(&s.app.db.write)
+        .await
+        .unwrap();
+    }
+    assert_eq!(tollgate::auth::sessions::purge_expired(&s.app.db).await.unwrap(), 1);
+    let left = sessions::Entity::find().all(&s.app.db.read).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].id.starts_with("new"));
+}

@@ -204,10 +204,34 @@ async fn models_keys_and_users_are_managed_from_the_command_line() {
     let revoked = api_keys::Entity::find_by_id(row.id).one(&db.read).await.unwrap().unwrap();
     assert!(revoked.revoked_at.is_some());
 
-    stdout(&tollgate(&url, &["user", "disable", "--email", "cli@example.com"]));
+    // Disabling ends the user's sign-in sessions too.
+    let user_id = show_id(&url, "cli@example.com");
+    for (id, expires) in [("a".repeat(64), i64::MAX), ("b".repeat(64), i64::MAX)] {
+        use sea_orm::{ActiveModelTrait, Set};
+        tollgate::db::entities::sessions::ActiveModel {
+            id: Set(id),
+            user_id: Set(Some(user_id)),
+            data: Set("{}".into()),
+            expires_at: Set(expires),
+            created_at: Set(0),
+        }
+        .insert(&db.write)
+        .await
+        .unwrap();
+    }
+    let out = stdout(&tollgate(&url, &["user", "disable", "--email", "cli@example.com"]));
+    assert!(out.contains("2 sign-in session(s) ended"), "{out}");
+    use sea_orm::PaginatorTrait;
+    assert_eq!(tollgate::db::entities::sessions::Entity::find().count(&db.read).await.unwrap(), 0);
     let show: serde_json::Value =
         serde_json::from_str(&stdout(&tollgate(&url, &["user", "show", "--email", "cli@example.com", "--json"])))
             .unwrap();
     assert_eq!(show["disabled"], true);
     stdout(&tollgate(&url, &["user", "enable", "--email", "cli@example.com"]));
+}
+
+fn show_id(url: &str, email: &str) -> i64 {
+    let show: serde_json::Value =
+        serde_json::from_str(&stdout(&tollgate(url, &["user", "show", "--email", email, "--json"]))).unwrap();
+    show["id"].as_i64().unwrap()
 }
