@@ -442,3 +442,21 @@ async fn expired_sessions_are_removed() {
     assert_eq!(left.len(), 1);
     assert!(left[0].id.starts_with("new"));
 }
+
+#[tokio::test]
+async fn failed_passwords_are_limited_per_address() {
+    let s = site(&[]).await;
+    crate::helpers::password_user(&s.app.db, "real@example.com", "user").await;
+    let login = s.url("/api/auth/signin/password");
+    let browser = Browser::new();
+    // Guessing across many accounts from one address...
+    for i in 0..tollgate::auth::limiter::PER_ADDRESS {
+        let email = format!("guess{i}@example.com");
+        browser.post_form(&login, &[("email", email.as_str()), ("password", "guess guess guess")], None).await;
+    }
+    // ...locks that address, even for a right password of an untouched account.
+    let res =
+        browser.post_form(&login, &[("email", "real@example.com"), ("password", crate::helpers::PASSWORD)], None).await;
+    assert!(res.headers()["location"].to_str().unwrap().contains("too+many"));
+    assert!(browser.cookie("tollgate_session").is_none());
+}
