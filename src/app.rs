@@ -54,7 +54,11 @@ pub struct AppState {
     pub public_url: url::Url,
     /// Work that must finish before the process exits (settlements, jobs).
     pub tasks: TaskTracker,
+    /// Cancelled when shutdown begins: stop accepting, let open requests finish.
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace period has run out: open streams and upstream
+    /// exchanges stop where they are and settle for what was delivered.
+    pub hard_stop: CancellationToken,
 }
 
 pub struct Application {
@@ -119,6 +123,7 @@ impl Application {
             public_url,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
         };
         Ok(Self { listener, port, state })
     }

@@ -130,6 +130,25 @@ pub struct Config {
     pub session_idle: Duration,
     /// `SESSION_MAX_AGE_SECS`: a sign-in session ends this long after sign-in, however used.
     pub session_max_age: Duration,
+    /// `MAX_CHOICES`: the largest `n` (choices per request) accepted; more is a 400.
+    pub max_choices: u32,
+    /// `IDLE_CONNECTION_TIMEOUT_MS`: a client connection with no request in progress for this
+    /// long is closed (HTTP/1 keep-alive, HTTP/2, and connections that never send a request).
+    pub idle_connection_timeout: Duration,
+    /// `HTTP2_KEEPALIVE_SECS`: interval of HTTP/2 keep-alive pings; a peer that does not answer
+    /// one within this interval is disconnected.
+    pub http2_keepalive: Duration,
+    /// `MAX_CONNECTIONS`: open client connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// `PASSWORD_HASH_CONCURRENCY`: password hashes computed at once (each takes ~19 MiB);
+    /// sign-in attempts beyond it get 429.
+    pub password_hash_concurrency: usize,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS`: how long a request waits for a database connection (or,
+    /// on SQLite, for a lock) before it is answered 503.
+    pub database_acquire_timeout: Duration,
+    /// `UPSTREAM_MAX_RETRY_WAIT_MS`: the longest upstream `Retry-After` waited out before a
+    /// retry; a longer one is passed on to the client as a 429.
+    pub upstream_max_retry_wait: Duration,
 }
 
 /// The minimum length of a usable `CRON_SECRET`.
@@ -256,6 +275,22 @@ impl Config {
         if max_request_bytes < 1024 {
             return Err(invalid("MAX_REQUEST_BYTES", "must be at least 1024"));
         }
+        let max_choices: u32 = parse(&get, "MAX_CHOICES", 8)?;
+        if max_choices == 0 || max_choices > 128 {
+            return Err(invalid("MAX_CHOICES", "must be between 1 and 128"));
+        }
+        let max_connections: usize = parse(&get, "MAX_CONNECTIONS", 10_000)?;
+        if max_connections < 16 {
+            return Err(invalid("MAX_CONNECTIONS", "must be at least 16"));
+        }
+        let password_hash_concurrency: usize = parse(&get, "PASSWORD_HASH_CONCURRENCY", 4)?;
+        if password_hash_concurrency == 0 {
+            return Err(invalid("PASSWORD_HASH_CONCURRENCY", "must be at least 1"));
+        }
+        let http2_keepalive_secs: u64 = parse(&get, "HTTP2_KEEPALIVE_SECS", 30)?;
+        if http2_keepalive_secs == 0 {
+            return Err(invalid("HTTP2_KEEPALIVE_SECS", "must be at least 1"));
+        }
         let sweep_interval_secs: u64 = parse(&get, "SWEEP_INTERVAL_SECS", 60)?;
         if sweep_interval_secs == 0 {
             return Err(invalid("SWEEP_INTERVAL_SECS", "must be at least 1"));
@@ -295,6 +330,13 @@ impl Config {
             public_url_explicit,
             header_read_timeout: ms("HEADER_READ_TIMEOUT_MS", 10_000)?,
             body_read_timeout: ms("BODY_READ_TIMEOUT_MS", 30_000)?,
+            max_choices,
+            idle_connection_timeout: ms("IDLE_CONNECTION_TIMEOUT_MS", 60_000)?,
+            http2_keepalive: Duration::from_secs(http2_keepalive_secs),
+            max_connections,
+            password_hash_concurrency,
+            database_acquire_timeout: ms("DATABASE_ACQUIRE_TIMEOUT_MS", 2_000)?,
+            upstream_max_retry_wait: ms("UPSTREAM_MAX_RETRY_WAIT_MS", 5_000)?,
         })
     }
 
@@ -408,6 +450,10 @@ mod tests {
             (&[("UPSTREAM_IDLE_TIMEOUT_MS", "0")], "UPSTREAM_IDLE_TIMEOUT_MS"),
             (&[("UPSTREAM_TOTAL_TIMEOUT_MS", "9000000")], "STALE_RESERVATION_SECS"),
             (&[("MAX_CONCURRENT_REQUESTS_PER_USER", "0")], "MAX_CONCURRENT_REQUESTS_PER_USER"),
+            (&[("MAX_CHOICES", "0")], "MAX_CHOICES"),
+            (&[("MAX_CONNECTIONS", "3")], "MAX_CONNECTIONS"),
+            (&[("PASSWORD_HASH_CONCURRENCY", "0")], "PASSWORD_HASH_CONCURRENCY"),
+            (&[("DATABASE_ACQUIRE_TIMEOUT_MS", "0")], "DATABASE_ACQUIRE_TIMEOUT_MS"),
         ];
         for (vars, var) in cases {
             let err = config(vars).unwrap_err();

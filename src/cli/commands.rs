@@ -287,6 +287,7 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                             "max_output_tokens": m.max_output_tokens,
                             "context_window": m.context_window,
                             "enabled": m.enabled,
+                            "cap_field": m.cap_field,
                         })
                     })
                     .collect();
@@ -310,7 +311,16 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             }
             out(&text)
         }
-        ModelCommand::Set { name, input_price, output_price, max_output, context_window, upstream_model, enabled } => {
+        ModelCommand::Set {
+            name,
+            input_price,
+            output_price,
+            max_output,
+            context_window,
+            upstream_model,
+            enabled,
+            cap_field,
+        } => {
             let change = catalog::ModelChange {
                 upstream_model,
                 input_price: price("--input-price", input_price)?,
@@ -318,6 +328,7 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 max_output_tokens: max_output,
                 context_window,
                 enabled,
+                cap_field,
             };
             let m = catalog::set(db, cache, &name, change, None).await?;
             out(&format!(

@@ -65,6 +65,10 @@ pub enum ModelCommand {
         upstream_model: Option<String>,
         #[arg(long)]
         enabled: Option<bool>,
+        /// The request field that carries the output cap upstream: `max_completion_tokens`
+        /// (OpenAI) or `max_tokens` (most other OpenAI-compatible servers).
+        #[arg(long)]
+        cap_field: Option<String>,
     },
 }
 

@@ -23,6 +23,16 @@ pub struct ModelConfig {
     pub max_output_tokens: i64,
     pub context_window: i64,
     pub enabled: bool,
+    /// The request field that carries the output cap upstream.
+    #[serde(default = "default_cap_field")]
+    pub cap_field: String,
+}
+
+/// The output-cap fields an upstream may honour.
+pub const CAP_FIELDS: [&str; 2] = ["max_completion_tokens", "max_tokens"];
+
+fn default_cap_field() -> String {
+    CAP_FIELDS[0].to_owned()
 }
 
 impl ModelConfig {
@@ -42,6 +52,7 @@ impl From<models::Model> for ModelConfig {
             max_output_tokens: m.max_output_tokens,
             context_window: m.context_window,
             enabled: m.enabled,
+            cap_field: m.cap_field,
         }
     }
 }
@@ -98,6 +109,8 @@ pub struct ModelChange {
     pub max_output_tokens: Option<i64>,
     pub context_window: Option<i64>,
     pub enabled: Option<bool>,
+    /// `max_completion_tokens` or `max_tokens`.
+    pub cap_field: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -128,6 +141,11 @@ pub async fn set(db: &Db, cache: &Cache, name: &str, change: ModelChange, actor:
     if let Some(u) = &change.upstream_model {
         check_name(u)?;
     }
+    if let Some(f) = &change.cap_field
+        && !CAP_FIELDS.contains(&f.as_str())
+    {
+        return Err(Error::BadRequest(format!("the cap field must be one of {}", CAP_FIELDS.join(", "))));
+    }
     let now = now_ms();
     let txn = db.begin().await?;
     let existing = models::Entity::find().filter(models::Column::Name.eq(name)).one(&txn).await?;
@@ -153,6 +171,9 @@ pub async fn set(db: &Db, cache: &Cache, name: &str, change: ModelChange, actor:
             if let Some(v) = change.enabled {
                 am.enabled = Set(v);
             }
+            if let Some(v) = change.cap_field {
+                am.cap_field = Set(v);
+            }
             am.updated_at = Set(now);
             am.update(&txn).await?
         }
@@ -168,6 +189,7 @@ pub async fn set(db: &Db, cache: &Cache, name: &str, change: ModelChange, actor:
                 max_output_tokens: Set(change.max_output_tokens.unwrap_or(4096)),
                 context_window: Set(change.context_window.unwrap_or(128_000)),
                 enabled: Set(change.enabled.unwrap_or(true)),
+                cap_field: Set(change.cap_field.unwrap_or_else(default_cap_field)),
                 created_at: Set(now),
                 updated_at: Set(now),
                 ..Default::default()

@@ -17,6 +17,9 @@ pub struct Model {
     pub max_output_tokens: i64,
     pub context_window: i64,
     pub enabled: bool,
+    /// The request field that carries the output cap upstream: `max_completion_tokens`
+    /// (OpenAI) or `max_tokens` (most other OpenAI-compatible servers).
+    pub cap_field: String,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -24,6 +24,10 @@ pub struct Model {
     pub charged_amount: i64,
     /// Subscription tokens actually consumed at settlement.
     pub charged_tokens: i64,
+    /// Money taken from the balance at settlement beyond `amount` (included in `charged_amount`).
+    pub excess_amount: i64,
+    /// Money the upstream's usage cost that could not be collected at all.
+    pub shortfall: i64,
     pub created_at: i64,
     pub updated_at: i64,
     pub resolved_at: Option<i64>,

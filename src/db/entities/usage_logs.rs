@@ -27,6 +27,10 @@ pub struct Model {
     pub created_at: i64,
     /// `YYYY-MM-DD` in UTC, precomputed because date functions differ between engines.
     pub day: String,
+    /// Money the usage cost that could not be collected (non-zero only on a shortfall).
+    pub shortfall: i64,
+    /// Calls this row stands for: 1, or more for repeated refusals of one key in one minute.
+    pub request_count: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

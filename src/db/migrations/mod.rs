@@ -4,12 +4,17 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
 mod m0002_starter_models;
+mod m0003_edges;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_initial::Migration), Box::new(m0002_starter_models::Migration)]
+        vec![
+            Box::new(m0001_initial::Migration),
+            Box::new(m0002_starter_models::Migration),
+            Box::new(m0003_edges::Migration),
+        ]
     }
 }
