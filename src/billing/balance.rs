@@ -26,6 +26,28 @@ pub async fn debit_if_covered(conn: &impl ConnectionTrait, user_id: i64, amount:
     Ok(res.rows_affected == 1)
 }
 
+/// Takes up to `amount` from the balance: all of it when the balance covers it, else what the
+/// balance holds. Returns what was taken. Each step is the same conditional debit, so a
+/// concurrent change can only make it take less, never drive the balance below zero.
+pub async fn debit_up_to(conn: &impl ConnectionTrait, user_id: i64, wanted: i64) -> Result<i64> {
+    if wanted <= 0 {
+        return Ok(0);
+    }
+    if debit_if_covered(conn, user_id, wanted).await? {
+        return Ok(wanted);
+    }
+    for _ in 0..3 {
+        let take = std::cmp::min(amount(conn, user_id).await?, wanted);
+        if take <= 0 {
+            return Ok(0);
+        }
+        if debit_if_covered(conn, user_id, take).await? {
+            return Ok(take);
+        }
+    }
+    Ok(0)
+}
+
 /// Adds `amount` to the balance.
 pub async fn credit(conn: &impl ConnectionTrait, user_id: i64, amount: i64) -> Result<()> {
     if amount < 0 {

@@ -1,6 +1,7 @@
 //! The billing invariant, per user:
 //! `balance + pending reserved + settled charges == sum of the ledger`, for money and for
-//! subscription tokens alike, and nothing negative.
+//! subscription tokens alike, and nothing negative. Settled charges include any excess taken
+//! from the balance at settlement; shortfalls (usage nobody paid for) are counted apart.
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
@@ -18,6 +19,9 @@ pub struct Reconciliation {
     pub pending_tokens: i64,
     pub charged_tokens: i64,
     pub ledger_tokens: i64,
+    /// What usage cost beyond reservations and balances (counted apart: never collected, so
+    /// not in the equation; any non-zero value is a signal for the operator).
+    pub shortfall: i64,
     /// Anything negative that must never be (a balance, a subscription, a reservation).
     pub negatives: Vec<String>,
 }
@@ -63,9 +67,14 @@ pub async fn reconcile(conn: &impl ConnectionTrait, user_id: i64) -> Result<Reco
         if res.amount < 0 || res.tokens < 0 || res.charged_amount < 0 || res.charged_tokens < 0 {
             r.negatives.push(format!("reservation {} has a negative amount", res.id));
         }
-        if res.charged_amount > res.amount || res.charged_tokens > res.tokens {
-            r.negatives.push(format!("reservation {} charged more than it reserved", res.id));
+        if res.excess_amount < 0 || res.shortfall < 0 {
+            r.negatives.push(format!("reservation {} has a negative excess or shortfall", res.id));
         }
+        // Beyond the reservation only the excess taken from the balance may be charged.
+        if res.charged_amount > res.amount + res.excess_amount || res.charged_tokens > res.tokens {
+            r.negatives.push(format!("reservation {} charged more than it reserved and collected", res.id));
+        }
+        r.shortfall += res.shortfall;
         match res.state.as_str() {
             super::reservations::PENDING => {
                 r.pending_amount += res.amount;

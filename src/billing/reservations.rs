@@ -59,6 +59,11 @@ pub struct Reservation {
 pub struct Charge {
     pub tokens: i64,
     pub amount: i64,
+    /// Of `amount`, what was taken from the balance beyond the reservation (the upstream
+    /// billed more than the worst case foreseen).
+    pub excess: i64,
+    /// What the usage cost beyond the reservation that the balance could not cover.
+    pub shortfall: i64,
 }
 
 /// The charge for `prompt` + `completion` tokens when `sub_tokens` subscription tokens are
@@ -71,7 +76,7 @@ pub fn charge_for(sub_tokens: i64, max_amount: i64, prompt: i64, completion: i64
     let prompt_uncovered = prompt - min(tokens, prompt);
     let completion_uncovered = completion - min(tokens - min(tokens, prompt), completion);
     let amount = cost(prompt_uncovered, prices.input).saturating_add(cost(completion_uncovered, prices.output));
-    Charge { tokens, amount: min(amount, max(max_amount, 0)) }
+    Charge { tokens, amount: min(amount, max(max_amount, 0)), ..Charge::default() }
 }
 
 /// Takes the worst case of a request from the user's subscriptions and balance, and records the
@@ -298,29 +303,41 @@ pub async fn resolve_reservation(db: &Db, reservation: &Reservation, resolution:
 
 async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &Resolution) -> Result<Resolved> {
     let now = now_ms();
-    let (charge, state, prompt, completion) = match resolution.state {
+    let (mut charge, state, prompt, completion) = match resolution.state {
         FinalState::Settled { prompt_tokens, completion_tokens, prices } => (
-            charge_for(res.tokens, res.amount, prompt_tokens, completion_tokens, prices),
+            charge_for(res.tokens, i64::MAX, prompt_tokens, completion_tokens, prices),
             SETTLED,
             max(prompt_tokens, 0),
             max(completion_tokens, 0),
         ),
         FinalState::Voided => (Charge::default(), VOIDED, 0, 0),
-        FinalState::Swept => (Charge { tokens: res.tokens, amount: res.amount }, SETTLED, 0, 0),
+        FinalState::Swept => (Charge { tokens: res.tokens, amount: res.amount, ..Charge::default() }, SETTLED, 0, 0),
     };
+    // The reservation is the worst case, so usage should fit in it. When it does not (an
+    // upstream that bills more than it was asked to produce), the rest is taken from the
+    // balance, and what the balance cannot cover is recorded as a shortfall — never dropped.
+    let covered = min(charge.amount, res.amount);
+    let beyond = charge.amount - covered;
 
     // Refunds first (subscriptions, then the balance: the lock order `reserve` uses), then the
     // guard: of two concurrent resolutions only one changes the reservation row, and the loser's
     // whole transaction, refunds included, is rolled back.
     refund_tokens(txn, res, charge.tokens, now).await?;
-    let refund = res.amount - charge.amount;
+    let refund = res.amount - covered;
     if refund > 0 {
         balance::credit(txn, res.user_id, refund).await?;
+    }
+    if beyond > 0 {
+        charge.excess = balance::debit_up_to(txn, res.user_id, beyond).await?;
+        charge.shortfall = beyond - charge.excess;
+        charge.amount = covered + charge.excess;
     }
     let guard = reservations::Entity::update_many()
         .col_expr(reservations::Column::State, Expr::value(state))
         .col_expr(reservations::Column::ChargedAmount, Expr::value(charge.amount))
         .col_expr(reservations::Column::ChargedTokens, Expr::value(charge.tokens))
+        .col_expr(reservations::Column::ExcessAmount, Expr::value(charge.excess))
+        .col_expr(reservations::Column::Shortfall, Expr::value(charge.shortfall))
         .col_expr(reservations::Column::ResolvedAt, Expr::value(now))
         .col_expr(reservations::Column::UpdatedAt, Expr::value(now))
         .filter(reservations::Column::Id.eq(res.id))
@@ -330,6 +347,27 @@ async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &R
     if guard.rows_affected != 1 {
         // Returned as an error so that the refunds above are rolled back.
         return Err(Error::Conflict("the reservation was resolved concurrently".into()));
+    }
+    if charge.shortfall > 0 {
+        crate::audit::record(
+            txn,
+            crate::audit::Entry {
+                actor_user_id: None,
+                action: "billing.shortfall",
+                target_type: "reservation",
+                target_id: res.request_id.clone(),
+                before: Some(serde_json::json!({ "reserved": res.amount, "reserved_tokens": res.tokens })),
+                after: Some(serde_json::json!({
+                    "user_id": res.user_id,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "charged": charge.amount,
+                    "excess_collected": charge.excess,
+                    "shortfall": charge.shortfall,
+                })),
+            },
+        )
+        .await?;
     }
 
     let row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, prompt, completion, charge);
@@ -365,6 +403,8 @@ pub fn usage_row(
         usage_source: Set(log.usage_source.to_owned()),
         created_at: Set(now),
         day: Set(day_of(now)),
+        shortfall: Set(charge.shortfall),
+        request_count: Set(1),
         ..Default::default()
     }
 }
@@ -469,11 +509,12 @@ mod tests {
 
     #[test]
     fn subscription_tokens_cover_prompt_first() {
-        assert_eq!(charge_for(0, i64::MAX, 1000, 500, P), Charge { tokens: 0, amount: 2000 + 4000 });
-        assert_eq!(charge_for(1000, i64::MAX, 1000, 500, P), Charge { tokens: 1000, amount: 4000 });
-        assert_eq!(charge_for(1200, i64::MAX, 1000, 500, P), Charge { tokens: 1200, amount: 2400 });
-        assert_eq!(charge_for(5000, i64::MAX, 1000, 500, P), Charge { tokens: 1500, amount: 0 });
-        assert_eq!(charge_for(0, 100, 1000, 500, P), Charge { tokens: 0, amount: 100 });
-        assert_eq!(charge_for(0, i64::MAX, -5, i64::MIN, P), Charge { tokens: 0, amount: 0 });
+        let c = |tokens, amount| Charge { tokens, amount, ..Charge::default() };
+        assert_eq!(charge_for(0, i64::MAX, 1000, 500, P), c(0, 2000 + 4000));
+        assert_eq!(charge_for(1000, i64::MAX, 1000, 500, P), c(1000, 4000));
+        assert_eq!(charge_for(1200, i64::MAX, 1000, 500, P), c(1200, 2400));
+        assert_eq!(charge_for(5000, i64::MAX, 1000, 500, P), c(1500, 0));
+        assert_eq!(charge_for(0, 100, 1000, 500, P), c(0, 100));
+        assert_eq!(charge_for(0, i64::MAX, -5, i64::MIN, P), c(0, 0));
     }
 }

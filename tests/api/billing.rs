@@ -51,7 +51,7 @@ async fn settlement_refunds_exactly_once(backend: Backend) {
     assert_eq!(balance::amount(&db.read, user).await.unwrap(), 966_000);
 
     let first = resolve(db, "once", &settled(1000, 500)).await.unwrap();
-    assert_eq!(first, Resolved::Charged(Charge { tokens: 0, amount: 6_000 }));
+    assert_eq!(first, Resolved::Charged(Charge { tokens: 0, amount: 6_000, ..Default::default() }));
     assert_eq!(balance::amount(&db.read, user).await.unwrap(), 994_000);
     // A duplicate settle, a late void and a sweep all change nothing.
     assert_eq!(resolve(db, "once", &settled(0, 0)).await.unwrap(), Resolved::AlreadyResolved);
@@ -91,16 +91,44 @@ async fn concurrent_settlements_resolve_once(backend: Backend) {
     assert_books_balance(&db, user).await;
 }
 
-async fn usage_beyond_the_reservation_is_capped(backend: Backend) {
+async fn usage_beyond_the_reservation_is_collected_or_recorded(backend: Backend) {
     let t = fresh_db(backend).await;
     let db = &t.db;
-    let user = user_with_balance(db, "cap@example.com", 100_000).await;
-    let r = reserve(db, &request("cap", user, 10, 10)).await.unwrap();
-    // The upstream reports far more than the worst case: the charge stops at what was reserved.
-    let out = resolve(db, "cap", &settled(1_000_000, 1_000_000)).await.unwrap();
-    assert_eq!(out, Resolved::Charged(Charge { tokens: 0, amount: r.amount }));
-    assert_eq!(balance::amount(&db.read, user).await.unwrap(), 100_000 - r.amount);
-    assert_books_balance(db, user).await;
+    // 10 + 10 tokens reserve 20 + 80 = 100 µ; the upstream then reports 100 + 100 tokens,
+    // which cost 200 + 800 = 1,000 µ.
+    let rich = user_with_balance(db, "rich@example.com", 100_000).await;
+    let r = reserve(db, &request("rich", rich, 10, 10)).await.unwrap();
+    assert_eq!(r.amount, 100);
+    let out = resolve(db, "rich", &settled(100, 100)).await.unwrap();
+    // The balance covers the excess: it is collected, nothing is lost.
+    assert_eq!(out, Resolved::Charged(Charge { tokens: 0, amount: 1_000, excess: 900, shortfall: 0 }));
+    assert_eq!(balance::amount(&db.read, rich).await.unwrap(), 100_000 - 1_000);
+    assert_books_balance(db, rich).await;
+
+    // A balance of 400 µ: 100 reserved, 300 left to take, 600 cannot be collected.
+    let poor = user_with_balance(db, "poor@example.com", 400).await;
+    reserve(db, &request("poor", poor, 10, 10)).await.unwrap();
+    let out = resolve(db, "poor", &settled(100, 100)).await.unwrap();
+    assert_eq!(out, Resolved::Charged(Charge { tokens: 0, amount: 400, excess: 300, shortfall: 600 }));
+    assert_eq!(balance::amount(&db.read, poor).await.unwrap(), 0);
+    let row = usage_logs::Entity::find().filter(usage_logs::Column::RequestId.eq("poor")).one(&db.read).await.unwrap();
+    let row = row.unwrap();
+    assert_eq!((row.cost, row.shortfall), (400, 600));
+    let res = reservations::Entity::find().filter(reservations::Column::RequestId.eq("poor")).one(&db.read).await;
+    let res = res.unwrap().unwrap();
+    assert_eq!((res.charged_amount, res.excess_amount, res.shortfall), (400, 300, 600));
+    // The shortfall is written to the audit log for the operator.
+    let audit = tollgate::db::entities::audit_logs::Entity::find()
+        .filter(tollgate::db::entities::audit_logs::Column::Action.eq("billing.shortfall"))
+        .all(&db.read)
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].target_id, "poor");
+    assert!(audit[0].after.as_deref().unwrap_or("").contains("\"shortfall\":600"), "{:?}", audit[0].after);
+    let books = tollgate::billing::reconcile::reconcile(&db.read, poor).await.unwrap();
+    assert_eq!(books.shortfall, 600);
+    assert_books_balance(db, poor).await;
 }
 
 async fn hostile_token_counts_never_overflow(backend: Backend) {
@@ -164,7 +192,7 @@ async fn voids_refund_everything_and_sweeps_charge_everything(backend: Backend) 
 on_all_backends!(
     settlement_refunds_exactly_once,
     concurrent_settlements_resolve_once,
-    usage_beyond_the_reservation_is_capped,
+    usage_beyond_the_reservation_is_collected_or_recorded,
     hostile_token_counts_never_overflow,
     voids_refund_everything_and_sweeps_charge_everything,
 );

@@ -159,7 +159,13 @@ async fn run_ops(ops: Vec<Op>) {
                 }
                 let taken: i64 = sources.iter().map(|s| s.1).sum();
                 let (used, money) = money_for(taken, prompt, completion);
-                let charged = Charge { tokens: used, amount: money.min(amount) };
+                // Usage beyond the reservation is taken from what the balance still holds
+                // after the refund; the rest is a shortfall.
+                let covered = money.min(amount);
+                let available = m.balance + amount - covered;
+                let excess = (money - covered).min(available);
+                let charged =
+                    Charge { tokens: used, amount: covered + excess, excess, shortfall: money - covered - excess };
                 assert_eq!(got, Resolved::Charged(charged), "step {step}");
                 m.balance += amount - charged.amount;
                 let mut to_use = used;

@@ -131,7 +131,10 @@ async fn storage_story(backend: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(outcome, Resolved::Charged(tollgate::billing::Charge { tokens: 500, amount: 120 }));
+    assert_eq!(
+        outcome,
+        Resolved::Charged(tollgate::billing::Charge { tokens: 500, amount: 120, ..Default::default() })
+    );
     let log = usage_logs::Entity::find()
         .filter(usage_logs::Column::RequestId.eq("story-1"))
         .one(&db.read)

@@ -74,7 +74,7 @@ async fn subscriptions_are_consumed_first_earliest_expiry_first(backend: Backend
     // Real usage 250 tokens: all from subscriptions (200 early + 50 late); the money and the
     // unused 250 tokens of `late` go back where they came from.
     let out = resolve(db, "a", &settled(100, 150)).await.unwrap();
-    assert_eq!(out, Resolved::Charged(Charge { tokens: 250, amount: 0 }));
+    assert_eq!(out, Resolved::Charged(Charge { tokens: 250, amount: 0, ..Default::default() }));
     assert_eq!(sub(db, early.id).await.tokens_remaining, 0);
     assert_eq!(sub(db, late.id).await.tokens_remaining, 250);
     assert_eq!(tollgate::billing::balance::amount(&db.read, user).await.unwrap(), 10_000);
@@ -196,7 +196,7 @@ async fn a_reservation_against_an_expired_subscription_never_becomes_money(backe
     // reserved tokens are not returned to the expired subscription and not turned into money;
     // the 500 reserved money comes back in full.
     let out = resolve(db, "r", &settled(200, 100)).await.unwrap();
-    assert_eq!(out, Resolved::Charged(Charge { tokens: 300, amount: 0 }));
+    assert_eq!(out, Resolved::Charged(Charge { tokens: 300, amount: 0, ..Default::default() }));
     assert_eq!(sub(db, s.id).await.tokens_remaining, 0);
     assert_eq!(tollgate::billing::balance::amount(&db.read, user).await.unwrap(), 5_000);
     assert_eq!(expire_entries(db, user).await, vec![-700]);
