@@ -11,18 +11,14 @@ use serde_json::{Map, Value};
 
 use super::auth::{self, ApiKey};
 use super::catalog;
-use super::chunks::Chunk;
-use super::relay::Relay;
-use super::settle::{Ending, Settler};
+use super::exchange::{Exchange, Head};
+use super::refusals::Refusal;
+use super::settle::Settler;
 use super::tokens;
-use super::upstream::{UpstreamFailure, error_message};
 use crate::app::AppState;
-use crate::billing::{Charge, ReserveRequest, UsageLog, reserve, usage_row};
+use crate::billing::{ReserveRequest, reserve};
 use crate::error::Error;
 use crate::http::ApiError;
-
-/// The largest upstream body read for a non-streamed response.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub fn new_request_id() -> String {
     format!("req_{}", crate::crypto::random_token(12))
@@ -108,7 +104,9 @@ async fn handle(
         Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
     };
     let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(fail)?;
-    let (cap_field, requested_cap) = output_cap(&request).map_err(fail)?;
+    let choices = choices(&request, state.config.max_choices).map_err(fail)?;
+    refuse_unpriced(&request).map_err(fail)?;
+    let (cap_fields, requested_cap) = output_caps(&request).map_err(fail)?;
 
     let Some(slot) = state.gateway.inflight.try_acquire(key.user_id) else {
         return Err(fail(Error::RateLimited {
@@ -117,21 +115,26 @@ async fn handle(
         }));
     };
 
-    let prompt = tokens::count_prompt(&model.upstream_model, &request);
-    if prompt >= model.context_window {
+    let prompt = tokens::count_prompt_parts(&model.upstream_model, &request);
+    if prompt.text >= model.context_window {
         return Err(fail(bad(format!(
-            "this model's maximum context length is {} tokens; the messages use about {prompt}",
-            model.context_window
+            "this model's maximum context length is {} tokens; the messages use about {}",
+            model.context_window, prompt.text
         ))));
     }
     let max_out = requested_cap
         .unwrap_or(model.max_output_tokens)
         .min(model.max_output_tokens)
-        .min(model.context_window - prompt);
+        .min(model.context_window - prompt.text);
 
-    // The upstream body: our model name, the clamped cap, usage requested for streams.
+    // The upstream body: our model name; the reserved cap in every cap field the client sent,
+    // or in the one this model's upstream honours when it sent none, so the upstream cannot
+    // produce more than was reserved; usage requested for streams.
     request.insert("model".into(), Value::String(model.upstream_model.clone()));
-    if let Some(field) = cap_field {
+    if cap_fields.is_empty() {
+        request.insert(model.cap_field.clone(), Value::from(max_out));
+    }
+    for field in cap_fields {
         request.insert(field.into(), Value::from(max_out));
     }
     let mut client_wants_usage = false;
@@ -145,65 +148,51 @@ async fn handle(
     }
     let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(|e| fail(Error::Internal(e.into())))?);
 
+    // The worst case: the prompt (media included) and the cap for every choice.
+    let reserved_prompt = prompt.reserved(model.context_window);
+    let reserved_output = max_out.saturating_mul(i64::from(choices));
     // From here on the settler resolves the reservation, whatever happens.
-    let mut settler =
-        reserve_detached(state, request_id, key, &model, stream, started, prompt, max_out).await.map_err(fail)?;
+    let settler = reserve_detached(state, request_id, key, &model, stream, started, reserved_prompt, reserved_output)
+        .await
+        .map_err(fail)?;
 
-    let upstream = &state.gateway.upstream;
-    let deadline = started + upstream.timeouts.total;
-    settler.upstream_called = true;
-    let response = match upstream.send(upstream_body, stream, headers.get("openai-beta"), deadline).await {
-        Ok(r) => r,
-        Err(failure) => {
-            // Nothing was delivered: a full refund. The settlement writes the usage log.
-            let error = ApiError(upstream_error(failure));
-            settler.finish(Ending::Nothing { status: i32::from(error.status().as_u16()) });
-            return Err(Failure { error: error.0, key: None, model: model.name });
-        }
+    // The upstream exchange runs in a tracked task of its own: a client that leaves does not
+    // stop it, so the request is settled on what the upstream reports, never on less.
+    let exchange = Exchange {
+        state: state.clone(),
+        settler,
+        body: upstream_body,
+        stream,
+        beta: headers.get("openai-beta").cloned(),
+        client_wants_usage,
+        deadline: started + state.gateway.upstream.timeouts.total,
+        slot,
     };
-
-    if stream {
-        let relay = Relay::new(response, settler, client_wants_usage, upstream.timeouts.idle, deadline, slot);
-        let mut res = Response::new(Body::from_stream(relay.into_stream()));
-        let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        return Ok(res);
-    }
-
-    let body = read_body(response, upstream.timeouts.idle, deadline, &mut settler).await;
-    drop(slot);
-    match body {
-        Ok(body) => {
-            let parsed: Option<Chunk> = serde_json::from_slice(&body).ok();
-            let Some(parsed) = parsed else {
-                settler.finish(Ending::Nothing { status: 502 });
-                return Err(Failure {
-                    error: Error::Upstream {
-                        status: 502,
-                        message: "the upstream sent an unreadable response".into(),
-                        label: "upstream.bad_response",
-                    },
-                    key: None,
-                    model: model.name,
-                });
-            };
-            settler.usage = parsed.usage.and_then(|u| u.usage());
-            if settler.usage.is_none() {
-                parsed.collect_text(&mut settler.completion_text);
-            }
-            settler.finish(Ending::Delivered { status: 200 });
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    state.tasks.spawn(exchange.run(head_tx));
+    match head_rx.await {
+        Ok(Head::Failed(error)) => Err(Failure { error, key: None, model: model.name }),
+        Ok(Head::Json(body)) => {
             let mut res = Response::new(Body::from(body));
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(res)
         }
-        Err(error) => {
-            // Part of the body may have been generated: bill the estimate of what arrived.
-            let error = ApiError(error);
-            settler.finish(Ending::Delivered { status: i32::from(error.status().as_u16()) });
-            Err(Failure { error: error.0, key: None, model: model.name })
+        Ok(Head::Stream(frames)) => {
+            let body = futures_util::stream::unfold(frames, |mut rx| async move {
+                rx.recv().await.map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
+            });
+            let mut res = Response::new(Body::from_stream(body));
+            let h = res.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            Ok(res)
         }
+        Err(_) => Err(Failure {
+            error: Error::Internal(anyhow::anyhow!("the upstream exchange stopped")),
+            key: None,
+            model: model.name,
+        }),
     }
 }
 
@@ -251,9 +240,42 @@ async fn reserve_detached(
     rx.await.map_err(|_| Error::Internal(anyhow::anyhow!("the reservation task stopped")))?
 }
 
-/// The reservation's output cap: the field the client used and its value (`None` when absent).
-fn output_cap(request: &Map<String, Value>) -> Result<(Option<&'static str>, Option<i64>), Error> {
-    for field in ["max_completion_tokens", "max_tokens"] {
+/// The number of choices asked for (`n`): 1 when absent; 400 beyond `max`.
+fn choices(request: &Map<String, Value>, max: u32) -> Result<u32, Error> {
+    match request.get("n") {
+        None | Some(Value::Null) => Ok(1),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            _ => Err(bad(format!("`n` must be an integer between 1 and {max}"))),
+        },
+        Some(_) => Err(bad(format!("`n` must be an integer between 1 and {max}"))),
+    }
+}
+
+/// Refuses what the upstream would bill outside the model's two token prices — output audio,
+/// web search calls, and service tiers that cost more — so nothing is served below its cost.
+fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
+    let audio_out = request.get("audio").is_some_and(|v| !v.is_null())
+        || request.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
+    if audio_out {
+        return Err(bad("audio output is not offered on this service"));
+    }
+    if request.get("web_search_options").is_some_and(|v| !v.is_null()) {
+        return Err(bad("web search is not offered on this service"));
+    }
+    match request.get("service_tier") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(t)) if matches!(t.as_str(), "auto" | "default" | "flex") => Ok(()),
+        Some(other) => Err(bad(format!("service_tier {other} is not offered; use auto, default or flex"))),
+    }
+}
+
+/// The output-cap fields the client sent, and the smallest cap among them (`None` when it
+/// sent none). Every one of them is sent upstream set to the reserved cap.
+fn output_caps(request: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
+    let mut fields = Vec::new();
+    let mut smallest: Option<i64> = None;
+    for field in catalog::CAP_FIELDS {
         match request.get(field) {
             None | Some(Value::Null) => continue,
             Some(Value::Number(n)) => {
@@ -270,116 +292,31 @@ fn output_cap(request: &Map<String, Value>) -> Result<(Option<&'static str>, Opt
                 if value < 1 {
                     return Err(bad(format!("`{field}` must be a positive integer")));
                 }
-                return Ok((Some(field), Some(value)));
+                fields.push(field);
+                smallest = Some(smallest.map_or(value, |s| s.min(value)));
             }
             Some(_) => return Err(bad(format!("`{field}` must be a positive integer"))),
         }
     }
-    Ok((None, None))
+    Ok((fields, smallest))
 }
 
-/// Maps an upstream failure before the first byte to what the client gets.
-fn upstream_error(failure: UpstreamFailure) -> Error {
-    match failure {
-        UpstreamFailure::Timeout => Error::Upstream {
-            status: 504,
-            message: "the upstream did not answer in time".into(),
-            label: "upstream.timeout",
-        },
-        UpstreamFailure::Connect(detail) => {
-            tracing::warn!(error = %detail, "upstream unreachable");
-            Error::Upstream {
-                status: 502,
-                message: "the upstream could not be reached".into(),
-                label: "upstream.unreachable",
-            }
-        }
-        UpstreamFailure::Status { status, retry_after, body } => match status {
-            429 => Error::RateLimited {
-                message: "the upstream is rate limiting; retry shortly".into(),
-                retry_after_secs: retry_after.unwrap_or(1).clamp(1, 600),
-            },
-            401 | 403 => {
-                tracing::error!(upstream.status = status, "the upstream refused our credentials: check OPENAI_API_KEY");
-                Error::Upstream {
-                    status: 502,
-                    message: "the upstream refused the relay's credentials".into(),
-                    label: "upstream.auth",
-                }
-            }
-            400 | 413 | 422 => Error::Upstream {
-                status: if status == 413 { 413 } else { 400 },
-                message: error_message(&body),
-                label: "upstream.rejected",
-            },
-            _ => {
-                tracing::warn!(upstream.status = status, "upstream error");
-                Error::Upstream {
-                    status: 502,
-                    message: "the upstream failed to answer".into(),
-                    label: "upstream.error",
-                }
-            }
-        },
-    }
-}
-
-/// Reads a non-streamed upstream body within the timeouts and the size bound.
-async fn read_body(
-    mut response: reqwest::Response,
-    idle: std::time::Duration,
-    deadline: Instant,
-    settler: &mut Settler,
-) -> Result<Bytes, Error> {
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, response.chunk()).await {
-            Err(_) => return Err(upstream_error(UpstreamFailure::Timeout)),
-            Ok(Err(_)) => {
-                return Err(Error::Upstream {
-                    status: 502,
-                    message: "the upstream connection failed".into(),
-                    label: "upstream.error",
-                });
-            }
-            Ok(Ok(None)) => return Ok(buf.freeze()),
-            Ok(Ok(Some(chunk))) => {
-                if settler.ttfb.is_none() {
-                    settler.ttfb = Some(settler.started.elapsed());
-                }
-                if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(Error::Upstream {
-                        status: 502,
-                        message: "the upstream response is too large".into(),
-                        label: "upstream.too_large",
-                    });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-    }
-}
-
-/// A usage-log row for an authenticated call that failed before a reservation (cost 0). Written
-/// off the request path.
+/// A usage-log row for an authenticated call that failed before a reservation (cost 0),
+/// aggregated per key, status and minute. Written off the request path.
 fn log_failure(state: &AppState, request_id: &str, key: ApiKey, model: String, status: u16, started: Instant) {
-    let db = state.db.clone();
-    let log = UsageLog {
-        model,
-        status_code: i32::from(status),
-        latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        ttfb_ms: None,
-        stream: false,
-        usage_source: "none",
-    };
-    let row = usage_row(request_id, key.user_id, Some(key.key_id), &log, 0, 0, Charge::default());
-    state.tasks.spawn(async move {
-        use sea_orm::EntityTrait;
-        if let Err(err) = crate::db::entities::usage_logs::Entity::insert(row).exec(&db.write).await {
-            tracing::warn!(error = %err, "could not write the usage log of a failed request");
-        }
-    });
+    state.gateway.refusals.record(
+        &state.db,
+        &state.tasks,
+        &state.shutdown,
+        Refusal {
+            request_id: request_id.to_owned(),
+            user_id: key.user_id,
+            key_id: key.key_id,
+            model,
+            status,
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        },
+    );
 }
 
 /// `GET /v1/models`: the enabled models, in OpenAI's list shape.

@@ -5,7 +5,9 @@ pub mod auth;
 pub mod catalog;
 pub mod chat;
 mod chunks;
+pub mod exchange;
 pub mod limits;
+pub mod refusals;
 pub mod relay;
 pub mod settle;
 pub mod sse;
@@ -15,6 +17,7 @@ pub mod upstream;
 use std::sync::Arc;
 
 use self::limits::InFlight;
+use self::refusals::Refusals;
 use self::upstream::Upstream;
 use crate::config::Config;
 
@@ -23,6 +26,7 @@ use crate::config::Config;
 pub struct Gateway {
     pub upstream: Upstream,
     pub inflight: Arc<InFlight>,
+    pub refusals: Refusals,
     pub max_request_bytes: usize,
     pub body_read_timeout: std::time::Duration,
 }
@@ -32,6 +36,7 @@ impl Gateway {
         Ok(Self {
             upstream: Upstream::new(config)?,
             inflight: InFlight::new(config.max_concurrent_per_user),
+            refusals: Refusals::default(),
             max_request_bytes: config.max_request_bytes,
             body_read_timeout: config.body_read_timeout,
         })

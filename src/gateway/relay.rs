@@ -1,15 +1,17 @@
 //! The SSE relay: every upstream event is forwarded as soon as it is complete, usage is read on
 //! the way, the usage chunk the client did not ask for is held back, and every way a stream can
-//! end — [DONE], upstream failure, stall, client disconnect — settles the reservation once.
+//! end — [DONE], upstream failure, stall, client disconnect, shutdown — settles the reservation
+//! once. It runs in a task of its own, so a client that leaves does not stop the reading.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::chunks::Chunk;
 use super::limits::Slot;
@@ -27,7 +29,10 @@ pub struct Relay {
     client_wants_usage: bool,
     idle: std::time::Duration,
     deadline: Instant,
-    finished: bool,
+    /// Cancelled when the shutdown grace period is over: the stream is cut where it is.
+    hard_stop: CancellationToken,
+    /// Set when the stream has ended; settled once its last frames are handed to the client.
+    ending: Option<Ending>,
     _slot: Slot,
 }
 
@@ -38,6 +43,7 @@ impl Relay {
         client_wants_usage: bool,
         idle: std::time::Duration,
         deadline: Instant,
+        hard_stop: CancellationToken,
         slot: Slot,
     ) -> Self {
         Self {
@@ -48,50 +54,73 @@ impl Relay {
             client_wants_usage,
             idle,
             deadline,
-            finished: false,
+            hard_stop,
+            ending: None,
             _slot: slot,
         }
     }
 
-    /// The client-facing body. Dropping it (the client went away) drops the upstream response,
-    /// which cancels the upstream request, and the settler bills what was generated.
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-        futures_util::stream::unfold(self, |mut relay| async move {
-            let frame = relay.next_frame().await?;
-            Some((Ok(frame), relay))
-        })
+    /// Relays the upstream stream to `client` until it ends, and settles. When the client goes
+    /// away (its receiver is dropped, or it reads too slowly to finish within the deadline),
+    /// frames are no longer sent but the upstream is still read — bounded by the idle and total
+    /// timeouts — so the request is billed what the upstream reports for it.
+    pub async fn run(mut self, mut client: Option<mpsc::Sender<Bytes>>) {
+        loop {
+            while let Some(frame) = self.out.pop_front() {
+                let Some(tx) = &client else { continue };
+                let sent = tokio::select! {
+                    r = tx.send(frame) => r.is_ok(),
+                    () = tokio::time::sleep_until(self.deadline.into()) => false,
+                    () = self.hard_stop.cancelled() => false,
+                };
+                if !sent {
+                    client = None;
+                    self.settler.client_gone = true;
+                }
+            }
+            if let Some(ending) = self.ending {
+                // A client whose body was dropped never read the frames still buffered.
+                if client.as_ref().is_none_or(mpsc::Sender::is_closed) {
+                    self.settler.client_gone = true;
+                }
+                self.settler.finish(ending);
+                return;
+            }
+            self.pull().await;
+        }
     }
 
-    async fn next_frame(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(frame) = self.out.pop_front() {
-                return Some(frame);
+    /// Reads the next upstream chunk and queues the frames it completes.
+    async fn pull(&mut self) {
+        let wait = self.idle.min(self.deadline.saturating_duration_since(Instant::now()));
+        let next = tokio::select! {
+            biased;
+            () = self.hard_stop.cancelled() => {
+                self.fail("the server is shutting down; the stream was cut", "server.shutdown", 503);
+                return;
             }
-            if self.finished {
-                return None;
-            }
-            let wait = self.idle.min(self.deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, self.upstream.next()).await {
-                Err(_) => self.fail("the upstream stopped sending; the stream timed out", "upstream.timeout", 504),
-                Ok(None) => self.fail("the upstream ended the stream early", "upstream.incomplete", 502),
-                Ok(Some(Err(_))) => self.fail("the upstream connection failed mid-stream", "upstream.error", 502),
-                Ok(Some(Ok(bytes))) => {
-                    if self.settler.ttfb.is_none() {
-                        self.settler.ttfb = Some(self.settler.started.elapsed());
+            next = tokio::time::timeout(wait, self.upstream.next()) => next,
+        };
+        match next {
+            Err(_) => self.fail("the upstream stopped sending; the stream timed out", "upstream.timeout", 504),
+            Ok(None) => self.fail("the upstream ended the stream early", "upstream.incomplete", 502),
+            Ok(Some(Err(_))) => self.fail("the upstream connection failed mid-stream", "upstream.error", 502),
+            Ok(Some(Ok(bytes))) => {
+                if self.settler.ttfb.is_none() {
+                    self.settler.ttfb = Some(self.settler.started.elapsed());
+                }
+                let mut events = Vec::new();
+                let parsed = self.parser.feed(&bytes, &mut events);
+                for event in events {
+                    self.on_event(event);
+                    if self.ending.is_some() {
+                        break;
                     }
-                    let mut events = Vec::new();
-                    let parsed = self.parser.feed(&bytes, &mut events);
-                    for event in events {
-                        self.on_event(event);
-                        if self.finished {
-                            break;
-                        }
-                    }
-                    if let Err(err) = parsed
-                        && !self.finished
-                    {
-                        self.fail(&err.to_string(), "upstream.bad_stream", 502);
-                    }
+                }
+                if let Err(err) = parsed
+                    && self.ending.is_none()
+                {
+                    self.fail(&err.to_string(), "upstream.bad_stream", 502);
                 }
             }
         }
@@ -100,8 +129,7 @@ impl Relay {
     fn on_event(&mut self, event: Event) {
         if event.data == "[DONE]" {
             self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-            self.finished = true;
-            self.settler.finish(Ending::Delivered { status: 200 });
+            self.ending = Some(Ending::Delivered { status: 200 });
             return;
         }
         let chunk: Chunk = serde_json::from_str(&event.data).unwrap_or_default();
@@ -130,7 +158,6 @@ impl Relay {
         tracing::warn!(request.id = %self.settler.reservation.request_id, code, "stream ended by the upstream side");
         let body = json!({ "error": { "message": message, "type": "upstream_error", "code": code } });
         self.out.push_back(sse::frame(&Event { event: None, data: body.to_string() }));
-        self.finished = true;
-        self.settler.finish(Ending::Delivered { status });
+        self.ending = Some(Ending::Delivered { status });
     }
 }

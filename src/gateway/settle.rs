@@ -46,6 +46,8 @@ pub struct Settler {
     pub ttfb: Option<Duration>,
     /// Set just before the request goes upstream: until then, nothing can have been generated.
     pub upstream_called: bool,
+    /// The client went away before the answer was delivered (logged as status 499).
+    pub client_gone: bool,
     done: bool,
 }
 
@@ -76,6 +78,7 @@ impl Settler {
             completion_text: String::new(),
             ttfb: None,
             upstream_called: false,
+            client_gone: false,
             done: false,
         }
     }
@@ -86,6 +89,10 @@ impl Settler {
             return;
         }
         tracing::debug!(request.id = %self.reservation.request_id, ?ending, "settling");
+        let ending = match ending {
+            Ending::Delivered { status: 200 } if self.client_gone => Ending::Delivered { status: 499 },
+            other => other,
+        };
         let (state, status, source) = match ending {
             Ending::Nothing { status } => (FinalState::Voided, status, "upstream"),
             Ending::Delivered { status } => {
@@ -145,6 +152,21 @@ async fn settle_with_retries(db: &Db, cache: &Cache, reservation: &Reservation, 
         match resolve_reservation(db, reservation, resolution).await {
             Ok(Resolved::Charged(charge)) => {
                 tracing::debug!(request.id = request_id, cost = charge.amount, tokens = charge.tokens, "settled");
+                if charge.excess > 0 {
+                    metrics::counter!("tollgate_billing_excess_micros_total").increment(charge.excess.unsigned_abs());
+                }
+                if charge.shortfall > 0 {
+                    metrics::counter!("tollgate_billing_shortfalls_total").increment(1);
+                    metrics::counter!("tollgate_billing_shortfall_micros_total")
+                        .increment(charge.shortfall.unsigned_abs());
+                    tracing::warn!(
+                        request.id = request_id,
+                        user.id = user_id,
+                        charged = charge.amount,
+                        shortfall = charge.shortfall,
+                        "usage cost more than was reserved and the balance could cover: recorded as a shortfall"
+                    );
+                }
                 cache.delete(&cache::user_balance(user_id)).await;
                 return;
             }

@@ -1,22 +1,23 @@
 //! Token counting with tiktoken: the prompt estimate reserved before a request, and the
 //! fallback count when an upstream reports no usage.
 //!
-//! The prompt count is meant to be an upper bound of what the upstream will bill, because
-//! settlement never charges more than was reserved: every text field of every message and the
-//! tool definitions are counted, plus per-message overhead; images and audio count a fixed
-//! allowance instead of their (base64) bytes.
+//! The prompt count is meant to be an upper bound of what the upstream will bill: every text
+//! field of every message and the tool definitions are counted, plus per-message overhead.
+//! Media are counted apart (see `media`): inline images by their real dimensions and the
+//! provider's formula for the model, everything whose size cannot be known by a conservative
+//! allowance — at worst the whole context window, since no upstream bills more prompt than that.
 
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
+
+mod media;
+
+pub use media::image_tokens;
 
 /// Framing tokens per message (role, separators), generous for every current model family.
 const PER_MESSAGE: i64 = 4;
 /// Tokens that prime the reply.
 const PER_REPLY: i64 = 3;
-/// The allowance for one image part: above the high-detail cost of a 2048×2048 image.
-const PER_IMAGE: i64 = 1_600;
-/// The allowance for one audio or file part.
-const PER_MEDIA: i64 = 4_000;
 
 fn bpe(model: &str) -> &'static CoreBPE {
     // o200k for the 4o/4.1/o-series/5 families, cl100k for older ones; o200k when unknown.
@@ -33,14 +34,37 @@ pub fn count_text(model: &str, text: &str) -> i64 {
     i64::try_from(bpe(model).encode_ordinary(text).len()).unwrap_or(i64::MAX)
 }
 
-/// The prompt estimate of a chat request body.
+/// The prompt of a request, counted in two parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PromptCount {
+    /// Text, tool definitions and message framing: what the context check uses.
+    pub text: i64,
+    /// Images, audio and files; `i64::MAX` when one of them cannot be sized at all.
+    pub media: i64,
+}
+
+impl PromptCount {
+    /// The prompt tokens to reserve: text plus media, never more than `context_window` (no
+    /// upstream bills more prompt than the model accepts).
+    pub fn reserved(&self, context_window: i64) -> i64 {
+        self.text.saturating_add(self.media).min(context_window.max(self.text))
+    }
+}
+
+/// The prompt estimate of a chat request body (text and media together, uncapped).
 pub fn count_prompt(model: &str, body: &serde_json::Map<String, Value>) -> i64 {
+    let c = count_prompt_parts(model, body);
+    c.text.saturating_add(c.media)
+}
+
+/// The prompt estimate of a chat request body, text and media apart.
+pub fn count_prompt_parts(model: &str, body: &serde_json::Map<String, Value>) -> PromptCount {
     let mut text = String::new();
-    let mut fixed = PER_REPLY;
+    let mut count = PromptCount { text: PER_REPLY, media: 0 };
     if let Some(Value::Array(messages)) = body.get("messages") {
         for m in messages {
-            fixed += PER_MESSAGE;
-            collect(m, &mut text, &mut fixed);
+            count.text = count.text.saturating_add(PER_MESSAGE);
+            collect(model, m, &mut text, &mut count.media);
             text.push('\n');
         }
     }
@@ -50,25 +74,25 @@ pub fn count_prompt(model: &str, body: &serde_json::Map<String, Value>) -> i64 {
             text.push('\n');
         }
     }
-    fixed.saturating_add(count_text(model, &text))
+    count.text = count.text.saturating_add(count_text(model, &text));
+    count
 }
 
-/// Gathers the countable text of a message into `text`; media parts add allowances to `fixed`.
-fn collect(v: &Value, text: &mut String, fixed: &mut i64) {
+/// Gathers the countable text of a message into `text`; media parts add to `media`.
+fn collect(model: &str, v: &Value, text: &mut String, media: &mut i64) {
     match v {
         Value::String(s) => {
             text.push_str(s);
             text.push(' ');
         }
-        Value::Array(items) => items.iter().for_each(|i| collect(i, text, fixed)),
-        Value::Object(map) => match map.get("type").and_then(Value::as_str) {
-            Some("image_url" | "image" | "input_image") => *fixed = fixed.saturating_add(PER_IMAGE),
-            Some("input_audio" | "audio" | "file" | "input_file") => *fixed = fixed.saturating_add(PER_MEDIA),
-            _ => {
+        Value::Array(items) => items.iter().for_each(|i| collect(model, i, text, media)),
+        Value::Object(map) => match media::part_tokens(model, map) {
+            Some(n) => *media = media.saturating_add(n),
+            None => {
                 for (k, val) in map {
                     text.push_str(k);
                     text.push(' ');
-                    collect(val, text, fixed);
+                    collect(model, val, text, media);
                 }
             }
         },
@@ -99,22 +123,23 @@ mod tests {
     }
 
     #[test]
-    fn images_count_an_allowance_not_their_bytes() {
-        let data = format!("data:image/png;base64,{}", "A".repeat(200_000));
-        let b = body(json!({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": data}}
-        ]}]}));
-        let n = count_prompt("gpt-4o", &b);
-        assert!((PER_IMAGE..PER_IMAGE + 50).contains(&n), "{n}");
-    }
-
-    #[test]
     fn tools_are_counted() {
         let without = body(json!({"messages": [{"role": "user", "content": "hi"}]}));
         let with = body(
             json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}),
         );
         assert!(count_prompt("gpt-4o", &with) > count_prompt("gpt-4o", &without) + 10);
+    }
+
+    #[test]
+    fn unsizable_media_reserve_the_context_window() {
+        let b = body(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "summarise"},
+            {"type": "file", "file": {"file_id": "file-abc"}}
+        ]}]}));
+        let c = count_prompt_parts("gpt-4o", &b);
+        assert_eq!(c.media, i64::MAX);
+        assert_eq!(c.reserved(128_000), 128_000);
+        assert!(c.text < 40);
     }
 }

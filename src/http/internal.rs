@@ -112,6 +112,7 @@ fn row_json(r: &usage_logs::Model) -> Value {
         "usageSource": r.usage_source,
         "latencyMs": r.latency_ms,
         "ttfbMs": r.ttfb_ms,
+        "requestCount": r.request_count,
         "createdAt": rfc3339(r.created_at),
         "day": r.day,
     })

@@ -157,7 +157,7 @@ pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {
         .select_only()
         .column_as(sum(db.backend, "cost"), "total_cost")
         .column_as(sum(db.backend, "total_tokens"), "total_tokens")
-        .column_as(Expr::cust("COUNT(*)"), "total_request_count")
+        .column_as(sum(db.backend, "request_count"), "total_request_count")
         .filter(filter.condition())
         .into_model::<Totals>()
         .one(&db.read)
@@ -197,7 +197,7 @@ pub async fn export_batch(
 }
 
 /// The CSV header of the export.
-pub const CSV_HEADER: [&str; 13] = [
+pub const CSV_HEADER: [&str; 14] = [
     "request_id",
     "created_at",
     "model",
@@ -211,6 +211,7 @@ pub const CSV_HEADER: [&str; 13] = [
     "usage_source",
     "latency_ms",
     "ttfb_ms",
+    "request_count",
 ];
 
 /// A cell a spreadsheet would run as a formula gets a leading `'`.
@@ -219,7 +220,7 @@ pub fn neutralise(cell: &str) -> String {
 }
 
 /// One export row.
-pub fn csv_record(r: &usage_logs::Model) -> [String; 13] {
+pub fn csv_record(r: &usage_logs::Model) -> [String; 14] {
     [
         neutralise(&r.request_id),
         crate::clock::rfc3339(r.created_at),
@@ -234,6 +235,7 @@ pub fn csv_record(r: &usage_logs::Model) -> [String; 13] {
         neutralise(&r.usage_source),
         r.latency_ms.to_string(),
         r.ttfb_ms.map(|t| t.to_string()).unwrap_or_default(),
+        r.request_count.to_string(),
     ]
 }
 

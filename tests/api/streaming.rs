@@ -78,10 +78,12 @@ async fn a_stream_without_usage_is_estimated_and_flagged(backend: Backend) {
     assert_books_balance(&g.app.db, user).await;
 }
 
-async fn a_client_that_disconnects_is_billed_for_what_was_generated(backend: Backend) {
-    let g = spawn_gateway(backend, Mode::SlowChunks(Duration::from_millis(150)), &[]).await;
+async fn a_client_that_disconnects_is_billed_what_the_upstream_reports(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::SlowChunks(Duration::from_millis(40)), &[]).await;
     let (user, key) = g.app.customer("gone@example.com", 1_000_000).await;
     g.fake.set_chunks(40);
+    // Hidden reasoning: billed by the upstream, never seen as text.
+    g.fake.set_reasoning_tokens(30);
     let mut body = chat_body(true);
     body["max_tokens"] = json!(100);
     let res = g.app.chat(&key, &body).await;
@@ -91,14 +93,57 @@ async fn a_client_that_disconnects_is_billed_for_what_was_generated(backend: Bac
         seen.push_str(&String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()));
     }
     drop(stream);
-    eventually(5, "the upstream request is cancelled", || async { g.fake.cancelled() == 1 }).await;
+    // The upstream is read to its end after the client left, usage chunk included.
+    eventually(10, "the upstream stream is read to its end", || async { g.fake.completed() == 1 }).await;
+    assert_eq!(g.fake.cancelled(), 0);
     g.app.settled(user).await;
     let rows = g.app.usage(user).await;
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
-    assert_eq!(r.status_code, 499);
-    assert!((3..=6).contains(&r.completion_tokens), "billed for the chunks generated, got {}", r.completion_tokens);
-    assert!(r.cost > 0 && r.cost < 200, "neither nothing nor the full reservation: {}", r.cost);
+    assert_eq!((r.status_code, r.usage_source.as_str()), (499, "upstream"));
+    assert_eq!((r.prompt_tokens, r.completion_tokens), (17, 40 + 30));
+    assert_eq!(r.cost, 17 + 2 * 70, "what the upstream reports, not what the client saw");
+    assert_books_balance(&g.app.db, user).await;
+}
+
+async fn a_client_that_closes_just_before_the_usage_chunk_pays_the_reported_usage(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::Normal, &[]).await;
+    let (user, key) = g.app.customer("early-close@example.com", 1_000_000).await;
+    g.fake.set_chunks(10);
+    g.fake.set_reasoning_tokens(50);
+    g.fake.set_usage_delay(Duration::from_millis(300));
+    let res = g.app.chat(&key, &chat_body(true)).await;
+    let mut stream = res.bytes_stream();
+    let mut seen = String::new();
+    // All ten content chunks, then the client closes while the usage chunk is on its way.
+    while !seen.contains(" w9") {
+        seen.push_str(&String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()));
+    }
+    drop(stream);
+    g.app.settled(user).await;
+    let r = &g.app.usage(user).await[0];
+    assert_eq!((r.usage_source.as_str(), r.completion_tokens), ("upstream", 60));
+    assert_eq!(r.cost, 17 + 2 * 60);
+    assert_books_balance(&g.app.db, user).await;
+}
+
+async fn a_non_stream_client_that_leaves_mid_generation_pays_the_reported_usage(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::DelayHead(Duration::from_millis(800)), &[]).await;
+    let (user, key) = g.app.customer("impatient@example.com", 1_000_000).await;
+    g.fake.set_chunks(40);
+    g.fake.set_reasoning_tokens(20);
+    let request = {
+        let (client, url, key) = (g.app.client.clone(), format!("{}/v1/chat/completions", g.app.address), key.clone());
+        tokio::spawn(async move { client.post(url).bearer_auth(key).json(&chat_body(false)).send().await })
+    };
+    // The client gives up while the upstream is generating.
+    eventually(10, "the upstream is called", || async { g.fake.calls() == 1 }).await;
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled(), "the client gave up before the answer");
+    g.app.settled(user).await;
+    let r = &g.app.usage(user).await[0];
+    assert_eq!((r.status_code, r.usage_source.as_str()), (499, "upstream"));
+    assert_eq!(r.cost, 17 + 2 * 60, "what the upstream generated, hidden reasoning included");
     assert_books_balance(&g.app.db, user).await;
 }
 
@@ -109,27 +154,14 @@ async fn a_client_that_leaves_before_the_first_byte_is_not_charged_in_full(backe
         let (client, url, key) = (g.app.client.clone(), format!("{}/v1/chat/completions", g.app.address), key.clone());
         tokio::spawn(async move { client.post(url).bearer_auth(key).json(&chat_body(true)).send().await })
     };
-    // The client gives up once its request is reserved and waiting for the upstream.
-    let db = g.app.db.clone();
-    eventually(10, "the request is reserved", || {
-        let db = db.clone();
-        async move {
-            use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-            use tollgate::db::entities::reservations;
-            reservations::Entity::find().filter(reservations::Column::UserId.eq(user)).count(&db.read).await.unwrap()
-                == 1
-        }
-    })
-    .await;
+    // The client gives up while its request waits for the upstream's first byte.
+    eventually(10, "the upstream is called", || async { g.fake.calls() == 1 }).await;
     request.abort();
     g.app.settled(user).await;
     let rows = g.app.usage(user).await;
-    let prompt = tollgate::gateway::tokens::count_prompt("upstream-model", chat_body(true).as_object().unwrap());
-    assert_eq!(
-        (rows[0].completion_tokens, rows[0].cost),
-        (0, prompt),
-        "the prompt only, not the 200-token reservation"
-    );
+    // The upstream still answered: its usage (17 + 5 tokens) is charged, not the 200-token
+    // reservation.
+    assert_eq!((rows[0].status_code, rows[0].completion_tokens, rows[0].cost), (499, 5, 17 + 2 * 5));
     assert_books_balance(&g.app.db, user).await;
 }
 
@@ -186,7 +218,9 @@ on_all_backends!(
     usage_is_requested_upstream_and_hidden_unless_asked,
     usage_repeated_in_every_chunk_counts_once,
     a_stream_without_usage_is_estimated_and_flagged,
-    a_client_that_disconnects_is_billed_for_what_was_generated,
+    a_client_that_disconnects_is_billed_what_the_upstream_reports,
+    a_client_that_closes_just_before_the_usage_chunk_pays_the_reported_usage,
+    a_non_stream_client_that_leaves_mid_generation_pays_the_reported_usage,
     a_client_that_leaves_before_the_first_byte_is_not_charged_in_full,
     an_upstream_that_dies_mid_stream_ends_with_an_error_event,
     an_upstream_that_stalls_is_cut_by_the_idle_timeout,

@@ -59,6 +59,17 @@ pub struct Shared {
     pub bodies: Mutex<Vec<Value>>,
     /// Keep headers and bodies (off in the benchmark).
     pub record: bool,
+    /// The output-cap fields the fake obeys (the smallest one sent wins), as a real upstream
+    /// obeys the ones it knows; a field not listed is ignored.
+    pub cap_fields: Mutex<Vec<String>>,
+    /// Prompt tokens reported in usage.
+    pub prompt_tokens: Mutex<i64>,
+    /// Hidden reasoning tokens: billed in usage, never sent as text.
+    pub reasoning_tokens: Mutex<i64>,
+    /// A pause before the usage chunk of a stream.
+    pub usage_delay: Mutex<Duration>,
+    /// Streams that were read to their end (usage chunk and `[DONE]` included).
+    pub completed: AtomicUsize,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +94,11 @@ impl FakeUpstream {
             headers: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
             record,
+            cap_fields: Mutex::new(vec!["max_completion_tokens".into(), "max_tokens".into()]),
+            prompt_tokens: Mutex::new(PROMPT_TOKENS),
+            reasoning_tokens: Mutex::new(0),
+            usage_delay: Mutex::new(Duration::ZERO),
+            completed: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -117,6 +133,35 @@ impl FakeUpstream {
         if let Ok(mut c) = self.shared.chunks.lock() {
             *c = n;
         }
+    }
+
+    /// Obey only these output-cap fields (none: generate `chunks` whatever the request says).
+    pub fn obey_caps(&self, fields: &[&str]) {
+        if let Ok(mut f) = self.shared.cap_fields.lock() {
+            *f = fields.iter().map(|s| (*s).to_owned()).collect();
+        }
+    }
+
+    pub fn set_prompt_tokens(&self, n: i64) {
+        if let Ok(mut p) = self.shared.prompt_tokens.lock() {
+            *p = n;
+        }
+    }
+
+    pub fn set_reasoning_tokens(&self, n: i64) {
+        if let Ok(mut r) = self.shared.reasoning_tokens.lock() {
+            *r = n;
+        }
+    }
+
+    pub fn set_usage_delay(&self, d: Duration) {
+        if let Ok(mut u) = self.shared.usage_delay.lock() {
+            *u = d;
+        }
+    }
+
+    pub fn completed(&self) -> usize {
+        self.shared.completed.load(Ordering::SeqCst)
     }
 
     pub fn calls(&self) -> usize {
@@ -167,7 +212,6 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         }
     }
     let mode = shared.mode.lock().map(|m| m.clone()).unwrap_or(Mode::Normal);
-    let chunks = shared.chunks.lock().map(|c| *c).unwrap_or(5);
     match &mode {
         Mode::Status(code) => return error_response(*code),
         Mode::FailThenOk { status, times } if call < *times => return error_response(*status),
@@ -181,15 +225,59 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         }
         _ => {}
     }
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("fake").to_owned();
     if let Some(name) = request.pointer("/tools/0/function/name").and_then(Value::as_str) {
         return tool_call_response(&request, name);
     }
+    let answer = Answer::new(&shared, &request);
     if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         let asked = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-        stream_response(shared, mode, model, chunks, asked)
+        stream_response(shared, mode, answer, asked)
     } else {
-        json_response(&mode, &model, chunks)
+        json_response(&mode, &answer)
+    }
+}
+
+/// What one answer holds: `tokens` pieces of text per choice, `n` choices, and the usage the
+/// fake bills for it.
+#[derive(Clone, Debug)]
+struct Answer {
+    model: String,
+    tokens: usize,
+    n: usize,
+    prompt: i64,
+    reasoning: i64,
+    usage_delay: Duration,
+}
+
+impl Answer {
+    fn new(shared: &Shared, request: &Value) -> Self {
+        let chunks = shared.chunks.lock().map(|c| *c).unwrap_or(5);
+        let obeyed = shared.cap_fields.lock().map(|f| f.clone()).unwrap_or_default();
+        let cap = obeyed
+            .iter()
+            .filter_map(|f| request.get(f.as_str()).and_then(Value::as_u64))
+            .min()
+            .and_then(|c| usize::try_from(c).ok());
+        Self {
+            model: request.get("model").and_then(Value::as_str).unwrap_or("fake").to_owned(),
+            tokens: cap.map_or(chunks, |c| c.min(chunks)),
+            n: request.get("n").and_then(Value::as_u64).and_then(|n| usize::try_from(n).ok()).unwrap_or(1).max(1),
+            prompt: shared.prompt_tokens.lock().map(|p| *p).unwrap_or(PROMPT_TOKENS),
+            reasoning: shared.reasoning_tokens.lock().map(|r| *r).unwrap_or(0),
+            usage_delay: shared.usage_delay.lock().map(|d| *d).unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// The usage block after `generated` pieces per choice.
+    fn usage(&self, generated: usize) -> Value {
+        let text = i64::try_from(generated.saturating_mul(self.n)).unwrap_or(i64::MAX);
+        let completion = text + self.reasoning;
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt + completion,
+            "completion_tokens_details": { "reasoning_tokens": self.reasoning },
+        })
     }
 }
 
@@ -228,15 +316,18 @@ pub fn piece(i: usize) -> String {
     if i == 0 { "Hello".to_owned() } else { format!(" w{i}") }
 }
 
-fn json_response(mode: &Mode, model: &str, chunks: usize) -> Response {
-    let text: String = (0..chunks).map(piece).collect();
+fn json_response(mode: &Mode, answer: &Answer) -> Response {
+    let text: String = (0..answer.tokens).map(piece).collect();
+    let choices: Vec<Value> = (0..answer.n)
+        .map(|i| json!({ "index": i, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }))
+        .collect();
     let mut body = json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1_700_000_000,
-        "model": model,
-        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
-        "usage": usage(chunks),
+        "model": answer.model,
+        "choices": choices,
+        "usage": answer.usage(answer.tokens),
     });
     if *mode == Mode::NoUsage
         && let Some(o) = body.as_object_mut()
@@ -248,13 +339,15 @@ fn json_response(mode: &Mode, model: &str, chunks: usize) -> Response {
     res
 }
 
-fn chunk(model: &str, i: usize, usage_value: Option<Value>) -> Bytes {
+fn chunk(answer: &Answer, i: usize, usage_value: Option<Value>) -> Bytes {
+    let choices: Vec<Value> =
+        (0..answer.n).map(|c| json!({ "index": c, "delta": { "content": piece(i) }, "finish_reason": null })).collect();
     let mut c = json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": 1_700_000_000,
-        "model": model,
-        "choices": [{ "index": 0, "delta": { "content": piece(i) }, "finish_reason": null }],
+        "model": answer.model,
+        "choices": choices,
     });
     if let (Some(u), Some(o)) = (usage_value, c.as_object_mut()) {
         o.insert("usage".into(), u);
@@ -277,11 +370,12 @@ impl Drop for StreamGuard {
     }
 }
 
-fn stream_response(shared: Arc<Shared>, mode: Mode, model: String, chunks: usize, asked: bool) -> Response {
+fn stream_response(shared: Arc<Shared>, mode: Mode, answer: Answer, asked: bool) -> Response {
     shared.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = StreamGuard { shared, completed: false };
+    let chunks = answer.tokens;
     let stream = futures_util::stream::unfold((0usize, guard), move |(i, mut guard)| {
-        let (mode, model) = (mode.clone(), model.clone());
+        let (mode, answer) = (mode.clone(), answer.clone());
         async move {
             match &mode {
                 Mode::SlowChunks(d) => tokio::time::sleep(*d).await,
@@ -297,14 +391,17 @@ fn stream_response(shared: Arc<Shared>, mode: Mode, model: String, chunks: usize
                 _ => {}
             }
             if i < chunks {
-                let u = (mode == Mode::UsageEveryChunk).then(|| usage(i + 1));
-                return Some((Ok(chunk(&model, i, u)), (i + 1, guard)));
+                let u = (mode == Mode::UsageEveryChunk).then(|| answer.usage(i + 1));
+                return Some((Ok(chunk(&answer, i, u)), (i + 1, guard)));
             }
             if i == chunks {
                 let final_usage = match mode {
                     Mode::NoUsage => None,
                     _ if asked => {
-                        let c = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(chunks) });
+                        if !answer.usage_delay.is_zero() {
+                            tokio::time::sleep(answer.usage_delay).await;
+                        }
+                        let c = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": answer.model, "choices": [], "usage": answer.usage(chunks) });
                         Some(Bytes::from(format!("data: {c}\n\n")))
                     }
                     _ => None,
@@ -315,6 +412,7 @@ fn stream_response(shared: Arc<Shared>, mode: Mode, model: String, chunks: usize
             }
             if i <= chunks + 1 && !guard.completed {
                 guard.completed = true;
+                guard.shared.completed.fetch_add(1, Ordering::SeqCst);
                 return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (chunks + 2, guard)));
             }
             None
