@@ -576,6 +576,21 @@ async fn an_oauth_state_is_accepted_once_on_the_server(backend: Backend) {
     assert!(thief.cookie("tollgate_session").is_none());
     let rows = tollgate::db::entities::oauth_states::Entity::find().count(&s.app.db.read).await.unwrap();
     assert_eq!(rows, 0, "a used state leaves nothing behind");
+
+    // Attempts abandoned at the provider are removed by the hourly cleanup once they expired.
+    use sea_orm::{ActiveModelTrait, Set};
+    let now = tollgate::clock::now_ms();
+    for (hash, created_at) in [("a".repeat(64), now - tollgate::auth::oauth::STATE_TTL_MS - 1), ("b".repeat(64), now)] {
+        tollgate::db::entities::oauth_states::ActiveModel { state_hash: Set(hash), created_at: Set(created_at) }
+            .insert(&s.app.db.write)
+            .await
+            .unwrap();
+    }
+    let removed = tollgate::auth::oauth::purge_states(&s.app.db, tollgate::auth::oauth::STATE_TTL_MS).await.unwrap();
+    assert_eq!(removed, 1);
+    let left = tollgate::db::entities::oauth_states::Entity::find().all(&s.app.db.read).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].state_hash.starts_with('b'));
 }
 
 on_all_backends!(
