@@ -104,7 +104,7 @@ impl Application {
                 .timeout(Duration::from_secs(20))
                 .build()?,
             cookie_key: cookie_key(&config),
-            failures: Failures::default(),
+            failures: Failures::new(config.password_hash_concurrency),
         });
         if config.auth_secret_generated {
             tracing::warn!(

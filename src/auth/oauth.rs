@@ -1,6 +1,7 @@
 //! OAuth sign-in with GitHub and Google: authorization code flow with PKCE (S256) and a random
 //! state, then the identity from GitHub's `/user` and `/user/emails` (primary *and* verified
-//! email) or Google's userinfo (`email_verified`).
+//! email) or Google's userinfo (`email_verified`). Each attempt's state is also kept (hashed) in
+//! `oauth_states` and spent by the callback, so it is accepted once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,12 +12,16 @@ use oauth2::{
     AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope, TokenResponse, TokenUrl,
 };
+use sea_orm::{ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, QueryFilter, Set};
 use serde::Deserialize;
 use url::Url;
 
 use super::signin::Identity;
+use crate::clock::now_ms;
 use crate::config::{Config, OAuthProvider};
-use crate::crypto::random_token;
+use crate::crypto::{random_token, sha256_hex};
+use crate::db::Db;
+use crate::db::entities::oauth_states;
 
 type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
@@ -236,4 +241,36 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Http {
             builder.body(body.to_vec()).map_err(|e| HttpError(e.to_string()))
         })
     }
+}
+
+/// How long an OAuth attempt may take, from the redirect to the provider to its callback.
+pub const STATE_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// Keeps the SHA-256 of a new attempt's `state` until the provider calls back.
+pub async fn remember_state(db: &Db, state: &str) -> Result<(), DbErr> {
+    oauth_states::ActiveModel { state_hash: Set(sha256_hex(state)), created_at: Set(now_ms()) }
+        .insert(&db.write)
+        .await?;
+    Ok(())
+}
+
+/// Spends `state`: true when it was issued here less than `ttl_ms` ago and not spent before.
+/// One conditional `DELETE`, so of two callbacks with the same state (on any instances) exactly
+/// one gets true.
+pub async fn spend_state(db: &Db, state: &str, ttl_ms: i64) -> Result<bool, DbErr> {
+    let gone = oauth_states::Entity::delete_many()
+        .filter(oauth_states::Column::StateHash.eq(sha256_hex(state)))
+        .filter(oauth_states::Column::CreatedAt.gt(now_ms() - ttl_ms))
+        .exec(&db.write)
+        .await?;
+    Ok(gone.rows_affected == 1)
+}
+
+/// Removes states older than `ttl_ms` (attempts abandoned at the provider). Returns how many.
+pub async fn purge_states(db: &Db, ttl_ms: i64) -> Result<u64, DbErr> {
+    let gone = oauth_states::Entity::delete_many()
+        .filter(oauth_states::Column::CreatedAt.lte(now_ms() - ttl_ms))
+        .exec(&db.write)
+        .await?;
+    Ok(gone.rows_affected)
 }

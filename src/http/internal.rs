@@ -77,7 +77,7 @@ pub async fn create_key(
     me: CurrentUser,
     ApiJson(body): ApiJson<NewKeyBody>,
 ) -> Result<Response, ApiError> {
-    let (row, plaintext) = keys::create(&state.db.write, me.user.id, body.name.as_deref()).await?;
+    let (row, plaintext) = keys::create_limited(&state.db, me.user.id, body.name.as_deref()).await?;
     let mut value = key_json(&row);
     value["key"] = Value::String(plaintext);
     Ok((StatusCode::CREATED, Json(value)).into_response())

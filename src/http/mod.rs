@@ -2,6 +2,7 @@
 
 mod cron;
 mod error;
+mod fallback;
 mod health;
 pub mod internal;
 mod pages;
@@ -9,7 +10,7 @@ pub mod session;
 mod signin;
 
 use axum::Router;
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/internal/keys/{id}", delete(internal::revoke_key))
         .route("/api/internal/usage", get(internal::usage))
         .route("/api/internal/usage/export", get(internal::export))
+        .layer(from_fn(session::json_refusals))
         .layer(from_fn_with_state(state.clone(), session::reject_cross_site))
         .layer(crate::auth::sessions::layer(&state.config, &state.db));
     Router::new()
@@ -44,5 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
         .route("/api/v1/models", get(chat::list_models))
+        .route("/assets/app.css", get(pages::stylesheet))
+        .route("/assets/dashboard.js", get(pages::dashboard_script))
+        // After every route: unknown paths and wrong methods answer in their surface's shape.
+        .fallback(fallback::not_found)
+        .method_not_allowed_fallback(fallback::method_not_allowed)
+        .layer(from_fn(fallback::security_headers))
         .with_state(state)
 }

@@ -2,7 +2,9 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::PrivateCookieJar;
 use axum_extra::extract::cookie::Cookie;
@@ -33,7 +35,7 @@ pub struct LoginPage {
     next: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct LoginQuery {
     error: Option<String>,
     next: Option<String>,
@@ -43,8 +45,10 @@ pub struct LoginQuery {
 pub async fn login(
     State(state): State<AppState>,
     session: tower_sessions::Session,
-    Query(q): Query<LoginQuery>,
+    query: Result<Query<LoginQuery>, QueryRejection>,
 ) -> Response {
+    // A query we cannot read is ignored: the page is still the login page.
+    let q = query.map(|Query(q)| q).unwrap_or_default();
     if q.error.is_none() && session.get::<i64>(USER_ID).await.ok().flatten().is_some() {
         return Redirect::to(&safe_next(q.next.as_deref())).into_response();
     }
@@ -127,11 +131,33 @@ pub async fn dashboard(
     };
     let mut res = (jar, page).into_response();
     // The page may hold a key: never store it anywhere.
-    res.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }
 
 /// `GET /`: the dashboard for the signed-in, the login page for everyone else.
 pub async fn root() -> Redirect {
     Redirect::to("/dashboard")
+}
+
+/// Long enough to spare a request per page, short enough that a new version is seen soon.
+const ASSET_CACHE: &str = "public, max-age=300";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut res = body.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(ASSET_CACHE));
+    res
+}
+
+/// `GET /assets/app.css`: the pages' styles (a file, so the CSP needs no inline style).
+pub async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../../templates/app.css"))
+}
+
+/// `GET /assets/dashboard.js`: the dashboard's key actions (a file, so the CSP needs no inline
+/// script).
+pub async fn dashboard_script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("../../templates/dashboard.js"))
 }

@@ -103,13 +103,50 @@ pub async fn reject_cross_site(State(state): State<AppState>, request: Request, 
     if allowed {
         next.run(request).await
     } else {
-        let body = serde_json::json!({ "error": {
-            "message": "cross-site request refused",
-            "type": "permission_error",
-            "code": "auth.cross_site",
-        }});
-        (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        refusal(StatusCode::FORBIDDEN, "permission_error", "auth.cross_site", "cross-site request refused")
     }
+}
+
+/// A refusal in our JSON shape, `{"error": {"message", "type", "code"}}`.
+pub fn refusal(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "message": message, "type": kind, "code": code } });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Longest plain-text refusal carried over into JSON; extractor messages are far shorter.
+const PLAIN_LIMIT: usize = 16 * 1024;
+
+/// Under `/api`, turns a plain-text refusal (what axum's and tower-sessions' extractors answer
+/// when a path, query or body cannot be read) into our JSON shape, keeping status and message.
+/// Handlers that know better answer for themselves; this is the net under them.
+pub async fn json_refusals(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let res = next.run(request).await;
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    let status = res.status();
+    if !api || !plain || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let text = match axum::body::to_bytes(res.into_body(), PLAIN_LIMIT).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
+    let (kind, code) = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_request_error", "request.unsupported_media_type"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("invalid_request_error", "request.too_large"),
+        s if s.is_server_error() => ("server_error", "internal"),
+        _ => ("invalid_request_error", "request.invalid"),
+    };
+    let message = if status.is_server_error() || text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_owned()
+    } else {
+        text
+    };
+    refusal(status, kind, code, &message)
 }
 
 #[cfg(test)]

@@ -3,17 +3,21 @@
 use std::net::SocketAddr;
 
 use axum::Form;
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::PrivateCookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use serde::{Deserialize, Serialize};
 use tower_sessions::Session;
 
-use super::session::{safe_next, urlencoding};
+use super::ApiError;
+use super::session::{refusal, safe_next, urlencoding};
 use crate::accounts::{self, password};
 use crate::app::AppState;
-use crate::auth::oauth::{Kind, OAuthError};
+use crate::auth::limiter::{BUSY_RETRY_AFTER_SECS, Refused};
+use crate::auth::oauth::{self, Kind, OAuthError};
 use crate::auth::sessions::{SIGNED_IN_AT, USER_ID};
 use crate::auth::signin::{self, SignedIn};
 use crate::clock::now_ms;
@@ -25,7 +29,7 @@ const OAUTH_COOKIE: &str = "tollgate_oauth";
 /// The encrypted cookie that carries a first key to the dashboard, once.
 pub const NEW_KEY_COOKIE: &str = "tollgate_new_key";
 /// How long an OAuth attempt may take.
-const OAUTH_TTL_MS: i64 = 10 * 60 * 1000;
+const OAUTH_TTL_MS: i64 = oauth::STATE_TTL_MS;
 
 #[derive(Serialize, Deserialize)]
 struct Attempt {
@@ -69,14 +73,23 @@ pub struct StartQuery {
 /// `GET /api/auth/signin/{provider}`: to the provider, with a fresh state and PKCE verifier.
 pub async fn start(
     State(state): State<AppState>,
-    Path(provider): Path<String>,
-    Query(q): Query<StartQuery>,
+    provider: Result<Path<String>, PathRejection>,
+    query: Result<Query<StartQuery>, QueryRejection>,
     jar: PrivateCookieJar,
 ) -> Response {
+    // A browser flow: what cannot be read ends on the login page, never in plain text.
+    let (Ok(Path(provider)), Ok(Query(q))) = (provider, query) else {
+        return login_with_error("this sign-in link is malformed; start again");
+    };
     let Some(p) = configured(&state, &provider) else {
         return login_with_error("that sign-in method is not available");
     };
     let start = p.start();
+    // The state is also kept on the server, so that it can be spent exactly once.
+    if let Err(err) = oauth::remember_state(&state.db, &start.state).await {
+        tracing::error!(error = %err, "cannot store an OAuth state");
+        return login_with_error("sign-in failed; try again");
+    }
     let attempt = Attempt {
         provider: p.kind.name().to_owned(),
         state: start.state,
@@ -99,8 +112,8 @@ pub struct CallbackQuery {
 /// `GET /api/auth/callback/{provider}`: checks the state, exchanges the code, signs in.
 pub async fn callback(
     State(state): State<AppState>,
-    Path(provider): Path<String>,
-    Query(q): Query<CallbackQuery>,
+    provider: Result<Path<String>, PathRejection>,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
     session: Session,
     jar: PrivateCookieJar,
 ) -> Response {
@@ -108,6 +121,9 @@ pub async fn callback(
     let attempt: Option<Attempt> = jar.get(OAUTH_COOKIE).and_then(|c| serde_json::from_str(c.value()).ok());
     let jar = jar.remove(Cookie::build(OAUTH_COOKIE).path("/api/auth").build());
     let fail = |jar: PrivateCookieJar, message: &str| (jar, login_with_error(message)).into_response();
+    let (Ok(Path(provider)), Ok(Query(q))) = (provider, query) else {
+        return fail(jar, "the provider's answer could not be read; start again");
+    };
 
     if let Some(error) = q.error {
         let message = if error == "access_denied" {
@@ -123,6 +139,16 @@ pub async fn callback(
         && q.state.as_deref().is_some_and(|s| constant_time_eq(s, &attempt.state));
     if !valid {
         return fail(jar, "this sign-in link expired or was already used; start again");
+    }
+    // The cookie alone can be saved and replayed: the server's copy of the state is what makes
+    // an attempt single-use, on whichever instance the callback lands.
+    match oauth::spend_state(&state.db, &attempt.state, OAUTH_TTL_MS).await {
+        Ok(true) => {}
+        Ok(false) => return fail(jar, "this sign-in link expired or was already used; start again"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot check an OAuth state");
+            return fail(jar, "sign-in failed; try again");
+        }
     }
     let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
         return fail(jar, "the provider sent no code");
@@ -183,35 +209,63 @@ pub struct PasswordForm {
 }
 
 /// `POST /api/auth/signin/password`.
+///
+/// Every attempt takes its place in the per-account and per-address windows before the
+/// password is hashed, and holds one of `PASSWORD_HASH_CONCURRENCY` hashing permits while it
+/// is: when they are all taken the answer is 429, and nothing is hashed or counted.
 pub async fn password_signin(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     session: Session,
     jar: PrivateCookieJar,
-    Form(form): Form<PasswordForm>,
+    form: Result<Form<PasswordForm>, FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(FormRejection::InvalidFormContentType(_)) => {
+            return refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "request.unsupported_media_type",
+                "send the form as application/x-www-form-urlencoded",
+            );
+        }
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refusal(e.status(), "invalid_request_error", "request.too_large", &e.body_text());
+        }
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, "invalid_request_error", "request.invalid", &e.body_text()),
+    };
     let account = form.email.trim().to_lowercase();
     let ip = Some(peer.ip());
-    if state.auth.failures.blocked(&account, ip) {
-        return login_with_error("too many failed attempts; wait a few minutes and try again");
-    }
+    let (permit, slot) = match state.auth.failures.admit(&account, ip) {
+        Ok(admitted) => admitted,
+        Err(Refused::Locked) => {
+            return login_with_error("too many failed attempts; wait a few minutes and try again");
+        }
+        Err(Refused::Busy) => {
+            return ApiError(Error::RateLimited {
+                message: "too many sign-ins at once; try again in a moment".into(),
+                retry_after_secs: BUSY_RETRY_AFTER_SECS,
+            })
+            .into_response();
+        }
+    };
     let user = accounts::find_by_email(&state.db.read, &account).await.ok().flatten();
     let phc = user.as_ref().and_then(|u| u.password_hash.clone());
-    // Verified even when there is no such user, so both failures take the same time.
+    // Verified even when there is no such user, so both failures take the same time (and the
+    // same permit).
     let matches = password::verify(form.password, phc).await;
+    drop(permit);
     match user {
         Some(user) if matches && !user.disabled => {
-            state.auth.failures.clear(&account);
+            state.auth.failures.release(slot);
             let signed = SignedIn { user, first_key: None };
             match begin_session(&state, &session, &signed, jar).await {
                 Ok(jar) => (jar, Redirect::to(&safe_next(form.next.as_deref()))).into_response(),
                 Err(response) => response,
             }
         }
-        _ => {
-            state.auth.failures.record(&account, ip);
-            login_with_error("wrong email or password")
-        }
+        _ => login_with_error("wrong email or password"),
     }
 }
 

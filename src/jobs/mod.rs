@@ -1,5 +1,5 @@
 //! Scheduled work inside `serve`: the daily subscription expiry, the stale-reservation
-//! sweeper, and the hourly removal of expired sessions.
+//! sweeper, and the hourly removal of expired sessions and abandoned OAuth attempts.
 //!
 //! With several instances every instance runs both. That is safe because both jobs are
 //! idempotent compare-and-set loops (see `subscriptions::expire_due` and
@@ -63,6 +63,11 @@ pub fn start(config: &Config, db: &Db, tracker: &TaskTracker, shutdown: &Cancell
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
                     Err(err) => tracing::error!(error = %err, "expired-session cleanup failed"),
+                }
+                match crate::auth::oauth::purge_states(&db, crate::auth::oauth::STATE_TTL_MS).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "abandoned OAuth attempts removed"),
+                    Err(err) => tracing::error!(error = %err, "OAuth-state cleanup failed"),
                 }
             }
             match billing::sweep_stale(&db, max_age_ms).await {

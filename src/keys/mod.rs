@@ -5,7 +5,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Pagin
 
 use crate::clock::now_ms;
 use crate::crypto;
-use crate::db::entities::api_keys;
+use crate::db::Db;
+use crate::db::entities::{api_keys, users};
 use crate::error::{Error, Result};
 
 /// Every key starts with this.
@@ -56,25 +57,59 @@ pub fn normalize_name(raw: Option<&str>) -> Result<String> {
 }
 
 /// Creates a key for `user_id` and returns its row and plaintext (shown once, never stored).
+///
+/// The limit holds only when `conn` is a transaction (see `create_in`); `create_limited` is the
+/// way for requests that may race.
 pub async fn create(
     conn: &impl ConnectionTrait,
     user_id: i64,
     name: Option<&str>,
 ) -> Result<(api_keys::Model, String)> {
     let name = normalize_name(name)?;
+    create_in(conn, user_id, &name).await?.ok_or_else(too_many)
+}
+
+/// Creates a key in one write transaction, so that concurrent requests can never take a user
+/// past `MAX_KEYS_PER_USER`.
+pub async fn create_limited(db: &Db, user_id: i64, name: Option<&str>) -> Result<(api_keys::Model, String)> {
+    let name = normalize_name(name)?;
+    // A full user is an answer, not a failure: the job returns `None` so that on SQLite the
+    // writer does not roll back the other jobs committed with it.
+    db.write(move |txn| {
+        let name = name.clone();
+        Box::pin(async move { create_in(txn, user_id, &name).await })
+    })
+    .await?
+    .ok_or_else(too_many)
+}
+
+fn too_many() -> Error {
+    Error::Conflict(format!("a user may hold at most {MAX_KEYS_PER_USER} keys; revoke one first"))
+}
+
+/// Counts and inserts under the user's row lock: the first statement writes the user's row, which
+/// on MySQL/MariaDB and PostgreSQL makes a concurrent creation for the same user wait until this
+/// transaction ends (and then count this key); SQLite runs one write transaction at a time.
+/// `None` when the user already holds the most keys allowed.
+async fn create_in(conn: &impl ConnectionTrait, user_id: i64, name: &str) -> Result<Option<(api_keys::Model, String)>> {
+    let now = now_ms();
+    users::Entity::update_many()
+        .col_expr(users::Column::UpdatedAt, Expr::value(now))
+        .filter(users::Column::Id.eq(user_id))
+        .exec(conn)
+        .await?;
     let active = api_keys::Entity::find()
         .filter(api_keys::Column::UserId.eq(user_id))
         .filter(api_keys::Column::RevokedAt.is_null())
         .count(conn)
         .await?;
     if active >= MAX_KEYS_PER_USER {
-        return Err(Error::Conflict(format!("a user may hold at most {MAX_KEYS_PER_USER} keys; revoke one first")));
+        return Ok(None);
     }
     let key = generate();
-    let now = now_ms();
     let row = api_keys::ActiveModel {
         user_id: Set(user_id),
-        name: Set(name),
+        name: Set(name.to_owned()),
         key_hash: Set(key.hash.clone()),
         prefix: Set(key.plaintext[..7].to_owned()),
         last4: Set(key.plaintext[KEY_LEN - 4..].to_owned()),
@@ -87,7 +122,7 @@ pub async fn create(
     }
     .insert(conn)
     .await?;
-    Ok((row, key.plaintext))
+    Ok(Some((row, key.plaintext)))
 }
 
 /// Marks a key of `user_id` revoked. Returns the revoked row, or `NotFound` when the key does not

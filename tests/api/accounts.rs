@@ -6,6 +6,7 @@ use tollgate::db::entities::{accounts, api_keys, sessions, users};
 
 use crate::fake_oauth::{Browser, FakeOAuth, person};
 use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::on_all_backends;
 
 struct Site {
     app: TestApp,
@@ -13,11 +14,15 @@ struct Site {
 }
 
 async fn site(extra: &[(&str, &str)]) -> Site {
+    site_on(Backend::Sqlite, extra).await
+}
+
+async fn site_on(backend: Backend, extra: &[(&str, &str)]) -> Site {
     let oauth = FakeOAuth::start().await;
     let settings = oauth.settings();
     let mut vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     vars.extend_from_slice(extra);
-    let app = spawn_app_with(Backend::Sqlite, &vars).await;
+    let app = spawn_app_with(backend, &vars).await;
     Site { app, oauth }
 }
 
@@ -460,3 +465,136 @@ async fn failed_passwords_are_limited_per_address() {
     assert!(res.headers()["location"].to_str().unwrap().contains("too+many"));
     assert!(browser.cookie("tollgate_session").is_none());
 }
+
+/// 100 creations at once for a user who holds one key: exactly 49 succeed, the rest are 409.
+async fn the_key_limit_holds_under_concurrency(backend: Backend) {
+    let s = site_on(backend, &[]).await;
+    s.oauth.sign_in_as(person("51", "racer@example.com"));
+    let browser = Browser::new();
+    s.sign_in(&browser, "github", "/dashboard").await;
+    let keys = s.url("/api/internal/keys");
+    let attempts = (0..100).map(|i| {
+        let req = browser.client.post(&keys).json(&serde_json::json!({ "name": format!("k{i}") }));
+        browser.send(req)
+    });
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(attempts).await.iter().map(|r| r.status().as_u16()).collect();
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    assert_eq!((created, refused), (49, 51), "{statuses:?}");
+    assert_eq!(res_count(&s, "racer@example.com").await, tollgate::keys::MAX_KEYS_PER_USER);
+}
+
+on_all_backends!(the_key_limit_holds_under_concurrency);
+
+/// Where a password sign-in answer sends the browser ("" when it is not a redirect).
+fn location(res: &reqwest::Response) -> String {
+    res.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+/// 30 wrong passwords at once for one account: only the first five are ever evaluated, and the
+/// right password is refused afterwards.
+async fn concurrent_guesses_are_counted_before_hashing(backend: Backend) {
+    let s = site_on(backend, &[("PASSWORD_HASH_CONCURRENCY", "64")]).await;
+    crate::helpers::password_user(&s.app.db, "target@example.com", "user").await;
+    let login = s.url("/api/auth/signin/password");
+    let browser = Browser::new();
+    let form = [("email", "target@example.com"), ("password", "guess guess guess")];
+    let answers = futures_util::future::join_all((0..30).map(|_| browser.post_form(&login, &form, None))).await;
+    let places: Vec<String> = answers.iter().map(location).collect();
+    let evaluated = places.iter().filter(|l| l.contains("wrong+email+or+password")).count();
+    let locked = places.iter().filter(|l| l.contains("too+many")).count();
+    assert_eq!(
+        (evaluated, locked),
+        (tollgate::auth::limiter::PER_ACCOUNT, 30 - tollgate::auth::limiter::PER_ACCOUNT),
+        "{places:?}"
+    );
+    let res = browser
+        .post_form(&login, &[("email", "target@example.com"), ("password", crate::helpers::PASSWORD)], None)
+        .await;
+    assert!(location(&res).contains("too+many"), "{}", location(&res));
+    assert!(browser.cookie("tollgate_session").is_none());
+}
+
+/// With one hash at a time, attempts that arrive while it is busy are refused with 429 JSON and
+/// `Retry-After`, whether or not the account exists; none of them counts as a failure.
+async fn password_hashing_is_bounded(backend: Backend) {
+    let s = site_on(backend, &[("PASSWORD_HASH_CONCURRENCY", "1")]).await;
+    crate::helpers::password_user(&s.app.db, "known@example.com", "user").await;
+    let login = s.url("/api/auth/signin/password");
+    let browser = Browser::new();
+    let forms: Vec<[(&str, String); 2]> = (0..16)
+        .map(|i| [("email", format!("nobody{i}@example.com")), ("password", "guess guess guess".to_owned())])
+        .collect();
+    let forms: Vec<Vec<(&str, &str)>> =
+        forms.iter().map(|f| f.iter().map(|(k, v)| (*k, v.as_str())).collect()).collect();
+    let attempts = forms.iter().map(|f| browser.post_form(&login, f, None));
+    let answers = futures_util::future::join_all(attempts).await;
+    let mut refused = 0;
+    for res in answers {
+        if res.status() == 429 {
+            refused += 1;
+            assert!(res.headers().get("retry-after").is_some());
+            assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+            assert!(body["error"]["message"].is_string());
+        } else {
+            assert!(location(&res).contains("wrong+email+or+password"), "{}", location(&res));
+        }
+    }
+    assert!(refused > 0, "16 hashes at once with room for one: some must be refused");
+    // The refusals did not count against the address: a right password still signs in.
+    let res = browser
+        .post_form(&login, &[("email", "known@example.com"), ("password", crate::helpers::PASSWORD)], None)
+        .await;
+    assert_eq!(location(&res), "/dashboard");
+}
+
+/// A saved attempt cookie and state, replayed with a fresh code after the sign-in completed, is
+/// refused: the state is spent on the server, not only in the browser.
+async fn an_oauth_state_is_accepted_once_on_the_server(backend: Backend) {
+    let s = site_on(backend, &[]).await;
+    s.oauth.sign_in_as(person("60", "replay@example.com"));
+    let browser = Browser::new();
+    let res = browser.get(&s.url("/api/auth/signin/github?next=/dashboard")).await;
+    let authorize = res.headers()["location"].to_str().unwrap().to_owned();
+    let saved_attempt = browser.cookie("tollgate_oauth").unwrap();
+    let callback = browser.get(&authorize).await.headers()["location"].to_str().unwrap().to_owned();
+    let res = browser.get(&callback).await;
+    assert_eq!(res.headers()["location"], "/dashboard");
+    assert!(browser.cookie("tollgate_session").is_some());
+
+    // Another browser with the saved cookie, and a fresh code for the same state and verifier.
+    let thief = Browser::new();
+    thief.cookies.lock().unwrap().insert("tollgate_oauth".into(), saved_attempt);
+    let fresh = thief.get(&authorize).await.headers()["location"].to_str().unwrap().to_owned();
+    assert_ne!(fresh, callback, "a new code");
+    let res = thief.get(&fresh).await;
+    let refused = location(&res);
+    assert!(error_on_login_page(&format!("http://x{refused}")).contains("expired"), "{refused}");
+    assert!(thief.cookie("tollgate_session").is_none());
+    let rows = tollgate::db::entities::oauth_states::Entity::find().count(&s.app.db.read).await.unwrap();
+    assert_eq!(rows, 0, "a used state leaves nothing behind");
+
+    // Attempts abandoned at the provider are removed by the hourly cleanup once they expired.
+    use sea_orm::{ActiveModelTrait, Set};
+    let now = tollgate::clock::now_ms();
+    for (hash, created_at) in [("a".repeat(64), now - tollgate::auth::oauth::STATE_TTL_MS - 1), ("b".repeat(64), now)] {
+        tollgate::db::entities::oauth_states::ActiveModel { state_hash: Set(hash), created_at: Set(created_at) }
+            .insert(&s.app.db.write)
+            .await
+            .unwrap();
+    }
+    let removed = tollgate::auth::oauth::purge_states(&s.app.db, tollgate::auth::oauth::STATE_TTL_MS).await.unwrap();
+    assert_eq!(removed, 1);
+    let left = tollgate::db::entities::oauth_states::Entity::find().all(&s.app.db.read).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].state_hash.starts_with('b'));
+}
+
+on_all_backends!(
+    concurrent_guesses_are_counted_before_hashing,
+    password_hashing_is_bounded,
+    an_oauth_state_is_accepted_once_on_the_server
+);

@@ -16,6 +16,7 @@ mod fake_oauth;
 mod faults;
 mod gateway;
 mod health;
+mod hygiene;
 mod keys;
 mod process;
 mod properties;

@@ -1,5 +1,6 @@
 // Signs in through the (fake) GitHub provider in a real browser, sees the one-time key,
-// creates and revokes a second key, and logs out. Prints a JSON summary on the last line.
+// creates and revokes a second key, and logs out, with nothing blocked by the content security
+// policy. Prints a JSON summary on the last line.
 // Environment: TOLLGATE_URL (the app), CHROMIUM (the browser binary).
 import { chromium } from 'playwright-core';
 
@@ -15,6 +16,10 @@ try {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on('dialog', (dialog) => dialog.accept());
+  // Anything the content security policy blocks (or a script error) fails the run.
+  const violations = [];
+  page.on('console', (msg) => { if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text()); });
+  page.on('pageerror', (error) => violations.push(String(error)));
 
   await page.goto(`${base}/login`);
   await page.click('#signin-github');
@@ -49,6 +54,8 @@ try {
   await page.waitForURL(/\/login$/);
   await page.goto(`${base}/dashboard`);
   if (!page.url().includes('/login')) await fail(`the dashboard is still open after logout: ${page.url()}`);
+
+  if (violations.length) await fail(`blocked or failed in the page: ${violations.join(' | ')}`);
 
   await page.screenshot({ path: process.env.SCREENSHOT || '/tmp/tollgate-login.png' });
   console.log(JSON.stringify({ ok: true, firstKey, secondKey, secondId, balance }));
