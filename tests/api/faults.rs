@@ -1,11 +1,16 @@
 //! Faults: a database, cache or upstream that fails never costs a customer money they did not
 //! spend, and never lets a request through unpaid.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, Mode, UPSTREAM_KEY, assert_books_balance, chat_body, spawn_gateway};
+use crate::helpers::{Backend, FindByHash, Mode, UPSTREAM_KEY, assert_books_balance, chat_body, spawn_gateway};
 use crate::on_all_backends;
 
 async fn database_down_means_503_and_no_upstream_call(backend: Backend) {
@@ -201,4 +206,170 @@ async fn redis_that_dies_and_returns_is_used_again_by_itself() {
     .await;
     g.app.settled(user).await;
     assert_books_balance(&g.app.db, user).await;
+}
+
+/// A TCP proxy in front of a server (Redis, a database) that the test can hang: while hung it
+/// reads what clients send (counting Redis commands) but forwards and answers nothing, as a
+/// stopped or partitioned server does. Connections open when it hangs stay open, hung.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    state: Arc<ProxyState>,
+}
+
+struct ProxyState {
+    hung: AtomicBool,
+    /// Cancelled to close every open connection; replaced by a fresh token each time.
+    cut: Mutex<CancellationToken>,
+    /// Redis commands that arrived while hung.
+    swallowed: AtomicUsize,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState {
+            hung: AtomicBool::new(false),
+            cut: Mutex::new(CancellationToken::new()),
+            swallowed: AtomicUsize::new(0),
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let state = shared.clone();
+                let cut = state.cut.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = cut.cancelled() => {}
+                        () = relay(client, target, &state) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// From now on nothing is forwarded or answered, on open connections and new ones.
+    fn hang(&self) {
+        self.state.hung.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every open connection (as a server that died would).
+    fn cut(&self) {
+        let mut cut = self.state.cut.lock().unwrap();
+        cut.cancel();
+        *cut = CancellationToken::new();
+    }
+
+    /// Back to forwarding; the connections that hung are closed, so clients reconnect.
+    fn resume(&self) {
+        self.state.hung.store(false, Ordering::SeqCst);
+        self.cut();
+    }
+
+    fn swallowed(&self) -> usize {
+        self.state.swallowed.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(mut client: TcpStream, target: std::net::SocketAddr, state: &ProxyState) {
+    let mut server = None;
+    if !state.hung.load(Ordering::SeqCst) {
+        match TcpStream::connect(target).await {
+            Ok(s) => server = Some(s),
+            Err(_) => return,
+        }
+    }
+    let (mut from_client, mut to_client) = client.split();
+    let mut from_server_buf = [0u8; 16 * 1024];
+    let mut from_client_buf = [0u8; 16 * 1024];
+    loop {
+        let from_server = async {
+            match server.as_mut() {
+                Some(s) => s.read(&mut from_server_buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = from_client.read(&mut from_client_buf) => {
+                let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                let data = &from_client_buf[..n];
+                if state.hung.load(Ordering::SeqCst) {
+                    // Each Redis command starts a line with `*<arguments>`.
+                    let commands = data.windows(3).filter(|w| w[0] == b'\n' && w[1] == b'*' && w[2].is_ascii_digit()).count()
+                        + usize::from(data.first() == Some(&b'*'));
+                    state.swallowed.fetch_add(commands, Ordering::SeqCst);
+                } else if let Some(s) = server.as_mut() {
+                    if s.write_all(data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            n = from_server => {
+                let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                if !state.hung.load(Ordering::SeqCst) && to_client.write_all(&from_server_buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hung_redis_is_skipped_after_its_first_timeout() {
+    let port = free_port();
+    let redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
+    let url = format!("redis://{}", proxy.addr);
+    let g = spawn_gateway(Backend::Sqlite, Mode::Normal, &[("REDIS_URL", &url)]).await;
+    let (user, key) = g.app.customer("hung@example.com", 1_000_000).await;
+    let (other, other_key) = g.app.customer("other@example.com", 1_000_000).await;
+    let mut cold = Vec::new();
+    for i in 0..20 {
+        cold.push(g.app.customer(&format!("cold{i}@example.com"), 1_000_000).await);
+    }
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200);
+    g.app.settled(user).await;
+    assert!(redis.keys().contains("key_cache:"), "Redis is in use");
+
+    // Redis stops answering, its connections stay open. Each request with a key not cached here
+    // asks Redis first and would wait out the timeout of each cache call; after the first
+    // timeout, Redis is skipped and requests run on the database.
+    proxy.hang();
+    for (_, key) in &cold {
+        assert_eq!(g.app.chat(key, &chat_body(false)).await.status(), 200, "a hung Redis fails no request");
+    }
+    let sent = proxy.swallowed();
+    assert!(sent <= 6, "20 requests sent {sent} commands to a Redis that had stopped answering");
+
+    // A revocation while Redis is skipped: refused here at once, and written to Redis once it
+    // answers again (other instances then refuse the key without a database lookup).
+    let hash = tollgate::keys::hash(&key);
+    let id = tollgate::db::entities::api_keys::Entity::find_by_hash(&key, &g.app.db).await;
+    tollgate::keys::revoke(&g.app.db.write, None, id).await.unwrap();
+    tollgate::gateway::auth::forget_revoked(&g.app.cache(), &hash).await;
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 401);
+    assert!(!redis.keys().contains(&format!("revoked:{hash}")));
+
+    proxy.resume();
+    crate::helpers::eventually(20, "the skipped revocation reaches Redis", || {
+        let (app, other_key, redis, hash) = (&g.app, &other_key, &redis, &hash);
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            app.chat(other_key, &chat_body(false)).await.status() == 200
+                && redis.keys().contains(&format!("revoked:{hash}"))
+        }
+    })
+    .await;
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 401);
+    for u in [user, other].into_iter().chain(cold.iter().map(|(u, _)| *u)) {
+        g.app.settled(u).await;
+        assert_books_balance(&g.app.db, u).await;
+    }
 }
