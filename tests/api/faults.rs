@@ -373,3 +373,123 @@ async fn hung_redis_is_skipped_after_its_first_timeout() {
         assert_books_balance(&g.app.db, u).await;
     }
 }
+
+/// The database stops answering (its connections are cut and new ones get no answer): requests
+/// are refused with 503 within the acquire timeout, before any upstream call, and `/readyz`
+/// says so within a second. Server backends only: SQLite's outage is a locked file (below).
+async fn database_outage_is_answered_fast(backend: Backend) {
+    let test_db = crate::helpers::fresh_db(backend).await;
+    let mut url = url::Url::parse(&test_db.url).unwrap();
+    let target = tokio::net::lookup_host((url.host_str().unwrap(), url.port_or_known_default().unwrap()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let fake = crate::helpers::FakeUpstream::start(Mode::Normal).await.unwrap();
+    let base = fake.base_url();
+    let app = crate::helpers::spawn_instance(
+        url.as_str(),
+        &[("OPENAI_BASE_URL", &base), ("OPENAI_API_KEY", UPSTREAM_KEY), ("DATABASE_ACQUIRE_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    crate::helpers::add_test_model(&app).await;
+    let (user, warm_key) = app.customer("warm@example.com", 1_000_000).await;
+    let (_, cold_key) = app.customer("cold@example.com", 1_000_000).await;
+    assert_eq!(app.chat(&warm_key, &chat_body(false)).await.status(), 200, "the key is now cached");
+    app.settled(user).await;
+    let calls = fake.calls();
+
+    proxy.hang();
+    proxy.cut();
+    for key in [&warm_key, &cold_key] {
+        // A bound far above the configured 1 s, far below the 10 s requests used to wait.
+        let res = tokio::time::timeout(Duration::from_secs(6), app.chat(key, &chat_body(false)))
+            .await
+            .expect("a database outage is answered within the acquire timeout");
+        assert_eq!(res.status(), 503);
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "database.error");
+    }
+    let ready = tokio::time::timeout(Duration::from_secs(3), app.get("/readyz"))
+        .await
+        .expect("/readyz answers within its own short timeout");
+    assert_eq!(ready.status(), 503);
+    assert_eq!(fake.calls(), calls, "no upstream call without a reservation");
+
+    proxy.resume();
+    crate::helpers::eventually(20, "requests succeed once the database is back", || async {
+        app.chat(&warm_key, &chat_body(false)).await.status() == 200
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.settled(user).await;
+    assert_books_balance(&app.db, user).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
+    drop(test_db);
+}
+
+mod database_outage_is_answered_fast {
+    use crate::helpers::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(not(tollgate_test_mysql), ignore = "TEST_MYSQL_URL is not set")]
+    async fn mysql() {
+        if Backend::MySql.available() {
+            super::database_outage_is_answered_fast(Backend::MySql).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(not(tollgate_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+    async fn postgres() {
+        if Backend::Postgres.available() {
+            super::database_outage_is_answered_fast(Backend::Postgres).await;
+        }
+    }
+}
+
+/// Another process holds SQLite's write lock: requests are refused with 503 after the busy
+/// timeout, once (not once per job of the writer's batch), nothing is reserved or charged, and
+/// requests succeed again as soon as the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locked_sqlite_is_answered_fast_and_charges_nothing() {
+    use sea_orm::sqlx::{Connection, Executor};
+
+    let g = spawn_gateway(Backend::Sqlite, Mode::Normal, &[("DATABASE_ACQUIRE_TIMEOUT_MS", "500")]).await;
+    let (user, key) = g.app.customer("locked@example.com", 1_000_000).await;
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200);
+    g.app.settled(user).await;
+    let balance = g.app.balance(user).await;
+    let calls = g.fake.calls();
+
+    let mut locker = sea_orm::sqlx::SqliteConnection::connect(&g.app.database_url).await.unwrap();
+    locker.execute("BEGIN EXCLUSIVE").await.unwrap();
+    // Enough requests at once to fill a write batch: answered together after one busy timeout,
+    // not one after the other.
+    let body = chat_body(false);
+    let requests = (0..30).map(|_| g.app.chat(&key, &body));
+    // A bound far above the configured 0.5 s, far below the 20 s requests used to hang (or
+    // 30 × 0.5 s, were each job of a failed batch run again alone).
+    let answers = tokio::time::timeout(Duration::from_secs(6), futures::future::join_all(requests))
+        .await
+        .expect("a locked database is answered within the busy timeout");
+    for res in answers {
+        assert_eq!(res.status(), 503);
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "database.error");
+    }
+    assert_eq!(g.fake.calls(), calls, "no upstream call without a reservation");
+    locker.execute("ROLLBACK").await.unwrap();
+    locker.close().await.unwrap();
+
+    g.app.settled(user).await;
+    assert_eq!(g.app.balance(user).await, balance, "refused requests cost nothing, now or later");
+    assert_eq!(g.app.usage(user).await.iter().filter(|u| u.status_code == 200).count(), 1);
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200, "served again once the lock is gone");
+    g.app.settled(user).await;
+    assert_eq!(g.app.balance(user).await, balance - 27);
+    assert_books_balance(&g.app.db, user).await;
+}
