@@ -493,3 +493,33 @@ async fn locked_sqlite_is_answered_fast_and_charges_nothing() {
     assert_eq!(g.app.balance(user).await, balance - 27);
     assert_books_balance(&g.app.db, user).await;
 }
+
+/// A 429 whose `Retry-After` is within `UPSTREAM_MAX_RETRY_WAIT_MS` is retried after that
+/// pause, not before.
+async fn upstream_retry_after_is_waited_out(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::FailThenOk { status: 429, times: 1 }, &[]).await;
+    let (user, key) = g.app.customer("patient@example.com", 1_000_000).await;
+    assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200);
+    let times = g.fake.call_times();
+    assert_eq!(times.len(), 2, "one retry");
+    let pause = times[1] - times[0];
+    assert!(pause >= Duration::from_secs(2), "retried {pause:?} after a 429 with Retry-After: 2");
+    g.app.settled(user).await;
+    assert_eq!(g.app.balance(user).await, 1_000_000 - 27);
+    assert_books_balance(&g.app.db, user).await;
+}
+
+/// A 429 asking for a longer pause than we wait is passed on at once, with its `Retry-After`.
+async fn upstream_retry_after_too_long_is_passed_on(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::Status(429), &[("UPSTREAM_MAX_RETRY_WAIT_MS", "1000")]).await;
+    let (user, key) = g.app.customer("impatient@example.com", 1_000_000).await;
+    let res = g.app.chat(&key, &chat_body(false)).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "2");
+    assert_eq!(g.fake.calls(), 1, "no retry against the upstream's rate limit");
+    g.app.settled(user).await;
+    assert_eq!(g.app.balance(user).await, 1_000_000, "refunded in full");
+    assert_books_balance(&g.app.db, user).await;
+}
+
+on_all_backends!(upstream_retry_after_is_waited_out, upstream_retry_after_too_long_is_passed_on);
