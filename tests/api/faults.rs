@@ -299,10 +299,10 @@ async fn relay(mut client: TcpStream, target: std::net::SocketAddr, state: &Prox
                     let commands = data.windows(3).filter(|w| w[0] == b'\n' && w[1] == b'*' && w[2].is_ascii_digit()).count()
                         + usize::from(data.first() == Some(&b'*'));
                     state.swallowed.fetch_add(commands, Ordering::SeqCst);
-                } else if let Some(s) = server.as_mut() {
-                    if s.write_all(data).await.is_err() {
-                        return;
-                    }
+                } else if let Some(s) = server.as_mut()
+                    && s.write_all(data).await.is_err()
+                {
+                    return;
                 }
             }
             n = from_server => {
