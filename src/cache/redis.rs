@@ -100,7 +100,9 @@ impl RedisLayer {
     }
 
     /// Redis failed to answer: skip it for the cool-down.
-    fn trip(&self, pass: Pass<'_>, why: &str) {
+    fn trip(&self, mut pass: Pass<'_>, why: &str) {
+        // The outcome is recorded here; the pass must not clear a later probe's flag.
+        pass.probe = false;
         let was_closed = match self.breaker.lock() {
             Ok(mut b) => {
                 let was_closed = b.open_until.is_none();
@@ -118,14 +120,14 @@ impl RedisLayer {
         } else {
             tracing::debug!("Redis probe: {why}");
         }
-        drop(pass);
     }
 
     /// Redis answered. After a probe, closes the breaker and sends the writes kept aside.
-    async fn answered(&self, pass: Pass<'_>, conn: &mut ConnectionManager) {
+    async fn answered(&self, mut pass: Pass<'_>, conn: &mut ConnectionManager) {
         if !pass.probe {
             return;
         }
+        pass.probe = false;
         let pending = match self.breaker.lock() {
             Ok(mut b) => {
                 b.open_until = None;
