@@ -71,7 +71,8 @@ impl Application {
     /// Connects to the database, migrates it (unless `AUTO_MIGRATE=false`) and binds
     /// `config.listen_addr`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let db = Db::connect(&config.database_url, config.database_pool_size).await?;
+        let db =
+            Db::connect_with(&config.database_url, config.database_pool_size, config.database_acquire_timeout).await?;
         if config.auto_migrate {
             db.migrate().await.context("applying migrations")?;
         } else if !db.pending_migrations().await?.is_empty() {

@@ -1,7 +1,17 @@
 //! The Redis layer: a connection manager that reconnects by itself, with short timeouts so a
-//! slow or dead Redis degrades to a cache miss instead of a slow request.
+//! slow or dead Redis degrades to a cache miss instead of a slow request, and a breaker so it
+//! costs that timeout once, not on every call.
+//!
+//! When a command times out or the connection fails, the breaker opens: for `COOL_DOWN` every
+//! call skips Redis at once (reads miss, writes are kept aside), so a hung Redis does not add
+//! its timeout to each cache call of each request. After the cool-down one call goes through as
+//! a probe; if Redis answers, the breaker closes and the writes kept aside are sent, newest per
+//! key, with what is left of their TTL, so an invalidation made meanwhile (a revocation) is not
+//! lost. Whatever Redis misses in the meantime is only a cache: authentication falls back to
+//! the database, and each instance's in-process layer is invalidated at once either way.
 
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -10,18 +20,59 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// How long one Redis command may take before it counts as a miss.
 const TIMEOUT: Duration = Duration::from_millis(250);
 
+/// How long Redis is skipped after it failed to answer, before one call probes it again.
+const COOL_DOWN: Duration = Duration::from_secs(3);
+
+/// Writes kept aside while Redis is skipped, at most (an outage must not grow memory unbounded;
+/// every entry also expires in Redis by its own TTL).
+const MAX_PENDING: usize = 10_000;
+
 pub struct RedisLayer {
     client: redis::Client,
     prefix: String,
     manager: RwLock<Option<ConnectionManager>>,
     connecting: tokio::sync::Mutex<()>,
-    /// After a failed connection attempt, no new attempt before this instant: while Redis is
-    /// down, requests skip it at once instead of each waiting for a timeout.
-    retry_at: std::sync::Mutex<Option<Instant>>,
+    breaker: Mutex<Breaker>,
 }
 
-/// The pause between connection attempts while Redis is unreachable.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
+#[derive(Default)]
+struct Breaker {
+    /// Set while Redis is skipped: until this instant no call is sent to it, after it one probe.
+    open_until: Option<Instant>,
+    /// A probe is in flight; the other calls keep skipping Redis until it ends.
+    probing: bool,
+    /// Writes skipped or failed while Redis was failing, by full key, newest only.
+    pending: HashMap<String, Pending>,
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Set { value: String, expires: Instant },
+    Delete,
+}
+
+/// Permission for one call to use Redis. A probe dropped without an outcome (its request was
+/// cancelled) lets the next call probe instead.
+struct Pass<'a> {
+    layer: &'a RedisLayer,
+    probe: bool,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if self.probe
+            && let Ok(mut b) = self.layer.breaker.lock()
+        {
+            b.probing = false;
+        }
+    }
+}
+
+/// True when `err` means Redis cannot be reached or does not answer, as opposed to an error
+/// reply (which proves it is up).
+fn is_outage(err: &redis::RedisError) -> bool {
+    err.is_timeout() || err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal()
+}
 
 impl RedisLayer {
     pub fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
@@ -30,28 +81,131 @@ impl RedisLayer {
             prefix: prefix.to_owned(),
             manager: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            retry_at: std::sync::Mutex::new(None),
+            breaker: Mutex::new(Breaker::default()),
         })
+    }
+
+    /// Whether this call may use Redis: always while the breaker is closed, never while it is
+    /// open, and for one call at a time (a probe) once the cool-down is over.
+    fn admit(&self) -> Option<Pass<'_>> {
+        let mut b = self.breaker.lock().ok()?;
+        match b.open_until {
+            None => Some(Pass { layer: self, probe: false }),
+            Some(until) if Instant::now() < until || b.probing => None,
+            Some(_) => {
+                b.probing = true;
+                Some(Pass { layer: self, probe: true })
+            }
+        }
+    }
+
+    /// Redis failed to answer: skip it for the cool-down.
+    fn trip(&self, mut pass: Pass<'_>, why: &str) {
+        // The outcome is recorded here; the pass must not clear a later probe's flag.
+        pass.probe = false;
+        let was_closed = match self.breaker.lock() {
+            Ok(mut b) => {
+                let was_closed = b.open_until.is_none();
+                b.open_until = Some(Instant::now() + COOL_DOWN);
+                b.probing = false;
+                was_closed
+            }
+            Err(_) => false,
+        };
+        if was_closed {
+            tracing::warn!(
+                cool_down_ms = COOL_DOWN.as_millis() as u64,
+                "Redis {why}; skipping it for a while (using the in-process cache and the database)"
+            );
+        } else {
+            tracing::debug!("Redis probe: {why}");
+        }
+    }
+
+    /// Redis answered. After a probe, closes the breaker and sends the writes kept aside.
+    async fn answered(&self, mut pass: Pass<'_>, conn: &mut ConnectionManager) {
+        if !pass.probe {
+            return;
+        }
+        pass.probe = false;
+        let pending = match self.breaker.lock() {
+            Ok(mut b) => {
+                b.open_until = None;
+                b.probing = false;
+                std::mem::take(&mut b.pending)
+            }
+            Err(_) => return,
+        };
+        tracing::info!(pending = pending.len(), "Redis answers again");
+        let now = Instant::now();
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::with_capacity(pending.len());
+        for (key, op) in pending {
+            match &op {
+                Pending::Set { value, expires } => {
+                    let left = expires.saturating_duration_since(now);
+                    if left.is_zero() {
+                        continue;
+                    }
+                    pipe.pset_ex(&key, value, u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)).ignore();
+                }
+                Pending::Delete => {
+                    pipe.del(&key).ignore();
+                }
+            }
+            sent.push((key, op));
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let res: Result<Result<(), _>, _> = tokio::time::timeout(TIMEOUT, pipe.query_async(conn)).await;
+        if !matches!(res, Ok(Ok(()))) {
+            // Put them back (unless a newer write for the same key came meanwhile) for the next
+            // probe.
+            if let Ok(mut b) = self.breaker.lock() {
+                b.open_until = Some(Instant::now() + COOL_DOWN);
+                for (key, op) in sent {
+                    if b.pending.len() < MAX_PENDING {
+                        b.pending.entry(key).or_insert(op);
+                    }
+                }
+            }
+            tracing::warn!("Redis failed again while catching up on skipped writes");
+        }
+    }
+
+    /// Keeps a write that did not reach Redis, to be sent when it answers again.
+    fn keep(&self, key: String, op: Pending) {
+        let Ok(mut b) = self.breaker.lock() else { return };
+        if b.pending.len() >= MAX_PENDING && !b.pending.contains_key(&key) {
+            let now = Instant::now();
+            b.pending.retain(|_, op| !matches!(op, Pending::Set { expires, .. } if *expires <= now));
+            if b.pending.len() >= MAX_PENDING {
+                tracing::debug!("too many Redis writes kept aside; this one expires by its TTL");
+                return;
+            }
+        }
+        b.pending.insert(key, op);
     }
 
     /// The connection manager, creating it on first use (or after Redis was unreachable).
     /// Reads do not wait for a connection attempt in progress (a miss is cheap); writes do, so
-    /// an invalidation is not skipped.
-    async fn conn(&self, wait: bool) -> Option<ConnectionManager> {
+    /// an invalidation is not skipped. `None` after a failed attempt, which trips the breaker.
+    async fn conn<'a>(&'a self, pass: Pass<'a>, wait: bool) -> (Option<ConnectionManager>, Option<Pass<'a>>) {
         let current = || self.manager.read().ok().and_then(|g| g.clone());
         if let Some(m) = current() {
-            return Some(m);
+            return (Some(m), Some(pass));
         }
-        let paused = || self.retry_at.lock().ok().and_then(|g| *g).is_some_and(|t| Instant::now() < t);
-        if paused() {
-            return None;
-        }
-        let _guard = if wait { self.connecting.lock().await } else { self.connecting.try_lock().ok()? };
+        let _guard = if wait {
+            self.connecting.lock().await
+        } else {
+            match self.connecting.try_lock() {
+                Ok(g) => g,
+                Err(_) => return (None, Some(pass)),
+            }
+        };
         if let Some(m) = current() {
-            return Some(m);
-        }
-        if paused() {
-            return None;
+            return (Some(m), Some(pass));
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
@@ -64,24 +218,17 @@ impl RedisLayer {
                     *slot = Some(m.clone());
                 }
                 tracing::info!("connected to Redis");
-                Some(m)
+                (Some(m), Some(pass))
             }
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "Redis unreachable; using the in-process cache and the database");
-                self.pause();
-                None
+                tracing::debug!(error = %err, "cannot connect to Redis");
+                self.trip(pass, "is unreachable");
+                (None, None)
             }
             Err(_) => {
-                tracing::warn!("Redis connection timed out; using the in-process cache and the database");
-                self.pause();
-                None
+                self.trip(pass, "connection timed out");
+                (None, None)
             }
-        }
-    }
-
-    fn pause(&self) {
-        if let Ok(mut g) = self.retry_at.lock() {
-            *g = Some(Instant::now() + RETRY_PAUSE);
         }
     }
 
@@ -91,36 +238,81 @@ impl RedisLayer {
 
     /// The value and its remaining TTL.
     pub async fn get(&self, key: &str) -> Option<(String, Duration)> {
-        let mut conn = self.conn(false).await?;
+        let pass = self.admit()?;
+        let (conn, pass) = self.conn(pass, false).await;
+        let (mut conn, pass) = (conn?, pass?);
         let key = self.key(key);
         let mut pipe = redis::pipe();
         pipe.get(&key).pttl(&key);
-        let res: Result<(Option<String>, i64), _> =
-            tokio::time::timeout(TIMEOUT, pipe.query_async(&mut conn)).await.ok()?;
+        let res: Result<Result<(Option<String>, i64), _>, _> =
+            tokio::time::timeout(TIMEOUT, pipe.query_async(&mut conn)).await;
         match res {
-            Ok((Some(v), ttl_ms)) if ttl_ms > 0 => Some((v, Duration::from_millis(ttl_ms.unsigned_abs()))),
-            Ok(_) => None,
-            Err(err) => {
-                tracing::debug!(error = %err, "Redis GET failed");
+            Err(_) => {
+                self.trip(pass, "did not answer in time");
                 None
+            }
+            Ok(Err(err)) if is_outage(&err) => {
+                tracing::debug!(error = %err, "Redis GET failed");
+                self.trip(pass, "failed");
+                None
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "Redis GET failed");
+                self.answered(pass, &mut conn).await;
+                None
+            }
+            Ok(Ok(found)) => {
+                self.answered(pass, &mut conn).await;
+                match found {
+                    (Some(v), ttl_ms) if ttl_ms > 0 => Some((v, Duration::from_millis(ttl_ms.unsigned_abs()))),
+                    _ => None,
+                }
             }
         }
     }
 
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) {
-        let Some(mut conn) = self.conn(true).await else { return };
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let res: Result<Result<(), _>, _> = tokio::time::timeout(TIMEOUT, conn.pset_ex(self.key(key), value, ms)).await;
-        if !matches!(res, Ok(Ok(()))) {
-            tracing::debug!("Redis SET failed");
-        }
+        let op = Pending::Set { value: value.to_owned(), expires: Instant::now() + ttl };
+        self.write(key, op).await;
     }
 
     pub async fn delete(&self, key: &str) {
-        let Some(mut conn) = self.conn(true).await else { return };
-        let res: Result<Result<(), _>, _> = tokio::time::timeout(TIMEOUT, conn.del(self.key(key))).await;
-        if !matches!(res, Ok(Ok(()))) {
-            tracing::warn!("Redis DEL failed; the entry expires by its TTL");
+        self.write(key, Pending::Delete).await;
+    }
+
+    /// Sends one write, or keeps it for later when Redis is skipped or fails to take it.
+    async fn write(&self, key: &str, op: Pending) {
+        let key = self.key(key);
+        let Some(pass) = self.admit() else {
+            self.keep(key, op);
+            return;
+        };
+        let (conn, pass) = self.conn(pass, true).await;
+        let (Some(mut conn), Some(pass)) = (conn, pass) else {
+            self.keep(key, op);
+            return;
+        };
+        let sent = match &op {
+            Pending::Set { value, expires } => {
+                let left = expires.saturating_duration_since(Instant::now());
+                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                tokio::time::timeout(TIMEOUT, conn.pset_ex::<_, _, ()>(&key, value, ms)).await
+            }
+            Pending::Delete => tokio::time::timeout(TIMEOUT, conn.del::<_, ()>(&key)).await,
+        };
+        match sent {
+            Ok(Ok(())) => self.answered(pass, &mut conn).await,
+            Ok(Err(err)) if !is_outage(&err) => {
+                tracing::debug!(error = %err, "Redis refused a write; the entry expires by its TTL");
+                self.answered(pass, &mut conn).await;
+            }
+            failed => {
+                if let Ok(Err(err)) = failed {
+                    tracing::debug!(error = %err, "Redis write failed");
+                }
+                self.keep(key, op);
+                self.trip(pass, "did not take a write in time");
+            }
         }
     }
 }

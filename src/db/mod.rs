@@ -24,6 +24,10 @@ use sea_orm_migration::MigratorTrait;
 
 use self::migrations::Migrator;
 
+/// How long a query waits for a pooled connection (or a locked SQLite file) when the caller
+/// names no timeout; `DATABASE_ACQUIRE_TIMEOUT_MS` sets the server's.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The database used when `DATABASE_URL` is not set.
 pub const DEFAULT_SQLITE_PATH: &str = "data/tollgate.db";
 
@@ -74,11 +78,17 @@ pub enum ConnectError {
 }
 
 impl Db {
-    /// Opens the pools for `url`. `pool_size` bounds the connections of MySQL/PostgreSQL and the
-    /// SQLite read pool.
+    /// Opens the pools for `url` with the default acquire timeout. `pool_size` bounds the
+    /// connections of MySQL/PostgreSQL and the SQLite read pool.
     pub async fn connect(url: &str, pool_size: u32) -> Result<Self, ConnectError> {
+        Self::connect_with(url, pool_size, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// As `connect`, waiting at most `acquire` for a pooled connection (and, on SQLite, for a
+    /// locked database) before a query fails: an unreachable or locked database answers 503
+    /// promptly instead of holding every request.
+    pub async fn connect_with(url: &str, pool_size: u32, acquire: Duration) -> Result<Self, ConnectError> {
         let backend = Backend::from_url(url).map_err(ConnectError::Url)?;
-        let acquire = Duration::from_secs(10);
         match backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(url)
@@ -86,7 +96,7 @@ impl Db {
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(acquire)
                     .foreign_keys(true)
                     .disable_statement_logging();
                 let file = options.get_filename();
@@ -98,7 +108,7 @@ impl Db {
                 }
                 let write = SqlitePoolOptions::new()
                     .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(60))
+                    .acquire_timeout(acquire)
                     .connect_with(options.clone())
                     .await
                     .map_err(ConnectError::Connect)?;

@@ -10,8 +10,11 @@
 //! A job must leave the transaction consistent whether it succeeds or reports a business
 //! outcome (a refused reservation undoes what it took); an `Err` means a database failure:
 //! the batch is rolled back and each of its jobs is run again in a transaction of its own, so
-//! one job's failure never costs another its work. Nobody is answered before their work is
-//! committed.
+//! one job's failure never costs another its work. When the failure is the database itself
+//! (locked by another process past the busy timeout, unreachable), running the jobs again
+//! would only wait the timeout once per job: the whole batch is answered with the error at
+//! once. Nobody is answered before their work is committed, and a job answered with an error
+//! was rolled back and is never run again.
 
 use std::any::Any;
 use std::future::Future;
@@ -93,10 +96,26 @@ async fn run(conn: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
                     let _ = job.reply.send(Ok(out));
                 }
             }
+            Err(Error::Database(err)) if is_unavailable(&err) => {
+                tracing::warn!(error = %err, jobs = batch.len(), "database busy or unreachable; write batch refused");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(Error::Database(err.clone())));
+                }
+            }
             Err(err) => {
                 tracing::debug!(error = %err, jobs = batch.len(), "write batch failed; running its jobs one by one");
+                let mut unavailable: Option<sea_orm::DbErr> = None;
                 for job in batch.drain(..) {
-                    let out = run_alone(&conn, &job).await;
+                    // Once the database itself fails, the jobs left would each wait it out again.
+                    let out = match &unavailable {
+                        Some(e) => Err(Error::Database(e.clone())),
+                        None => run_alone(&conn, &job).await,
+                    };
+                    if let Err(Error::Database(e)) = &out
+                        && is_unavailable(e)
+                    {
+                        unavailable = Some(e.clone());
+                    }
                     let _ = job.reply.send(out);
                 }
             }
@@ -133,3 +152,28 @@ async fn run_alone(conn: &DatabaseConnection, job: &Job) -> Result<Output> {
         }
     }
 }
+
+/// True when `err` says the database cannot take writes now (SQLITE_BUSY/SQLITE_LOCKED after
+/// the busy timeout, no connection in time, an I/O failure), not that one job's statements
+/// were wrong: running the same work again at once would fail the same way.
+fn is_unavailable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    let runtime = match err {
+        sea_orm::DbErr::Conn(r) | sea_orm::DbErr::Exec(r) | sea_orm::DbErr::Query(r) => r,
+        sea_orm::DbErr::ConnectionAcquire(_) => return true,
+        _ => return false,
+    };
+    let sea_orm::RuntimeErr::SqlxError(e) = runtime else { return false };
+    match e.as_ref() {
+        Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::Io(_) | Sqlx::WorkerCrashed => true,
+        // SQLite's extended result codes keep the primary code in the low byte.
+        Sqlx::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
+        _ => false,
+    }
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;

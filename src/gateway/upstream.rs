@@ -1,7 +1,7 @@
 //! The upstream client: pooled connections, separate timeouts, no redirects, our credentials
-//! only, and bounded retries before the first byte.
+//! only, and bounded retries before the first byte that honour the upstream's `Retry-After`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use url::Url;
@@ -26,6 +26,8 @@ pub struct Upstream {
     api_key: Option<Secret>,
     pub timeouts: Timeouts,
     max_retries: u32,
+    /// The longest `Retry-After` waited out before a retry; a longer one ends the retries.
+    max_retry_wait: Duration,
 }
 
 /// Why the upstream gave no usable response.
@@ -35,7 +37,7 @@ pub enum UpstreamFailure {
     Timeout,
     /// The connection failed.
     Connect(String),
-    /// A response with a non-success status.
+    /// A response with a non-success status; `retry_after` in whole seconds, rounded up.
     Status { status: u16, retry_after: Option<u64>, body: String },
 }
 
@@ -64,6 +66,7 @@ impl Upstream {
                 total: config.upstream_total_timeout,
             },
             max_retries: config.upstream_max_retries,
+            max_retry_wait: config.upstream_max_retry_wait,
         })
     }
 
@@ -85,6 +88,10 @@ impl Upstream {
 
     /// Sends the request, retrying (with the same body and reservation) on connection errors,
     /// timeouts, 429 and 5xx, until a successful response head arrives or retries run out.
+    /// A 429 or 5xx that asks for a pause (`Retry-After`, `retry-after-ms`) is retried only
+    /// after that pause, and only when it is at most `UPSTREAM_MAX_RETRY_WAIT_MS` and ends
+    /// before the deadline; otherwise it is returned at once, with its `Retry-After`, so the
+    /// client waits instead of us hammering a rate limit.
     pub async fn send(
         &self,
         body: bytes::Bytes,
@@ -98,6 +105,7 @@ impl Upstream {
             let wait = self.timeouts.first_byte.min(left);
             let req =
                 self.client.post(self.completions_url.clone()).headers(self.headers(stream, beta)).body(body.clone());
+            let mut asked_wait = None;
             let failure = match tokio::time::timeout(wait, req.send()).await {
                 Err(_) => UpstreamFailure::Timeout,
                 Ok(Err(e)) if e.is_timeout() => UpstreamFailure::Timeout,
@@ -105,11 +113,8 @@ impl Upstream {
                 Ok(Ok(res)) if res.status().is_success() => return Ok(res),
                 Ok(Ok(res)) => {
                     let status = res.status().as_u16();
-                    let retry_after = res
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse().ok());
+                    asked_wait = retry_wait(res.headers(), SystemTime::now());
+                    let retry_after = asked_wait.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
                     let body = read_error_body(res).await;
                     UpstreamFailure::Status { status, retry_after, body }
                 }
@@ -121,12 +126,66 @@ impl Upstream {
             if !retriable || attempt >= self.max_retries || Instant::now() >= deadline {
                 return Err(failure);
             }
+            let mut backoff = Duration::from_millis(100 * 3u64.pow(attempt));
+            if let Some(asked) = asked_wait {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if asked > self.max_retry_wait || asked >= left {
+                    tracing::info!(
+                        retry_after_ms = asked.as_millis() as u64,
+                        "the upstream asks for a longer pause than we wait; passing it on"
+                    );
+                    return Err(failure);
+                }
+                backoff = backoff.max(asked);
+            }
             attempt += 1;
-            let backoff = Duration::from_millis(100 * 3u64.pow(attempt - 1));
             tracing::info!(attempt, backoff_ms = backoff.as_millis() as u64, "retrying the upstream");
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }
+}
+
+/// The pause an error response asks for: `retry-after-ms` (OpenAI's, in milliseconds) when
+/// present, else `Retry-After` as delta-seconds or an HTTP-date (a past date means now).
+fn retry_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).filter(|ms| ms.is_finite()) {
+        return Some(Duration::from_secs_f64(ms.clamp(0.0, 86_400_000.0) / 1000.0));
+    }
+    let value = text(RETRY_AFTER.as_str())?;
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = UNIX_EPOCH + Duration::from_secs(parse_http_date(value)?);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the
+/// form HTTP senders must use.
+fn parse_http_date(value: &str) -> Option<u64> {
+    let mut parts = value.split_ascii_whitespace();
+    let _weekday = parts.next()?.strip_suffix(',')?;
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = parts.next()?;
+    let year: u64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT" || parts.next().is_some() || hms.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), in a year starting in March.
+    let (y, mp) = if month > 2 { (year, month - 3) } else { (year - 1, month + 9) };
+    let era = y / 400;
+    let yoe = y % 400;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
 /// The first 8 KiB of an error body, for our logs and a redacted message.
@@ -192,5 +251,26 @@ mod tests {
         assert_eq!(redact("project proj_XYZ and task-sk-"), "project proj_*** and task-sk-");
         assert_eq!(error_message(r#"{"error":{"message":"bad org-1"}}"#), "bad org-***");
         assert_eq!(error_message("<html>"), "the upstream refused the request");
+    }
+
+    #[test]
+    fn reads_every_form_of_retry_after() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        let wait = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            retry_wait(&h, now)
+        };
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
+        assert_eq!(wait(&[]), None);
+        assert_eq!(wait(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
+        assert_eq!(wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")]), Some(Duration::from_secs(10)));
+        assert_eq!(wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:00 GMT")]), Some(Duration::ZERO), "a past date");
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(wait(&[("retry-after", "7"), ("retry-after-ms", "1500")]), Some(Duration::from_millis(1500)));
     }
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -57,6 +57,8 @@ pub struct Shared {
     pub open_streams: AtomicUsize,
     pub headers: Mutex<Vec<HeaderMap>>,
     pub bodies: Mutex<Vec<Value>>,
+    /// When each call arrived.
+    pub call_times: Mutex<Vec<Instant>>,
     /// Keep headers and bodies (off in the benchmark).
     pub record: bool,
     /// The output-cap fields the fake obeys (the smallest one sent wins), as a real upstream
@@ -93,6 +95,7 @@ impl FakeUpstream {
             open_streams: AtomicUsize::new(0),
             headers: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
+            call_times: Mutex::new(Vec::new()),
             record,
             cap_fields: Mutex::new(vec!["max_completion_tokens".into(), "max_tokens".into()]),
             prompt_tokens: Mutex::new(PROMPT_TOKENS),
@@ -183,6 +186,11 @@ impl FakeUpstream {
     pub fn bodies(&self) -> Vec<Value> {
         self.shared.bodies.lock().map(|b| b.clone()).unwrap_or_default()
     }
+
+    /// When each call arrived, in order.
+    pub fn call_times(&self) -> Vec<Instant> {
+        self.shared.call_times.lock().map(|t| t.clone()).unwrap_or_default()
+    }
 }
 
 fn error_response(status: u16) -> Response {
@@ -204,6 +212,9 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
     let call = shared.calls.fetch_add(1, Ordering::SeqCst);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if shared.record {
+        if let Ok(mut t) = shared.call_times.lock() {
+            t.push(Instant::now());
+        }
         if let Ok(mut h) = shared.headers.lock() {
             h.push(headers);
         }
