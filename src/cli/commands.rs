@@ -104,7 +104,7 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             if args.no_migrate {
                 config.auto_migrate = false;
             }
-            tracing::info!(database = %describe_database(&config.database_url), "database");
+            tracing::info!(database = %describe_database(&config.database_url), "using database");
             Application::build(config).await?.run_until_stopped().await
         }
         Command::Healthcheck { addr } => healthcheck(&config, addr.as_deref()).await,
