@@ -1,8 +1,14 @@
 //! What each command does. Results go to stdout, logs to stderr.
 
 use std::io::{BufRead, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sea_orm::sqlx::ConnectOptions as _;
+use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::json;
 
@@ -13,8 +19,8 @@ use crate::billing::{balance, ledger};
 use crate::cache::Cache;
 use crate::clock::rfc3339;
 use crate::config::Config;
-use crate::db::Db;
 use crate::db::entities::{api_keys, subscriptions as subs};
+use crate::db::{Backend, Db};
 use crate::gateway::{auth, catalog};
 use crate::money::{format_amount, parse_amount};
 use crate::{jobs, keys, subscriptions};
@@ -25,7 +31,23 @@ fn out(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(config: &Config) -> anyhow::Result<Db> {
+/// Opens the database for an operator command. A SQLite file that does not exist is created
+/// only when `create` is set: a relative `DATABASE_URL` (the default is one) resolves against
+/// the working directory, and a command run from elsewhere must not start a second, empty
+/// database and report success there.
+async fn open(config: &Config, create: bool) -> anyhow::Result<Db> {
+    if let Some(path) = sqlite_file(&config.database_url)
+        && !create
+        && !path.exists()
+    {
+        bail!(
+            "no database at {}: DATABASE_URL is {}, and a relative path is read from the working \
+             directory. Run the command where `tollgate serve` runs (or set DATABASE_URL to the \
+             server's database), or pass --create to start a new, empty database here",
+            path.display(),
+            config.database_url
+        );
+    }
     let db = Db::connect(&config.database_url, config.database_pool_size.min(4)).await?;
     if !db.pending_migrations().await?.is_empty() {
         if config.auto_migrate {
@@ -37,16 +59,57 @@ async fn open(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// The absolute path of the file a SQLite URL names; `None` for other backends and for an
+/// in-memory database.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    if Backend::from_url(url).ok()? != Backend::Sqlite {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    if options.to_url_lossy().query_pairs().any(|(k, v)| k == "mode" && v == "memory") {
+        return None;
+    }
+    std::path::absolute(options.get_filename()).ok()
+}
+
+/// The database a URL names, for the operator: a SQLite file by its absolute path, a server
+/// database by its URL without the password.
+pub fn describe_database(url: &str) -> String {
+    if let Some(path) = sqlite_file(url) {
+        let state = if path.exists() { "" } else { " (does not exist yet)" };
+        return format!("SQLite {}{state}", path.display());
+    }
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => url.split_once(':').map_or("unknown", |(scheme, _)| scheme).to_owned(),
+    }
+}
+
+/// Says on stderr which database a command works on, so that working on the wrong one is seen
+/// at once (stdout stays for the command's output).
+fn announce(config: &Config) {
+    eprintln!("database: {}", describe_database(&config.database_url));
+}
+
 /// Runs one parsed command.
 pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
+    let create = cli.create;
     match cli.command {
         Command::Serve(args) => {
             if args.no_migrate {
                 config.auto_migrate = false;
             }
+            tracing::info!(database = %describe_database(&config.database_url), "using database");
             Application::build(config).await?.run_until_stopped().await
         }
+        Command::Healthcheck { addr } => healthcheck(&config, addr.as_deref()).await,
         Command::Migrate => {
+            announce(&config);
             let db = Db::connect(&config.database_url, 2).await?;
             let pending = db.pending_migrations().await?;
             db.migrate().await.context("applying migrations")?;
@@ -59,25 +122,29 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => {
-            let db = open(&config).await?;
+            announce(&config);
+            let db = open(&config, create).await?;
             let result = user(&db, &build_cache(&config)?, cmd).await;
             db.close().await;
             result
         }
         Command::Key(cmd) => {
-            let db = open(&config).await?;
+            announce(&config);
+            let db = open(&config, create).await?;
             let result = key(&db, &build_cache(&config)?, cmd).await;
             db.close().await;
             result
         }
         Command::Model(cmd) => {
-            let db = open(&config).await?;
+            announce(&config);
+            let db = open(&config, create).await?;
             let result = model(&db, &build_cache(&config)?, cmd).await;
             db.close().await;
             result
         }
         Command::Subscription(cmd) => {
-            let db = open(&config).await?;
+            announce(&config);
+            let db = open(&config, create).await?;
             let result = subscription(&db, cmd).await;
             db.close().await;
             result
@@ -342,4 +409,52 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             ))
         }
     }
+}
+
+/// `GET /healthz` on the local server over plain HTTP/1.1, bounded to a few seconds. Written
+/// by hand so the container needs neither curl nor a shell.
+async fn healthcheck(config: &Config, addr: Option<&str>) -> anyhow::Result<()> {
+    let target = match addr {
+        Some(a) => a.parse::<SocketAddr>().with_context(|| format!("--addr: `{a}` is not IP:PORT"))?,
+        None => loopback_for(config.listen_addr),
+    };
+    let ask = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        stream
+            .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        // The status line is all that is needed.
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(head)
+    };
+    let head = tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("{target}: no answer within 5 seconds"))?
+        .with_context(|| format!("{target}"))?;
+    let line = String::from_utf8_lossy(&head);
+    let status = line.lines().next().unwrap_or_default().trim();
+    if status.split_whitespace().nth(1) == Some("200") {
+        out(&format!("{target}: {status}"))
+    } else {
+        bail!("{target}/healthz answered `{status}`")
+    }
+}
+
+/// The address to reach a server bound to `listen`: a wildcard bind is asked on loopback.
+fn loopback_for(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    SocketAddr::new(ip, listen.port())
 }

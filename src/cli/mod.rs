@@ -14,6 +14,11 @@ pub use commands::run;
     about = "An AI API relay station: keys, prepaid balances, exact billing, an OpenAI-compatible proxy."
 )]
 pub struct Cli {
+    /// User, key, subscription and model commands: create the SQLite database file when it does
+    /// not exist yet. Without it they refuse, so a command run from the wrong directory cannot
+    /// quietly start a second, empty database.
+    #[arg(long, global = true)]
+    pub create: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,6 +41,14 @@ pub enum Command {
     /// Manage the model catalogue and prices.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Ask the server on LISTEN_ADDR for /healthz; exit 0 when it answers 200 (the container's
+    /// health check: the image has no curl).
+    Healthcheck {
+        /// Another address to ask (IP:PORT); defaults to LISTEN_ADDR, with 0.0.0.0 and [::]
+        /// asked on loopback.
+        #[arg(long)]
+        addr: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

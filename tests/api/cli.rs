@@ -6,7 +6,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tollgate::db::Db;
 use tollgate::db::entities::{api_keys, audit_logs, credit_transactions};
 
-use crate::helpers::{Backend, empty_db_url};
+use crate::helpers::{Backend, empty_db_url, spawn_app};
 use crate::on_all_backends;
 
 fn tollgate(database_url: &str, args: &[&str]) -> Output {
@@ -61,7 +61,7 @@ async fn operator_commands_work_end_to_end() {
     let (url, _dir) = empty_db_url(Backend::Sqlite).await;
     let out = stdout(&tollgate(
         &url,
-        &["user", "create", "--email", "Ops@Example.com", "--password", "long-enough-pw", "--admin"],
+        &["user", "create", "--email", "Ops@Example.com", "--password", "long-enough-pw", "--admin", "--create"],
     ));
     assert!(out.contains("role admin"), "{out}");
 
@@ -235,4 +235,87 @@ fn show_id(url: &str, email: &str) -> i64 {
     let show: serde_json::Value =
         serde_json::from_str(&stdout(&tollgate(url, &["user", "show", "--email", email, "--json"]))).unwrap();
     show["id"].as_i64().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A newcomer runs an admin command from another directory: with the default (relative)
+/// `DATABASE_URL` it would have created a second, empty database there and reported success.
+#[tokio::test]
+async fn admin_commands_name_their_database_and_never_create_one_unasked() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let expected = std::path::absolute(elsewhere.path().join("data/tollgate.db")).unwrap();
+    for args in [
+        &["user", "show", "--email", "ada@example.com"][..],
+        &["user", "create", "--email", "ada@example.com"],
+        &["key", "create", "--email", "ada@example.com"],
+        &["model", "list"],
+        &["subscription", "expire"],
+    ] {
+        let o = run(args);
+        assert!(!o.status.success(), "{args:?} must refuse");
+        let err = stderr(&o);
+        assert!(err.contains(&format!("database: SQLite {}", expected.display())), "{args:?}: {err}");
+        assert!(err.contains("--create") && err.contains("working directory"), "{args:?}: {err}");
+        assert!(!elsewhere.path().join("data").exists(), "{args:?} created a database");
+    }
+
+    // Asked to, it creates the database, and says which.
+    let o = run(&["user", "create", "--email", "ada@example.com", "--create"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("database: SQLite {}", expected.display())), "{}", stderr(&o));
+    assert!(expected.exists());
+    // Once it exists, no flag is needed.
+    let o = run(&["user", "show", "--email", "ada@example.com"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // `migrate` (and `serve`) create the database as before: that is their job.
+    let (url, _dir) = empty_db_url(Backend::Sqlite).await;
+    let o = tollgate(&url, &["migrate"]);
+    assert!(o.status.success() && stderr(&o).contains("database: SQLite "), "{}", stderr(&o));
+
+    // A server database is named without its password.
+    let o = tollgate("mysql://ops:hunter2-secret@127.0.0.1:1/tollgate", &["user", "show", "--email", "a@b.example"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("database: mysql://ops:***@127.0.0.1:1/tollgate"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// The container's HEALTHCHECK: `tollgate healthcheck` asks /healthz on LISTEN_ADDR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_command_reports_the_server_state() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let check = |listen: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_tollgate"))
+                .arg("healthcheck")
+                .env("LISTEN_ADDR", listen)
+                .env_remove("DATABASE_URL")
+                .output()
+                .unwrap()
+        })
+    };
+    // A wildcard bind, as in the container, is asked on loopback.
+    let o = check(format!("0.0.0.0:{port}")).await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("200"));
+
+    app.stop().await;
+    let o = check(format!("127.0.0.1:{port}")).await.unwrap();
+    assert!(!o.status.success(), "nothing listens any more");
+    assert!(!o.stderr.is_empty());
 }

@@ -11,6 +11,7 @@ mod cli;
 mod compat;
 mod concurrency;
 mod cron;
+mod deploy;
 mod edges;
 mod fake_oauth;
 mod faults;
