@@ -98,7 +98,8 @@ fn decode_data_url(url: &str, limit: Option<usize>) -> Option<Vec<u8>> {
         Some(bytes) => (bytes.div_ceil(3) * 4).min(data.len() / 4 * 4),
         None => data.len(),
     };
-    STANDARD.decode(&data[..take]).ok()
+    // Bytes, not chars: hostile input may hold multi-byte characters anywhere.
+    STANDARD.decode(&data.as_bytes()[..take]).ok()
 }
 
 /// The decoded size of a base64 payload (a data URL or bare base64), without decoding it.
@@ -123,7 +124,8 @@ fn inline_dims(url: &str) -> Option<(u64, u64)> {
 /// read from a WAV header, or taken at a bit rate no speech codec goes below (8 kbit/s).
 fn audio_tokens(data: &str) -> i64 {
     let bytes = decoded_len(data);
-    let header = STANDARD.decode(&data.trim()[..data.trim().len().min(64) / 4 * 4]).unwrap_or_default();
+    let head = data.trim().as_bytes();
+    let header = STANDARD.decode(&head[..head.len().min(64) / 4 * 4]).unwrap_or_default();
     let byte_rate = if header.len() >= 32 && &header[0..4] == b"RIFF" && &header[8..12] == b"WAVE" {
         u64::from(u32::from_le_bytes([header[28], header[29], header[30], header[31]])).max(1)
     } else {
@@ -211,6 +213,17 @@ mod tests {
         let part = serde_json::json!({"type": "image_url", "image_url": {"url": url}});
         // 3000×1000 → 2048×683 → 683 shortest: 4 × 2 tiles.
         assert_eq!(part_tokens("gpt-4o", part.as_object().unwrap()), Some(85 + 170 * 8));
+    }
+
+    #[test]
+    fn hostile_media_never_panics() {
+        for data in ["data:image/png;base64,ééééééééé", "data:image/png;base64,AAé", "data:,", "data:image/png;base64,"]
+        {
+            let part = serde_json::json!({"type": "image_url", "image_url": {"url": data}});
+            assert_eq!(part_tokens("gpt-4o", part.as_object().unwrap()), Some(85 + 8 * 170), "{data}");
+        }
+        let audio = serde_json::json!({"type": "input_audio", "input_audio": {"data": "RIFFé€WAVE", "format": "wav"}});
+        assert!(part_tokens("gpt-4o", audio.as_object().unwrap()).is_some_and(|n| n > 0));
     }
 
     #[test]
