@@ -1,5 +1,6 @@
 //! The route table: paths to handlers, nothing else.
 
+mod body_limits;
 mod cron;
 mod error;
 mod health;
@@ -44,5 +45,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
         .route("/api/v1/models", get(chat::list_models))
+        .layer(from_fn_with_state(state.clone(), body_limits::bound_body))
         .with_state(state)
 }
