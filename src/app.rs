@@ -7,13 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 
 use axum::extract::FromRef;
 use axum_extra::extract::cookie::Key;
@@ -24,6 +20,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::Gateway;
+use crate::server::Connections;
 use crate::{http, jobs};
 
 /// Sign-in machinery shared by the sign-in routes.
@@ -142,8 +139,10 @@ impl Application {
         &self.state
     }
 
-    /// Serves until a shutdown signal, then waits (bounded) for open requests and background
-    /// work, and closes the database.
+    /// Serves until a shutdown signal, then stops accepting and lets open requests finish for
+    /// up to `SHUTDOWN_GRACE_SECS`. When that runs out, `hard_stop` ends open streams, and
+    /// connections still open a moment later are cut. Then it waits (bounded) for background
+    /// work such as settlements, and closes the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self { listener, state, .. } = self;
         jobs::start(&state.config, &state.db, &state.tasks, &state.shutdown);
@@ -153,53 +152,38 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, database = ?state.db.backend, "tollgate listening");
 
         let router = http::router(state.clone());
-        let mut conn_builder = ConnBuilder::new(TokioExecutor::new());
-        conn_builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
-        let graceful = GracefulShutdown::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(c) => c,
-                        Err(err) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            tracing::warn!(error = %err, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    // The peer address, for per-address limits (ConnectInfo).
-                    let with_peer = tower::ServiceBuilder::new()
-                        .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                            req
-                        })
-                        .service(router.clone());
-                    let service = TowerToHyperService::new(with_peer);
-                    let conn = conn_builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
+        let connections = Connections::new(&state.config);
+        connections.accept_until(&listener, &router, &shutdown).await;
+        drop(listener);
+        let deadline = Instant::now() + grace;
+        tracing::info!(open_connections = connections.open(), "shutting down: draining open requests and settlements");
+        if !connections.drain(deadline).await {
+            // Open streams end and settle for what was delivered; their last bytes get a moment
+            // to reach the client before the connection is dropped.
+            state.hard_stop.cancel();
+            if !connections.wait_until(Instant::now() + FLUSH_AFTER_HARD_STOP).await {
+                let cut = connections.cut().await;
+                tracing::warn!(cut, grace_secs = grace.as_secs(), "connections cut after the shutdown grace period");
             }
         }
-        drop(listener);
-        tracing::info!("shutting down: draining open requests and settlements");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!(grace_secs = grace.as_secs(), "open connections outlived the shutdown grace period");
-        }
         state.tasks.close();
-        if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
-            tracing::warn!("background work outlived the shutdown grace period");
+        if tokio::time::timeout_at(deadline, state.tasks.wait()).await.is_err() {
+            state.hard_stop.cancel();
+            if tokio::time::timeout(TASKS_AFTER_GRACE, state.tasks.wait()).await.is_err() {
+                tracing::warn!("background work outlived the shutdown grace period");
+            }
         }
+        state.hard_stop.cancel();
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// After `hard_stop`, how long open connections get to flush their last bytes before the cut.
+const FLUSH_AFTER_HARD_STOP: Duration = Duration::from_secs(2);
+/// After the grace period, how much longer settlements and jobs get before the database closes.
+const TASKS_AFTER_GRACE: Duration = Duration::from_secs(10);
 
 /// The cookie encryption key: 64 bytes derived from `NEXTAUTH_SECRET`, the same on every
 /// instance that shares the secret.

@@ -1,5 +1,6 @@
 //! The route table: paths to handlers, nothing else.
 
+mod body_limits;
 mod cron;
 mod error;
 mod fallback;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         // After every route: unknown paths and wrong methods answer in their surface's shape.
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), body_limits::bound_body))
         .layer(from_fn(fallback::security_headers))
         .with_state(state)
 }

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod compat;
 mod concurrency;
+mod connections;
 mod cron;
 mod deploy;
 mod edges;
