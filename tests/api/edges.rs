@@ -2,6 +2,8 @@
 //! relay collect less than the upstream bills: choices, several cap fields, no cap, images,
 //! usage beyond the reservation, shutdown with streams open, and floods of refusals.
 
+use std::time::Duration;
+
 use base64::Engine;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -200,6 +202,43 @@ async fn usage_beyond_the_reservation_is_collected_then_recorded(backend: Backen
     assert_books_balance(&g.app.db, poor).await;
 }
 
+async fn sigterm_cuts_open_streams_and_settles_what_was_delivered(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::SlowChunks(Duration::from_millis(200)), &[("SHUTDOWN_GRACE_SECS", "1")]).await;
+    let (user, key) = g.app.customer("sigterm@example.com", 1_000_000).await;
+    g.fake.set_chunks(100);
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let res = g.app.chat(&key, &chat_body(true)).await;
+        assert_eq!(res.status(), 200);
+        readers.push(tokio::spawn(crate::helpers::sse_data(res)));
+    }
+    eventually(10, "every stream has sent a chunk", || async { g.fake.open_streams() == 5 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = g.app.database_url.clone();
+    // Stops the way SIGTERM does; the streams (20 s each) outlive the one-second grace period.
+    let _kept = tokio::time::timeout(Duration::from_secs(30), g.app.stop()).await.expect("shutdown ends");
+    for reader in readers {
+        let data = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the stream ends").unwrap();
+        assert_ne!(data.last().map(String::as_str), Some("[DONE]"), "a cut stream does not end cleanly");
+    }
+    let db = tollgate::db::Db::connect(&url, 2).await.unwrap();
+    let pending =
+        reservations::Entity::find().filter(reservations::Column::State.eq("pending")).count(&db.read).await.unwrap();
+    assert_eq!(pending, 0, "every reservation settled before exit");
+    let rows = tollgate::db::entities::usage_logs::Entity::find()
+        .filter(tollgate::db::entities::usage_logs::Column::UserId.eq(user))
+        .all(&db.read)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5);
+    let worst = worst_case(&chat_body(true), MAX_OUT);
+    for r in rows {
+        assert!(r.completion_tokens > 0 && r.completion_tokens < MAX_OUT, "billed what was delivered: {r:?}");
+        assert!(r.cost < worst, "never the full reservation: {} of {worst}", r.cost);
+    }
+    assert_books_balance(&db, user).await;
+}
+
 async fn refusals_cannot_flood_the_usage_log(backend: Backend) {
     let g = spawn_gateway(backend, Mode::Normal, &[]).await;
     let (user, key) = g.app.customer("broke@example.com", 0).await;
@@ -235,5 +274,6 @@ on_all_backends!(
     the_reserved_cap_is_sent_when_the_client_sends_none,
     inline_images_are_reserved_by_their_size,
     usage_beyond_the_reservation_is_collected_then_recorded,
+    sigterm_cuts_open_streams_and_settles_what_was_delivered,
     refusals_cannot_flood_the_usage_log,
 );
