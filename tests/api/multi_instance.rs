@@ -392,3 +392,46 @@ on_shared_databases!(
     concurrency_limit_is_global_with_redis,
     concurrency_limit_is_per_instance_without_redis,
 );
+
+/// With Redis unreachable or silent, the limit falls back to the per-instance count at once:
+/// a request is admitted (never a 500), a second one over the limit on this instance is refused,
+/// and slots still come back.
+async fn without_an_answering_redis_the_limit_counts_per_instance(redis_url: &str) {
+    let g = crate::helpers::spawn_gateway(
+        Backend::Sqlite,
+        Mode::SlowChunks(Duration::from_millis(200)),
+        &[("REDIS_URL", redis_url), ("MAX_CONCURRENT_REQUESTS_PER_USER", "1")],
+    )
+    .await;
+    g.fake.set_chunks(20);
+    let (user, key) = g.app.customer("fallback@example.com", 10_000_000).await;
+    let first = g.app.chat(&key, &chat_body(true)).await;
+    assert_eq!(first.status(), 200);
+    let second = g.app.chat(&key, &chat_body(true)).await;
+    assert_eq!(second.status(), 429, "the per-instance limit still holds");
+    drop(second);
+    assert_eq!(crate::helpers::sse_data(first).await.last().map(String::as_str), Some("[DONE]"));
+    eventually(10, "the slot is released", || async { g.app.chat(&key, &chat_body(false)).await.status() == 200 })
+        .await;
+    g.app.settled(user).await;
+    assert_books_balance(&g.app.db, user).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_unreachable_the_limit_counts_per_instance() {
+    without_an_answering_redis_the_limit_counts_per_instance(&format!("redis://127.0.0.1:{}", free_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_silent_the_limit_counts_per_instance() {
+    // Accepts connections and never answers: every command would hang but for the timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    without_an_answering_redis_the_limit_counts_per_instance(&format!("redis://127.0.0.1:{port}")).await;
+}
