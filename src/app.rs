@@ -88,7 +88,7 @@ impl Application {
         // harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cache = build_cache(&config)?;
-        let gateway = Arc::new(Gateway::new(&config)?);
+        let gateway = Arc::new(Gateway::new(&config, &cache)?);
         let public_url = if config.public_url_explicit {
             config.public_url.clone()
         } else {

@@ -118,7 +118,8 @@ pub struct Config {
     pub upstream_total_timeout: Duration,
     /// `UPSTREAM_MAX_RETRIES`: retries before the first byte (429, 5xx, timeouts, refused).
     pub upstream_max_retries: u32,
-    /// `MAX_CONCURRENT_REQUESTS_PER_USER`: in-flight API requests per user and instance.
+    /// `MAX_CONCURRENT_REQUESTS_PER_USER`: in-flight API requests per user (across instances with
+    /// Redis, per instance without).
     pub max_concurrent_per_user: u32,
     /// `MAX_REQUEST_BYTES`: the largest request body accepted.
     pub max_request_bytes: usize,

@@ -91,6 +91,11 @@ impl Cache {
         Ok(Self { redis: Some(Arc::new(layer)), ..Self::in_process() })
     }
 
+    /// The shared Redis layer, when configured (for state shared by instances beyond caching).
+    pub fn redis(&self) -> Option<Arc<RedisLayer>> {
+        self.redis.clone()
+    }
+
     fn local_ttl(&self, ttl: Duration) -> Duration {
         if self.redis.is_some() { ttl.min(LOCAL_TTL_WITH_REDIS) } else { ttl }
     }

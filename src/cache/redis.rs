@@ -271,6 +271,50 @@ impl RedisLayer {
         }
     }
 
+    /// Runs `script` on `keys` (prefixed here) with `args`. `None` when Redis is skipped by the
+    /// breaker, unreachable, slower than the timeout, or replies with an error: the caller falls
+    /// back to what it can decide alone. `wait` waits for a connection attempt in progress (for
+    /// background work; a request must not).
+    pub async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+        wait: bool,
+    ) -> Option<T> {
+        let pass = self.admit()?;
+        let (conn, pass) = self.conn(pass, wait).await;
+        let (mut conn, pass) = (conn?, pass?);
+        let mut call = script.prepare_invoke();
+        for key in keys {
+            call.key(self.key(key));
+        }
+        for arg in args {
+            call.arg(arg);
+        }
+        let res: Result<Result<T, _>, _> = tokio::time::timeout(TIMEOUT, call.invoke_async(&mut conn)).await;
+        match res {
+            Err(_) => {
+                self.trip(pass, "did not answer in time");
+                None
+            }
+            Ok(Err(err)) if is_outage(&err) => {
+                tracing::debug!(error = %err, "Redis script failed");
+                self.trip(pass, "failed");
+                None
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "Redis refused a script");
+                self.answered(pass, &mut conn).await;
+                None
+            }
+            Ok(Ok(value)) => {
+                self.answered(pass, &mut conn).await;
+                Some(value)
+            }
+        }
+    }
+
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) {
         let op = Pending::Set { value: value.to_owned(), expires: Instant::now() + ttl };
         self.write(key, op).await;

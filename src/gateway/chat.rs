@@ -114,7 +114,7 @@ async fn handle(
     refuse_unpriced(&request).map_err(fail)?;
     let (cap_fields, requested_cap) = output_caps(&request).map_err(fail)?;
 
-    let Some(slot) = state.gateway.inflight.try_acquire(key.user_id) else {
+    let Some(slot) = state.gateway.inflight.try_acquire(key.user_id).await else {
         return Err(fail(Error::RateLimited {
             message: "too many concurrent requests for this account; retry shortly".into(),
             retry_after_secs: 1,

@@ -32,10 +32,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, cache: &crate::cache::Cache) -> anyhow::Result<Self> {
         Ok(Self {
             upstream: Upstream::new(config)?,
-            inflight: InFlight::new(config.max_concurrent_per_user),
+            inflight: InFlight::new(config.max_concurrent_per_user, cache.redis()),
             refusals: Refusals::default(),
             max_request_bytes: config.max_request_bytes,
             body_read_timeout: config.body_read_timeout,

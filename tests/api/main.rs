@@ -20,6 +20,7 @@ mod gateway;
 mod health;
 mod hygiene;
 mod keys;
+mod multi_instance;
 mod process;
 mod properties;
 mod storage_story;
