@@ -20,6 +20,7 @@ mod gateway;
 mod health;
 mod hygiene;
 mod keys;
+mod observability;
 mod process;
 mod properties;
 mod storage_story;
