@@ -265,3 +265,41 @@ async fn every_api_request_leaves_one_json_log_line_without_secrets() {
     }
     assert!(!text.contains('\u{1b}'), "colour codes in a log that is not a terminal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pretty_logs_carry_no_colour_codes_when_not_a_terminal() {
+    // No application is built in this test: reqwest needs the TLS provider installed here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("pretty.db").display());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "info")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log.path()).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(30, "the server answers /healthz", || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let res = reqwest::get(format!("http://127.0.0.1:{port}/v1/models")).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let path = log.path().to_owned();
+    eventually(10, "the request line", || {
+        let path = path.clone();
+        async move { std::fs::read_to_string(&path).unwrap().contains("auth.unauthorized") }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("tollgate listening"));
+    assert!(!text.contains('\u{1b}'), "colour codes in a log that is not a terminal:\n{text}");
+}
