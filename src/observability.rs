@@ -151,12 +151,11 @@ impl RequestRecord {
     pub fn emit(&self) {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
-            target: "tollgate::request",
-            request_id = %self.request_id,
+            request.id = %self.request_id,
             route = self.route,
             model = %self.model,
-            key_id = self.key_id,
-            user_id = self.user_id,
+            key.id = self.key_id,
+            user.id = self.user_id,
             status = self.status,
             error = self.error,
             prompt_tokens = self.prompt_tokens,

@@ -163,7 +163,7 @@ fn request_lines(log: &std::path::Path) -> Vec<serde_json::Value> {
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "tollgate::request")
+        .filter(|v| v["target"] == "tollgate::observability" && v["message"] == "request")
         .collect()
 }
 
@@ -231,11 +231,11 @@ async fn every_api_request_leaves_one_json_log_line_without_secrets() {
     assert_eq!(lines.len(), 4, "one line per request: {lines:#?}");
     for line in &lines {
         assert_eq!(line["level"], "INFO");
-        for field in ["request_id", "route", "status", "latency_ms", "attempts"] {
+        for field in ["request.id", "route", "status", "latency_ms", "attempts"] {
             assert!(!line[field].is_null(), "{field} missing in {line}");
         }
     }
-    let served = lines.iter().find(|l| l["request_id"] == ok_id.as_str()).expect("the served request's line");
+    let served = lines.iter().find(|l| l["request.id"] == ok_id.as_str()).expect("the served request's line");
     assert_eq!(served["route"], "chat_completions");
     assert_eq!(served["model"], "test-model");
     assert_eq!(served["status"], 200);
@@ -243,10 +243,10 @@ async fn every_api_request_leaves_one_json_log_line_without_secrets() {
     assert_eq!(served["cost"], 27);
     assert_eq!(served["channel"], "default");
     assert_eq!(served["attempts"], 1);
-    assert!(served["key_id"].is_i64() && served["user_id"].is_i64() && served["ttfb_ms"].is_u64());
+    assert!(served["key.id"].is_i64() && served["user.id"].is_i64() && served["ttfb_ms"].is_u64());
     let refused = lines.iter().find(|l| l["status"] == 402).expect("the 402's line");
     assert_eq!(refused["error"], "billing.insufficient_balance");
-    assert!(refused["key_id"].is_i64());
+    assert!(refused["key.id"].is_i64());
     let unauthenticated = lines.iter().find(|l| l["status"] == 401).expect("the 401's line");
     assert_eq!(unauthenticated["error"], "auth.unauthorized");
     assert!(lines.iter().any(|l| l["route"] == "models" && l["status"] == 200));
