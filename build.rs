@@ -8,6 +8,7 @@ fn main() {
         ("TEST_MYSQL_URL", "tollgate_test_mysql"),
         ("TEST_POSTGRES_URL", "tollgate_test_postgres"),
         ("TEST_REDIS_URL", "tollgate_test_redis"),
+        ("TOLLGATE_PYTHON", "tollgate_test_python"),
     ] {
         println!("cargo::rerun-if-env-changed={var}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");
@@ -17,5 +18,18 @@ fn main() {
             // In CI every backend runs: a missing URL must fail, never turn into skips.
             panic!("{var} must be set in CI: backend tests never skip there");
         }
+    }
+
+    // The browser test needs Chromium and playwright-core (`.ci/run` installs both before it
+    // builds). Installing them later on a developer machine needs `touch build.rs`.
+    println!("cargo::rerun-if-changed=tests/browser/package-lock.json");
+    println!("cargo::rustc-check-cfg=cfg(tollgate_test_browser)");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    println!("cargo::rerun-if-env-changed=CHROMIUM");
+    let modules = std::path::Path::new("tests/browser/node_modules/playwright-core");
+    if std::path::Path::new(&chromium).exists() && modules.exists() {
+        println!("cargo::rustc-cfg=tollgate_test_browser");
+    } else if ci {
+        panic!("Chromium ({chromium}) and tests/browser/node_modules must be installed in CI");
     }
 }

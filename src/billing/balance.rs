@@ -26,26 +26,27 @@ pub async fn debit_if_covered(conn: &impl ConnectionTrait, user_id: i64, amount:
     Ok(res.rows_affected == 1)
 }
 
-/// Takes up to `amount` from the balance: all of it when the balance covers it, else what the
-/// balance holds. Returns what was taken. Each step is the same conditional debit, so a
-/// concurrent change can only make it take less, never drive the balance below zero.
+/// Takes up to `wanted` from the balance: all of it when the balance covers it, else what the
+/// balance holds. Returns what was taken. The row is locked first (a no-op write: MySQL and
+/// PostgreSQL then hold its lock to the end of the transaction; SQLite has one writer anyway),
+/// so the amount read is the amount debited and no concurrent reservation can take it between.
 pub async fn debit_up_to(conn: &impl ConnectionTrait, user_id: i64, wanted: i64) -> Result<i64> {
     if wanted <= 0 {
         return Ok(0);
     }
-    if debit_if_covered(conn, user_id, wanted).await? {
-        return Ok(wanted);
+    balances::Entity::update_many()
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(balances::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await?;
+    let take = std::cmp::min(amount(conn, user_id).await?, wanted);
+    if take <= 0 {
+        return Ok(0);
     }
-    for _ in 0..3 {
-        let take = std::cmp::min(amount(conn, user_id).await?, wanted);
-        if take <= 0 {
-            return Ok(0);
-        }
-        if debit_if_covered(conn, user_id, take).await? {
-            return Ok(take);
-        }
+    if !debit_if_covered(conn, user_id, take).await? {
+        return Err(Error::Internal(anyhow::anyhow!("the balance of user {user_id} changed under its lock")));
     }
-    Ok(0)
+    Ok(take)
 }
 
 /// Adds `amount` to the balance.

@@ -38,15 +38,12 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     let request_id = new_request_id();
     let res = match handle(&state, &headers, body, &request_id, started).await {
         Ok(res) => res,
-        Err(Failure { error, key, model, known, settled }) => {
+        Err(Failure { error, key, model, label, settled }) => {
             let err = ApiError(error);
             if !settled {
                 let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), err.status().as_u16());
                 record.error = Some(err.0.label());
-                record.model = match (known, model.is_empty()) {
-                    (true, _) | (false, true) => model.clone(),
-                    (false, false) => UNKNOWN_MODEL.to_owned(),
-                };
+                record.model = label;
                 record.key_id = key.map(|k| k.key_id);
                 record.user_id = key.map(|k| k.user_id);
                 record.emit();
@@ -69,8 +66,8 @@ struct Failure {
     key: Option<ApiKey>,
     /// The model named in the request, as sent.
     model: String,
-    /// `model` is in the catalogue (so it may be a metrics label).
-    known: bool,
+    /// The model for logs and metrics: a catalogue name, `unknown`, or empty when none was named.
+    label: String,
     /// The settlement already wrote this request's usage row and log line.
     settled: bool,
 }
@@ -90,14 +87,14 @@ async fn handle(
         error,
         key: None,
         model: String::new(),
-        known: false,
+        label: String::new(),
         settled: false,
     })?;
     let fail = |error: Error, model: &str| Failure {
         error,
         key: Some(key),
         model: model.to_owned(),
-        known: false,
+        label: String::new(),
         settled: false,
     };
 
@@ -121,8 +118,13 @@ async fn handle(
         Some(Value::String(m)) => m.clone(),
         _ => return Err(fail(bad("`model` is required and must be a string"), "")),
     };
-    let fail =
-        |error: Error| Failure { error, key: Some(key), model: model_name.clone(), known: false, settled: false };
+    let fail = |error: Error| Failure {
+        error,
+        key: Some(key),
+        model: model_name.clone(),
+        label: UNKNOWN_MODEL.to_owned(),
+        settled: false,
+    };
     match request.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => {}
         _ => return Err(fail(bad("`messages` is required and must be a non-empty array"))),
@@ -132,9 +134,23 @@ async fn handle(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
     };
-    let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(fail)?;
+    // An unknown model's name is the client's to choose: its refusal is logged without it, so
+    // invented names cannot multiply the refusal rows (nor metrics series).
+    let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(|error| Failure {
+        error,
+        key: Some(key),
+        model: String::new(),
+        label: UNKNOWN_MODEL.to_owned(),
+        settled: false,
+    })?;
     // From here on the model is in the catalogue: its name may label metrics.
-    let fail = |error: Error| Failure { error, key: Some(key), model: model.name.clone(), known: true, settled: false };
+    let fail = |error: Error| Failure {
+        error,
+        key: Some(key),
+        model: model.name.clone(),
+        label: model.name.clone(),
+        settled: false,
+    };
     let choices = choices(&request, state.config.max_choices).map_err(fail)?;
     refuse_unpriced(&request).map_err(fail)?;
     let (cap_fields, requested_cap) = output_caps(&request).map_err(fail)?;
@@ -159,16 +175,14 @@ async fn handle(
         .min(model.max_output_tokens)
         .min(model.context_window - prompt.text);
 
-    // The upstream body: our model name; the reserved cap in every cap field the client sent,
-    // or in the one this model's upstream honours when it sent none, so the upstream cannot
-    // produce more than was reserved; usage requested for streams.
+    // The upstream body: our model name; the reserved cap in the field this model's upstream
+    // honours — and in no other, whatever the client sent — so the upstream cannot produce
+    // more than was reserved; usage requested for streams.
     request.insert("model".into(), Value::String(model.upstream_model.clone()));
-    if cap_fields.is_empty() {
-        request.insert(model.cap_field.clone(), Value::from(max_out));
-    }
     for field in cap_fields {
-        request.insert(field.into(), Value::from(max_out));
+        request.remove(field);
     }
+    request.insert(model.cap_field.clone(), Value::from(max_out));
     let mut client_wants_usage = false;
     if stream {
         let options = request.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
@@ -184,9 +198,8 @@ async fn handle(
     let reserved_prompt = prompt.reserved(model.context_window);
     let reserved_output = max_out.saturating_mul(i64::from(choices));
     // From here on the settler resolves the reservation, whatever happens.
-    let settler = reserve_detached(state, request_id, key, &model, stream, started, reserved_prompt, reserved_output)
-        .await
-        .map_err(fail)?;
+    let billing = (reserved_prompt, reserved_output, prompt.estimate());
+    let settler = reserve_detached(state, request_id, key, &model, stream, started, billing).await.map_err(fail)?;
 
     // The upstream exchange runs in a tracked task of its own: a client that leaves does not
     // stop it, so the request is settled on what the upstream reports, never on less.
@@ -203,7 +216,9 @@ async fn handle(
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     state.tasks.spawn(exchange.run(head_tx));
     match head_rx.await {
-        Ok(Head::Failed(error)) => Err(Failure { error, key: None, model: model.name, known: true, settled: true }),
+        Ok(Head::Failed(error)) => {
+            Err(Failure { error, key: None, label: model.name.clone(), model: model.name, settled: true })
+        }
         Ok(Head::Json(body)) => {
             let mut res = Response::new(Body::from(body));
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -223,8 +238,8 @@ async fn handle(
         Err(_) => Err(Failure {
             error: Error::Internal(anyhow::anyhow!("the upstream exchange stopped")),
             key: None,
+            label: model.name.clone(),
             model: model.name,
-            known: true,
             settled: true,
         }),
     }
@@ -233,7 +248,8 @@ async fn handle(
 /// Reserves from a tracked task of its own, which hands back the settlement guard. A client
 /// that goes away while the reservation commits drops this handler, not the reservation: the
 /// guard, received or not, is dropped and refunds it in full (the upstream was never called).
-#[expect(clippy::too_many_arguments, reason = "the request's billing context, passed once")]
+/// `(prompt, max_out, estimate)`: the prompt and output tokens reserved, and the prompt billed
+/// when the upstream reports no usage.
 async fn reserve_detached(
     state: &AppState,
     request_id: &str,
@@ -241,8 +257,7 @@ async fn reserve_detached(
     model: &catalog::ModelConfig,
     stream: bool,
     started: Instant,
-    prompt: i64,
-    max_out: i64,
+    (prompt, max_out, estimate): (i64, i64, i64),
 ) -> Result<Settler, Error> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (db, cache, tasks, request_id, model_id, prices, model_name) = (
@@ -265,7 +280,7 @@ async fn reserve_detached(
             prices,
         };
         let result = reserve(&db, &req).await.map(|reservation| {
-            Settler::new(db.clone(), cache, tasks, reservation, model_name, prices, stream, started, prompt)
+            Settler::new(db.clone(), cache, tasks, reservation, model_name, prices, stream, started, estimate)
         });
         // If the handler is gone, the guard comes back here (or dies unreceived in the channel)
         // and its drop voids the reservation.
@@ -286,13 +301,24 @@ fn choices(request: &Map<String, Value>, max: u32) -> Result<u32, Error> {
     }
 }
 
-/// Refuses what the upstream would bill outside the model's two token prices — output audio,
-/// web search calls, and service tiers that cost more — so nothing is served below its cost.
+/// Refuses what the upstream would bill outside the model's two token prices — audio in or
+/// out, web search calls, and service tiers that cost more — so nothing is served below its
+/// cost.
 fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
     let audio_out = request.get("audio").is_some_and(|v| !v.is_null())
         || request.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
     if audio_out {
         return Err(bad("audio output is not offered on this service"));
+    }
+    let audio_in = request.get("messages").and_then(Value::as_array).is_some_and(|messages| {
+        messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten()
+            .any(|part| matches!(part.get("type").and_then(Value::as_str), Some("input_audio" | "audio")))
+    });
+    if audio_in {
+        return Err(bad("audio input is not offered on this service"));
     }
     if request.get("web_search_options").is_some_and(|v| !v.is_null()) {
         return Err(bad("web search is not offered on this service"));
@@ -319,7 +345,8 @@ fn output_caps(request: &Map<String, Value>) -> Result<(Vec<&'static str>, Optio
                     i64::MAX
                 } else {
                     match n.as_f64() {
-                        Some(f) if f.fract() == 0.0 && f > 0.0 => i64::MAX,
+                        // An integral float is its value (saturating at i64::MAX).
+                        Some(f) if f.fract() == 0.0 && f > 0.0 => f as i64,
                         _ => return Err(bad(format!("`{field}` must be a positive integer"))),
                     }
                 };

@@ -52,10 +52,28 @@ impl Exchange {
         settler.upstream_called = true;
         let sent = tokio::select! {
             r = upstream.send(body, stream, beta.as_ref(), deadline, &mut settler.attempts) => r,
-            () = state.hard_stop.cancelled() => Err(UpstreamFailure::Timeout),
+            () = state.hard_stop.cancelled() => {
+                // Cut by shutdown while the upstream works: bill what was delivered (the prompt).
+                settler.error = Some("server.shutdown");
+                settler.finish(Ending::Delivered { status: 503 });
+                let _ = head.send(Head::Failed(Error::Upstream {
+                    status: 503,
+                    message: "the server is shutting down".into(),
+                    label: "server.shutdown",
+                }));
+                return;
+            }
         };
         let response = match sent {
             Ok(r) => r,
+            Err(UpstreamFailure::Unanswered) => {
+                // The upstream may have generated and billed the answer: the truth cannot be
+                // known, so the reservation is charged.
+                let error = upstream_error(UpstreamFailure::Unanswered);
+                settler.finish(Ending::Unknown { status: 504 });
+                let _ = head.send(Head::Failed(error));
+                return;
+            }
             Err(failure) => {
                 // Nothing was delivered: a full refund. The settlement writes the usage log.
                 let error = ApiError(upstream_error(failure));
@@ -130,7 +148,7 @@ impl Exchange {
 /// Maps an upstream failure before the first byte to what the client gets.
 fn upstream_error(failure: UpstreamFailure) -> Error {
     match failure {
-        UpstreamFailure::Timeout => Error::Upstream {
+        UpstreamFailure::Timeout | UpstreamFailure::Unanswered => Error::Upstream {
             status: 504,
             message: "the upstream did not answer in time".into(),
             label: "upstream.timeout",

@@ -100,8 +100,9 @@ impl Refusals {
                     }
                 }
                 Err(err) => {
+                    // The entry stays (without a row) until its minute is over, so an outage
+                    // does not turn every later refusal into another insert.
                     tracing::warn!(error = %err, "could not write the usage log of a refused request");
-                    entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&kind);
                 }
             }
         });
@@ -137,7 +138,7 @@ async fn flush(entries: &Mutex<HashMap<Kind, Entry>>, db: &Db) {
                 _ => None,
             })
             .collect();
-        entries.retain(|k, e| k.minute >= minute || e.unflushed > 0 || e.row_id.is_none());
+        entries.retain(|k, e| k.minute >= minute || (e.unflushed > 0 && e.row_id.is_some()));
         due
     };
     for (id, n) in due {

@@ -68,8 +68,12 @@ impl Relay {
         loop {
             while let Some(frame) = self.out.pop_front() {
                 let Some(tx) = &client else { continue };
+                // A client that reads nothing for the idle timeout is let go: the upstream is
+                // still read (its usage is the bill), never held up by one slow reader.
                 let sent = tokio::select! {
+                    biased;
                     r = tx.send(frame) => r.is_ok(),
+                    () = tokio::time::sleep(self.idle) => false,
                     () = tokio::time::sleep_until(self.deadline.into()) => false,
                     () = self.hard_stop.cancelled() => false,
                 };
@@ -78,10 +82,20 @@ impl Relay {
                     self.settler.client_gone = true;
                 }
             }
-            if let Some(ending) = self.ending {
+            if let Some(mut ending) = self.ending {
                 // A client whose body was dropped never read the frames still buffered.
                 if client.as_ref().is_none_or(mpsc::Sender::is_closed) {
                     self.settler.client_gone = true;
+                }
+                // The stream broke after its client left and before any usage: what the
+                // upstream did cannot be known, so the reservation is charged.
+                if let Ending::Delivered { status } = ending
+                    && status != 200
+                    && self.settler.client_gone
+                    && self.settler.usage.is_none()
+                    && !self.hard_stop.is_cancelled()
+                {
+                    ending = Ending::Unknown { status };
                 }
                 self.settler.finish(ending);
                 return;
@@ -146,6 +160,7 @@ impl Relay {
             self.settler.usage = Some(usage);
         }
         chunk.collect_text(&mut self.settler.completion_text);
+        self.settler.bound_text();
         if chunk.is_usage_only() && !self.client_wants_usage {
             return;
         }

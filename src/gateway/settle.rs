@@ -27,6 +27,9 @@ pub enum Ending {
     Delivered { status: i32 },
     /// Nothing was delivered (the upstream failed before its first byte): refund everything.
     Nothing { status: i32 },
+    /// What the upstream did cannot be known (no answer to a request it may have served, or a
+    /// stream that broke after its client left, before any usage): charge the reservation.
+    Unknown { status: i32 },
 }
 
 pub struct Settler {
@@ -42,8 +45,10 @@ pub struct Settler {
     pub prompt_estimate: i64,
     /// The last usage block the upstream sent.
     pub usage: Option<Usage>,
-    /// Text generated so far, for the estimate when no usage arrives.
+    /// Text generated so far and not yet counted, for the estimate when no usage arrives.
     pub completion_text: String,
+    /// Tokens of the text already counted (see `bound_text`).
+    completion_counted: i64,
     pub ttfb: Option<Duration>,
     /// Set just before the request goes upstream: until then, nothing can have been generated.
     pub upstream_called: bool,
@@ -82,12 +87,23 @@ impl Settler {
             prompt_estimate,
             usage: None,
             completion_text: String::new(),
+            completion_counted: 0,
             ttfb: None,
             upstream_called: false,
             client_gone: false,
             error: None,
             attempts: 0,
             done: false,
+        }
+    }
+
+    /// Counts the collected text once it grows past 256 KiB and lets it go, so a long stream
+    /// (many choices, no usage yet) holds a bounded amount of text.
+    pub fn bound_text(&mut self) {
+        if self.completion_text.len() > 256 * 1024 {
+            let n = count_text(&self.model, &self.completion_text);
+            self.completion_counted = self.completion_counted.saturating_add(n);
+            self.completion_text.clear();
         }
     }
 
@@ -103,13 +119,16 @@ impl Settler {
         };
         let (state, status, source) = match ending {
             Ending::Nothing { status } => (FinalState::Voided, status, "upstream"),
-            Ending::Delivered { status } => {
+            Ending::Unknown { status } if self.usage.is_none() => (FinalState::Swept, status, "reserved"),
+            Ending::Delivered { status } | Ending::Unknown { status } => {
                 let (usage, source) = match self.usage {
                     Some(u) => (u, "upstream"),
                     None => (
                         Usage {
                             prompt_tokens: self.prompt_estimate,
-                            completion_tokens: count_text(&self.model, &self.completion_text),
+                            completion_tokens: self
+                                .completion_counted
+                                .saturating_add(count_text(&self.model, &self.completion_text)),
                         },
                         "estimated",
                     ),

@@ -34,37 +34,45 @@ pub fn count_text(model: &str, text: &str) -> i64 {
     i64::try_from(bpe(model).encode_ordinary(text).len()).unwrap_or(i64::MAX)
 }
 
-/// The prompt of a request, counted in two parts.
+/// The prompt of a request, counted in parts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PromptCount {
     /// Text, tool definitions and message framing: what the context check uses.
     pub text: i64,
-    /// Images, audio and files; `i64::MAX` when one of them cannot be sized at all.
+    /// Images, audio and files that could be sized (remote images at their most).
     pub media: i64,
+    /// Something could not be sized at all (an uploaded file id).
+    pub unsizable: bool,
 }
 
 impl PromptCount {
-    /// The prompt tokens to reserve: text plus media, never more than `context_window` (no
-    /// upstream bills more prompt than the model accepts).
+    /// The prompt tokens to reserve: text and media, plus the whole context window for what
+    /// cannot be sized. Media are not capped at the context window: some models bill images
+    /// at a multiple of their size.
     pub fn reserved(&self, context_window: i64) -> i64 {
-        self.text.saturating_add(self.media).min(context_window.max(self.text))
+        let unsizable = if self.unsizable { context_window.max(0) } else { 0 };
+        self.text.saturating_add(self.media).saturating_add(unsizable)
+    }
+
+    /// The count billed when the upstream reports no usage: text and sized media.
+    pub fn estimate(&self) -> i64 {
+        self.text.saturating_add(self.media)
     }
 }
 
 /// The prompt estimate of a chat request body (text and media together, uncapped).
 pub fn count_prompt(model: &str, body: &serde_json::Map<String, Value>) -> i64 {
-    let c = count_prompt_parts(model, body);
-    c.text.saturating_add(c.media)
+    count_prompt_parts(model, body).estimate()
 }
 
 /// The prompt estimate of a chat request body, text and media apart.
 pub fn count_prompt_parts(model: &str, body: &serde_json::Map<String, Value>) -> PromptCount {
     let mut text = String::new();
-    let mut count = PromptCount { text: PER_REPLY, media: 0 };
+    let mut count = PromptCount { text: PER_REPLY, ..PromptCount::default() };
     if let Some(Value::Array(messages)) = body.get("messages") {
         for m in messages {
             count.text = count.text.saturating_add(PER_MESSAGE);
-            collect(model, m, &mut text, &mut count.media);
+            collect(model, m, &mut text, &mut count);
             text.push('\n');
         }
     }
@@ -78,21 +86,22 @@ pub fn count_prompt_parts(model: &str, body: &serde_json::Map<String, Value>) ->
     count
 }
 
-/// Gathers the countable text of a message into `text`; media parts add to `media`.
-fn collect(model: &str, v: &Value, text: &mut String, media: &mut i64) {
+/// Gathers the countable text of a message into `text`; media parts add to `count`.
+fn collect(model: &str, v: &Value, text: &mut String, count: &mut PromptCount) {
     match v {
         Value::String(s) => {
             text.push_str(s);
             text.push(' ');
         }
-        Value::Array(items) => items.iter().for_each(|i| collect(model, i, text, media)),
+        Value::Array(items) => items.iter().for_each(|i| collect(model, i, text, count)),
         Value::Object(map) => match media::part_tokens(model, map) {
-            Some(n) => *media = media.saturating_add(n),
+            Some(Some(n)) => count.media = count.media.saturating_add(n),
+            Some(None) => count.unsizable = true,
             None => {
                 for (k, val) in map {
                     text.push_str(k);
                     text.push(' ');
-                    collect(model, val, text, media);
+                    collect(model, val, text, count);
                 }
             }
         },
@@ -138,8 +147,9 @@ mod tests {
             {"type": "file", "file": {"file_id": "file-abc"}}
         ]}]}));
         let c = count_prompt_parts("gpt-4o", &b);
-        assert_eq!(c.media, i64::MAX);
-        assert_eq!(c.reserved(128_000), 128_000);
+        assert!(c.unsizable);
+        assert_eq!(c.reserved(128_000), c.text + 128_000);
+        assert_eq!(c.estimate(), c.text);
         assert!(c.text < 40);
     }
 }

@@ -36,6 +36,9 @@ pub struct Upstream {
 pub enum UpstreamFailure {
     /// No response head in time (or the connection could not be made in time).
     Timeout,
+    /// A non-streamed request was sent and no answer came in time: the upstream answers only
+    /// once it has generated, so it may have done (and billed) the work. Never retried.
+    Unanswered,
     /// The connection failed.
     Connect(String),
     /// A response with a non-success status; `retry_after` in whole seconds, rounded up.
@@ -110,6 +113,7 @@ impl Upstream {
                 self.client.post(self.completions_url.clone()).headers(self.headers(stream, beta)).body(body.clone());
             let mut asked_wait = None;
             let failure = match tokio::time::timeout(wait, req.send()).await {
+                Err(_) if !stream => UpstreamFailure::Unanswered,
                 Err(_) => UpstreamFailure::Timeout,
                 Ok(Err(e)) if e.is_timeout() => UpstreamFailure::Timeout,
                 Ok(Err(e)) => UpstreamFailure::Connect(e.without_url().to_string()),
@@ -126,7 +130,7 @@ impl Upstream {
                 }
             };
             observability::upstream_attempt(match &failure {
-                UpstreamFailure::Timeout => "timeout",
+                UpstreamFailure::Timeout | UpstreamFailure::Unanswered => "timeout",
                 UpstreamFailure::Connect(_) => "unreachable",
                 UpstreamFailure::Status { status: 429, .. } => "rate_limited",
                 UpstreamFailure::Status { status, .. } if *status >= 500 => "server_error",
@@ -134,6 +138,7 @@ impl Upstream {
             });
             let retriable = match &failure {
                 UpstreamFailure::Timeout | UpstreamFailure::Connect(_) => true,
+                UpstreamFailure::Unanswered => false,
                 UpstreamFailure::Status { status, .. } => *status == 429 || *status >= 500,
             };
             if !retriable || attempt >= self.max_retries || Instant::now() >= deadline {

@@ -22,6 +22,7 @@ fn chromium() -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(tollgate_test_browser), ignore = "Chromium or tests/browser/node_modules is missing")]
 async fn a_person_signs_in_manages_keys_and_logs_out_in_a_real_browser() {
     let Some(chromium) = chromium() else { return };
     let oauth = FakeOAuth::start().await;

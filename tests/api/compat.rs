@@ -18,6 +18,7 @@ fn python() -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(tollgate_test_python), ignore = "TOLLGATE_PYTHON is not set")]
 async fn the_official_openai_sdk_works_against_tollgate() {
     let Some(python) = python() else { return };
     let g = spawn_gateway(Backend::Sqlite, Mode::Normal, &[]).await;

@@ -58,6 +58,10 @@ async fn fields_billed_outside_the_token_prices_are_refused(backend: Backend) {
         ("audio", json!({ "voice": "alloy", "format": "wav" })),
         ("web_search_options", json!({})),
         ("service_tier", json!("priority")),
+        (
+            "messages",
+            json!([{ "role": "user", "content": [{ "type": "input_audio", "input_audio": { "data": "UklGRg==", "format": "wav" } }] }]),
+        ),
     ];
     for (field, value) in cases {
         let mut b = chat_body(false);
@@ -73,21 +77,64 @@ async fn fields_billed_outside_the_token_prices_are_refused(backend: Backend) {
     assert_books_balance(&g.app.db, user).await;
 }
 
-async fn every_cap_field_carries_the_reserved_cap(backend: Backend) {
+async fn the_reserved_cap_goes_in_the_field_the_upstream_honours(backend: Backend) {
     let g = spawn_gateway(backend, Mode::Normal, &[]).await;
     let (user, key) = g.app.customer("caps2@example.com", 1_000_000).await;
     g.fake.set_chunks(50);
-    // This upstream obeys `max_tokens` only.
-    g.fake.obey_caps(&["max_tokens"]);
+    // Both cap fields sent, the smaller first: the upstream gets the smaller cap, once, in the
+    // field its model is configured with (OpenAI's by default).
+    g.fake.obey_caps(&["max_completion_tokens"]);
     let mut body = chat_body(false);
     body["max_completion_tokens"] = json!(1);
     body["max_tokens"] = json!(1000);
     assert_eq!(g.app.chat(&key, &body).await.status(), 200);
     let sent = &g.fake.bodies()[0];
-    assert_eq!((&sent["max_tokens"], &sent["max_completion_tokens"]), (&json!(1), &json!(1)));
+    assert_eq!(sent["max_completion_tokens"], json!(1));
+    assert!(sent.get("max_tokens").is_none(), "no second cap the upstream might obey: {sent}");
+
+    // An upstream that knows only `max_tokens`, and a client that sends only the other field:
+    // the reserved cap still reaches the upstream in the field it obeys.
+    tollgate::gateway::catalog::set(
+        &g.app.db,
+        &g.app.cache(),
+        MODEL,
+        tollgate::gateway::catalog::ModelChange { cap_field: Some("max_tokens".into()), ..Default::default() },
+        None,
+    )
+    .await
+    .unwrap();
+    g.fake.obey_caps(&["max_tokens"]);
+    let mut body = chat_body(false);
+    body["max_completion_tokens"] = json!(2.0);
+    assert_eq!(g.app.chat(&key, &body).await.status(), 200);
+    let sent = &g.fake.bodies()[1];
+    assert_eq!(sent["max_tokens"], json!(2));
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
     g.app.settled(user).await;
+    let rows = g.app.usage(user).await;
+    assert_eq!((rows[0].completion_tokens, rows[0].cost), (1, 17 + 2));
+    assert_eq!((rows[1].completion_tokens, rows[1].cost), (2, 17 + 4));
+    assert_books_balance(&g.app.db, user).await;
+}
+
+async fn a_non_stream_request_left_unanswered_is_not_retried_and_is_charged(backend: Backend) {
+    // The upstream answers after 3 s; the first-byte timeout is 1 s. A non-streamed answer
+    // comes whole, after generation: the upstream may have done the work.
+    let g = spawn_gateway(
+        backend,
+        Mode::DelayHead(Duration::from_millis(3000)),
+        &[("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    let (user, key) = g.app.customer("unanswered@example.com", 1_000_000).await;
+    let res = g.app.chat(&key, &chat_body(false)).await;
+    assert_eq!(res.status(), 504);
+    g.app.settled(user).await;
+    assert_eq!(g.fake.calls(), 1, "never retried: a retry could be billed twice");
+    let res_row = reservation(&g.app, user).await;
+    assert_eq!(res_row.charged_amount, res_row.amount, "the truth is unknown: the reservation is charged");
     let r = &g.app.usage(user).await[0];
-    assert_eq!((r.completion_tokens, r.cost), (1, 17 + 2));
+    assert_eq!((r.status_code, r.usage_source.as_str()), (504, "reserved"));
     assert_books_balance(&g.app.db, user).await;
 }
 
@@ -255,14 +302,20 @@ async fn refusals_cannot_flood_the_usage_log(backend: Backend) {
     for t in tasks {
         t.await.unwrap();
     }
+    // Invented model names (404) do not multiply the rows either.
+    for i in 0..50 {
+        let mut b = chat_body(false);
+        b["model"] = json!(format!("no-such-model-{i}"));
+        assert_eq!(g.app.chat(&key, &b).await.status(), 404);
+    }
     assert_eq!(g.fake.calls(), 0);
     let app = &g.app;
-    eventually(10, "all 300 refusals counted", || async {
-        app.usage(user).await.iter().map(|r| r.request_count).sum::<i64>() == 300
+    eventually(10, "all 350 refusals counted", || async {
+        app.usage(user).await.iter().map(|r| r.request_count).sum::<i64>() == 350
     })
     .await;
-    // One row per minute of refusals, not one per refusal.
-    assert!(app.usage(user).await.len() <= 2, "{} rows", app.usage(user).await.len());
+    // One row per status and minute of refusals, not one per refusal.
+    assert!(app.usage(user).await.len() <= 4, "{} rows", app.usage(user).await.len());
     // The dashboard's totals count every call.
     assert_books_balance(&app.db, user).await;
 }
@@ -270,7 +323,8 @@ async fn refusals_cannot_flood_the_usage_log(backend: Backend) {
 on_all_backends!(
     every_choice_is_reserved_and_billed,
     fields_billed_outside_the_token_prices_are_refused,
-    every_cap_field_carries_the_reserved_cap,
+    the_reserved_cap_goes_in_the_field_the_upstream_honours,
+    a_non_stream_request_left_unanswered_is_not_retried_and_is_charged,
     the_reserved_cap_is_sent_when_the_client_sends_none,
     inline_images_are_reserved_by_their_size,
     usage_beyond_the_reservation_is_collected_then_recorded,

@@ -65,7 +65,9 @@ async fn upstream_timeouts_and_redirects_end_cleanly(backend: Backend) {
     )
     .await;
     let (user, key) = g.app.customer("slow@example.com", 1_000_000).await;
-    let res = g.app.chat(&key, &chat_body(false)).await;
+    // A stream's head comes before any generation: a stream that never started is retried
+    // and refunded. (A non-streamed request left unanswered is not: see edges.rs.)
+    let res = g.app.chat(&key, &chat_body(true)).await;
     assert_eq!(res.status(), 504);
     assert_eq!(g.fake.calls(), 2);
 

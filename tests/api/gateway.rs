@@ -100,7 +100,9 @@ async fn hostile_output_caps_are_clamped_or_refused(backend: Backend) {
         assert_eq!(res.status(), 200, "max_tokens {cap}");
     }
     for sent in g.fake.bodies() {
-        assert_eq!(sent["max_tokens"], json!(MAX_OUT));
+        // The cap goes in the field the model's upstream honours.
+        assert_eq!(sent["max_completion_tokens"], json!(MAX_OUT));
+        assert!(sent.get("max_tokens").is_none(), "{sent}");
         assert_eq!(sent["model"], "upstream-model");
     }
     // Nonsense caps are refused before any reservation or upstream call.

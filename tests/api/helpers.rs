@@ -16,6 +16,30 @@ use tollgate::db::Db;
 /// passed. In CI (`CI` set) a missing URL fails the test instead.
 #[macro_export]
 macro_rules! on_all_backends {
+    // Scenarios that also need Redis (`TEST_REDIS_URL`): ignored (skipped) without it.
+    (redis: $($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(tollgate_test_redis), ignore = "TEST_REDIS_URL is not set")]
+            async fn sqlite() {
+                super::$scenario($crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(any(not(tollgate_test_mysql), not(tollgate_test_redis)), ignore = "TEST_MYSQL_URL or TEST_REDIS_URL is not set")]
+            async fn mysql() {
+                if $crate::helpers::Backend::MySql.available() {
+                    super::$scenario($crate::helpers::Backend::MySql).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(any(not(tollgate_test_postgres), not(tollgate_test_redis)), ignore = "TEST_POSTGRES_URL or TEST_REDIS_URL is not set")]
+            async fn postgres() {
+                if $crate::helpers::Backend::Postgres.available() {
+                    super::$scenario($crate::helpers::Backend::Postgres).await;
+                }
+            }
+        }
+    )+};
     ($($scenario:ident),+ $(,)?) => {$(
         mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

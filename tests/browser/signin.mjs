@@ -48,6 +48,8 @@ try {
   await page.reload();
   const rows = await page.locator('#keys tbody tr').count();
   if (rows !== 1) await fail(`after revoking, ${rows} keys are listed`);
+  // The dashboard as a customer sees it (styles come from /assets under the page's CSP).
+  await page.screenshot({ path: process.env.DASHBOARD_SCREENSHOT || '/tmp/tollgate-dashboard.png', fullPage: true });
 
   // Log out: back to the login page, and the dashboard is closed.
   await page.click('#logout');

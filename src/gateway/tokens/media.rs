@@ -40,7 +40,7 @@ fn rules(model: &str) -> &'static [ImageRule] {
     {
         &[Tiles { base: 85, tile: 170 }]
     } else {
-        &[Tiles { base: 85, tile: 170 }, Patches { milli: 2460 }]
+        &[Tiles { base: 85, tile: 170 }, Tiles { base: 2833, tile: 5667 }, Patches { milli: 2460 }]
     }
 }
 
@@ -135,9 +135,9 @@ fn audio_tokens(data: &str) -> i64 {
     i64::try_from(seconds.saturating_mul(25).saturating_add(50)).unwrap_or(i64::MAX)
 }
 
-/// Prompt tokens of a content part when it is a medium; `None` when it is not (its text is
-/// counted by the caller).
-pub fn part_tokens(model: &str, part: &Map<String, Value>) -> Option<i64> {
+/// Prompt tokens of a content part when it is a medium (`Some(None)` when it cannot be sized);
+/// `None` when it is not a medium (its text is counted by the caller).
+pub fn part_tokens(model: &str, part: &Map<String, Value>) -> Option<Option<i64>> {
     let kind = part.get("type").and_then(Value::as_str)?;
     match kind {
         "image_url" | "input_image" | "image" => {
@@ -155,7 +155,7 @@ pub fn part_tokens(model: &str, part: &Map<String, Value>) -> Option<i64> {
                 });
             let detail = inner.and_then(|v| v.get("detail")).or_else(|| part.get("detail")).and_then(Value::as_str);
             let dims = url.as_deref().and_then(inline_dims);
-            Some(image_tokens(model, dims, detail == Some("low")))
+            Some(Some(image_tokens(model, dims, detail == Some("low"))))
         }
         "input_audio" | "audio" => {
             let data = part
@@ -163,7 +163,7 @@ pub fn part_tokens(model: &str, part: &Map<String, Value>) -> Option<i64> {
                 .and_then(|a| a.get("data"))
                 .or_else(|| part.get("data"))
                 .and_then(Value::as_str);
-            Some(data.map_or(i64::MAX, audio_tokens))
+            Some(data.map(audio_tokens))
         }
         "file" | "input_file" | "document" => {
             // Inline file data: text and a picture of every page, bounded by half a token per
@@ -174,7 +174,7 @@ pub fn part_tokens(model: &str, part: &Map<String, Value>) -> Option<i64> {
                 .or_else(|| part.get("file_data"))
                 .or_else(|| part.get("source").and_then(|s| s.get("data")))
                 .and_then(Value::as_str);
-            Some(data.map_or(i64::MAX, |d| i64::try_from(decoded_len(d) / 2).unwrap_or(i64::MAX).max(1000)))
+            Some(data.map(|d| i64::try_from(decoded_len(d) / 2).unwrap_or(i64::MAX).max(1000)))
         }
         _ => None,
     }
@@ -201,8 +201,9 @@ mod tests {
         assert_eq!(image_tokens("gpt-4.1-mini", Some((1024, 1024)), false), 1659);
         // Large images are capped at 1536 patches.
         assert_eq!(image_tokens("gpt-4.1-nano", Some((8000, 8000)), false), (1536 * 2460 + 999) / 1000);
-        // Unknown families take the most expensive rule.
-        assert_eq!(image_tokens("my-vision-model", Some((1024, 1024)), false), (1024 * 2460 + 999) / 1000);
+        // Unknown families (aliases included) take the most expensive rule.
+        assert_eq!(image_tokens("my-vision-model", Some((1024, 1024)), false), 2833 + 4 * 5667);
+        assert_eq!(image_tokens("azure-4o-mini", None, false), 2833 + 8 * 5667);
     }
 
     #[test]
@@ -212,7 +213,7 @@ mod tests {
         assert_eq!(inline_dims(&url), Some((3000, 1000)));
         let part = serde_json::json!({"type": "image_url", "image_url": {"url": url}});
         // 3000×1000 → 2048×683 → 683 shortest: 4 × 2 tiles.
-        assert_eq!(part_tokens("gpt-4o", part.as_object().unwrap()), Some(85 + 170 * 8));
+        assert_eq!(part_tokens("gpt-4o", part.as_object().unwrap()), Some(Some(85 + 170 * 8)));
     }
 
     #[test]
@@ -220,10 +221,10 @@ mod tests {
         for data in ["data:image/png;base64,ééééééééé", "data:image/png;base64,AAé", "data:,", "data:image/png;base64,"]
         {
             let part = serde_json::json!({"type": "image_url", "image_url": {"url": data}});
-            assert_eq!(part_tokens("gpt-4o", part.as_object().unwrap()), Some(85 + 8 * 170), "{data}");
+            assert_eq!(part_tokens("gpt-4o", part.as_object().unwrap()), Some(Some(85 + 8 * 170)), "{data}");
         }
         let audio = serde_json::json!({"type": "input_audio", "input_audio": {"data": "RIFFé€WAVE", "format": "wav"}});
-        assert!(part_tokens("gpt-4o", audio.as_object().unwrap()).is_some_and(|n| n > 0));
+        assert!(part_tokens("gpt-4o", audio.as_object().unwrap()).flatten().is_some_and(|n| n > 0));
     }
 
     #[test]
