@@ -60,6 +60,8 @@ pub struct AppState {
 
 pub struct Application {
     listener: TcpListener,
+    /// The listener of `METRICS_ADDR`, when set.
+    metrics_listener: Option<TcpListener>,
     port: u16,
     state: AppState,
 }
@@ -84,6 +86,14 @@ impl Application {
             .await
             .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?)
+            }
+            None => None,
+        };
+        // The recorder is process-wide: installed by the first application, shared by the rest.
+        crate::observability::handle();
         // reqwest uses the process-wide rustls provider; install ring once (a second call fails
         // harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -123,7 +133,7 @@ impl Application {
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
         };
-        Ok(Self { listener, port, state })
+        Ok(Self { listener, metrics_listener, port, state })
     }
 
     pub fn port(&self) -> u16 {
@@ -135,6 +145,11 @@ impl Application {
         self.state.shutdown.clone()
     }
 
+    /// The port `/metrics` is served on when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -144,8 +159,20 @@ impl Application {
     /// connections still open a moment later are cut. Then it waits (bounded) for background
     /// work such as settlements, and closes the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { listener, state, .. } = self;
+        let Self { listener, metrics_listener, state, .. } = self;
         jobs::start(&state.config, &state.db, &state.tasks, &state.shutdown);
+        state.tasks.spawn(crate::observability::upkeep(state.shutdown.clone()));
+        if let Some(metrics_listener) = metrics_listener {
+            tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+            let router = http::metrics_router(state.clone());
+            let stop = state.shutdown.clone();
+            state.tasks.spawn(async move {
+                let served = axum::serve(metrics_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "the metrics listener failed");
+                }
+            });
+        }
         let shutdown = state.shutdown.clone();
         tokio::spawn(watch_signals(shutdown.clone()));
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);

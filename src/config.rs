@@ -94,6 +94,10 @@ pub struct Config {
     pub public_url_explicit: bool,
     /// `LOG_FORMAT`: pretty or json.
     pub log_format: LogFormat,
+    /// `METRICS_TOKEN`: when set, `/metrics` asks for it as a bearer token.
+    pub metrics_token: Option<Secret>,
+    /// `METRICS_ADDR`: when set, `/metrics` is served on this address only, not on the public port.
+    pub metrics_addr: Option<SocketAddr>,
     /// `SIGNUP_CREDIT`: money given to a new user at first sign-in, in micro-units.
     pub signup_credit: i64,
     /// `SCHEDULER_ENABLED`: run the daily jobs and the sweeper in this instance.
@@ -229,6 +233,12 @@ impl Config {
             other => return Err(invalid("LOG_FORMAT", format!("`{other}` is not one of pretty, json"))),
         };
 
+        let metrics_token = get("METRICS_TOKEN").map(Secret::new);
+        let metrics_addr = match get("METRICS_ADDR") {
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|e| invalid("METRICS_ADDR", e.to_string()))?),
+            None => None,
+        };
+
         let signup_credit = match get("SIGNUP_CREDIT") {
             Some(v) => money::parse_amount(&v).map_err(|e| invalid("SIGNUP_CREDIT", e.to_string()))?,
             None => 0,
@@ -312,6 +322,8 @@ impl Config {
             listen_addr,
             public_url,
             log_format,
+            metrics_token,
+            metrics_addr,
             signup_credit,
             scheduler_enabled: boolean(&get, "SCHEDULER_ENABLED", true)?,
             expire_subscriptions_at,

@@ -18,6 +18,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod money;
+pub mod observability;
 pub mod server;
 pub mod subscriptions;
 pub mod telemetry;

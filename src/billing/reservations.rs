@@ -486,6 +486,7 @@ pub async fn sweep_stale(db: &Db, max_age_ms: i64) -> Result<usize> {
             };
             if let Resolved::Charged(charge) = resolve(db, &res.request_id, &resolution).await? {
                 swept += 1;
+                crate::observability::sweeper_charge();
                 tracing::warn!(
                     reservation.id = res.id,
                     user.id = res.user_id,

@@ -101,6 +101,12 @@ impl Cache {
     }
 
     pub async fn get(&self, key: &str) -> Option<Arc<str>> {
+        let found = self.lookup(key).await;
+        crate::observability::cache_lookup(found.is_some());
+        found
+    }
+
+    async fn lookup(&self, key: &str) -> Option<Arc<str>> {
         if let Some(hit) = self.local.get(key).await {
             return Some(hit.value);
         }

@@ -90,7 +90,10 @@ async fn run(conn: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match run_batch(&conn, &batch).await {
+        let started = std::time::Instant::now();
+        let result = run_batch(&conn, &batch).await;
+        crate::observability::db_write_batch(batch.len(), started.elapsed());
+        match result {
             Ok(outputs) => {
                 for (job, out) in batch.drain(..).zip(outputs) {
                     let _ = job.reply.send(Ok(out));

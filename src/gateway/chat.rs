@@ -19,6 +19,7 @@ use crate::app::AppState;
 use crate::billing::{ReserveRequest, reserve};
 use crate::error::Error;
 use crate::http::ApiError;
+use crate::observability::{self, RequestRecord, UNKNOWN_MODEL};
 
 pub fn new_request_id() -> String {
     format!("req_{}", crate::crypto::random_token(12))
@@ -37,8 +38,16 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     let request_id = new_request_id();
     let res = match handle(&state, &headers, body, &request_id, started).await {
         Ok(res) => res,
-        Err(Failure { error, key, model }) => {
+        Err(Failure { error, key, model, label, settled }) => {
             let err = ApiError(error);
+            if !settled {
+                let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), err.status().as_u16());
+                record.error = Some(err.0.label());
+                record.model = label;
+                record.key_id = key.map(|k| k.key_id);
+                record.user_id = key.map(|k| k.user_id);
+                record.emit();
+            }
             if let Some(key) = key {
                 log_failure(&state, &request_id, key, model, err.status().as_u16(), started);
             }
@@ -48,11 +57,19 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     with_request_id(res, &request_id)
 }
 
+/// The route name in logs and metrics.
+const ROUTE: &str = "chat_completions";
+
 /// An error, and who to log it for when the caller was authenticated.
 struct Failure {
     error: Error,
     key: Option<ApiKey>,
+    /// The model named in the request, as sent.
     model: String,
+    /// The model for logs and metrics: a catalogue name, `unknown`, or empty when none was named.
+    label: String,
+    /// The settlement already wrote this request's usage row and log line.
+    settled: bool,
 }
 
 fn bad(message: impl Into<String>) -> Error {
@@ -70,8 +87,16 @@ async fn handle(
         error,
         key: None,
         model: String::new(),
+        label: String::new(),
+        settled: false,
     })?;
-    let fail = |error: Error, model: &str| Failure { error, key: Some(key), model: model.to_owned() };
+    let fail = |error: Error, model: &str| Failure {
+        error,
+        key: Some(key),
+        model: model.to_owned(),
+        label: String::new(),
+        settled: false,
+    };
 
     let limit = state.gateway.max_request_bytes;
     let declared =
@@ -93,7 +118,13 @@ async fn handle(
         Some(Value::String(m)) => m.clone(),
         _ => return Err(fail(bad("`model` is required and must be a string"), "")),
     };
-    let fail = |error: Error| Failure { error, key: Some(key), model: model_name.clone() };
+    let fail = |error: Error| Failure {
+        error,
+        key: Some(key),
+        model: model_name.clone(),
+        label: UNKNOWN_MODEL.to_owned(),
+        settled: false,
+    };
     match request.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => {}
         _ => return Err(fail(bad("`messages` is required and must be a non-empty array"))),
@@ -104,17 +135,28 @@ async fn handle(
         Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
     };
     // An unknown model's name is the client's to choose: its refusal is logged without it, so
-    // invented names cannot multiply the refusal rows.
+    // invented names cannot multiply the refusal rows (nor metrics series).
     let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(|error| Failure {
         error,
         key: Some(key),
         model: String::new(),
+        label: UNKNOWN_MODEL.to_owned(),
+        settled: false,
     })?;
+    // From here on the model is in the catalogue: its name may label metrics.
+    let fail = |error: Error| Failure {
+        error,
+        key: Some(key),
+        model: model.name.clone(),
+        label: model.name.clone(),
+        settled: false,
+    };
     let choices = choices(&request, state.config.max_choices).map_err(fail)?;
     refuse_unpriced(&request).map_err(fail)?;
     let (cap_fields, requested_cap) = output_caps(&request).map_err(fail)?;
 
     let Some(slot) = state.gateway.inflight.try_acquire(key.user_id).await else {
+        observability::rate_limited("concurrency");
         return Err(fail(Error::RateLimited {
             message: "too many concurrent requests for this account; retry shortly".into(),
             retry_after_secs: 1,
@@ -174,7 +216,9 @@ async fn handle(
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     state.tasks.spawn(exchange.run(head_tx));
     match head_rx.await {
-        Ok(Head::Failed(error)) => Err(Failure { error, key: None, model: model.name }),
+        Ok(Head::Failed(error)) => {
+            Err(Failure { error, key: None, label: model.name.clone(), model: model.name, settled: true })
+        }
         Ok(Head::Json(body)) => {
             let mut res = Response::new(Body::from(body));
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -194,7 +238,9 @@ async fn handle(
         Err(_) => Err(Failure {
             error: Error::Internal(anyhow::anyhow!("the upstream exchange stopped")),
             key: None,
+            label: model.name.clone(),
             model: model.name,
+            settled: true,
         }),
     }
 }
@@ -336,17 +382,33 @@ fn log_failure(state: &AppState, request_id: &str, key: ApiKey, model: String, s
 
 /// `GET /v1/models`: the enabled models, in OpenAI's list shape.
 pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(err) = auth::authenticate(&state.db, &state.cache, &state.tasks, &headers).await {
-        return ApiError(err).into_response();
-    }
-    match catalog::enabled(&state.db.read).await {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let mut key = None;
+    let result = match auth::authenticate(&state.db, &state.cache, &state.tasks, &headers).await {
+        Ok(k) => {
+            key = Some(k);
+            catalog::enabled(&state.db.read).await
+        }
+        Err(err) => Err(err),
+    };
+    let (res, error) = match result {
         Ok(models) => {
             let data: Vec<Value> = models
                 .into_iter()
                 .map(|m| serde_json::json!({ "id": m.name, "object": "model", "created": m.created_at / 1000, "owned_by": "tollgate" }))
                 .collect();
-            (StatusCode::OK, axum::Json(serde_json::json!({ "object": "list", "data": data }))).into_response()
+            ((StatusCode::OK, axum::Json(serde_json::json!({ "object": "list", "data": data }))).into_response(), None)
         }
-        Err(err) => ApiError(err).into_response(),
-    }
+        Err(err) => {
+            let label = err.label();
+            (ApiError(err).into_response(), Some(label))
+        }
+    };
+    let mut record = RequestRecord::local(&request_id, "models", started.elapsed(), res.status().as_u16());
+    record.error = error;
+    record.key_id = key.map(|k| k.key_id);
+    record.user_id = key.map(|k| k.user_id);
+    record.emit();
+    with_request_id(res, &request_id)
 }

@@ -51,9 +51,10 @@ impl Exchange {
         let upstream = &state.gateway.upstream;
         settler.upstream_called = true;
         let sent = tokio::select! {
-            r = upstream.send(body, stream, beta.as_ref(), deadline) => r,
+            r = upstream.send(body, stream, beta.as_ref(), deadline, &mut settler.attempts) => r,
             () = state.hard_stop.cancelled() => {
                 // Cut by shutdown while the upstream works: bill what was delivered (the prompt).
+                settler.error = Some("server.shutdown");
                 settler.finish(Ending::Delivered { status: 503 });
                 let _ = head.send(Head::Failed(Error::Upstream {
                     status: 503,
@@ -76,6 +77,7 @@ impl Exchange {
             Err(failure) => {
                 // Nothing was delivered: a full refund. The settlement writes the usage log.
                 let error = ApiError(upstream_error(failure));
+                settler.error = Some(error.0.label());
                 settler.finish(Ending::Nothing { status: i32::from(error.status().as_u16()) });
                 let _ = head.send(Head::Failed(error.0));
                 return;
@@ -135,6 +137,7 @@ impl Exchange {
             Err(error) => {
                 // Part of the answer may have been generated: bill the estimate (the prompt).
                 let error = ApiError(error);
+                settler.error = Some(error.0.label());
                 settler.finish(Ending::Delivered { status: i32::from(error.status().as_u16()) });
                 let _ = head.send(Head::Failed(error.0));
             }

@@ -169,7 +169,8 @@ impl Relay {
 
     /// Ends the client's stream with an error event (not a clean end) and bills what was
     /// delivered.
-    fn fail(&mut self, message: &str, code: &str, status: i32) {
+    fn fail(&mut self, message: &str, code: &'static str, status: i32) {
+        self.settler.error = Some(code);
         tracing::warn!(request.id = %self.settler.reservation.request_id, code, "stream ended by the upstream side");
         let body = json!({ "error": { "message": message, "type": "upstream_error", "code": code } });
         self.out.push_back(sse::frame(&Event { event: None, data: body.to_string() }));

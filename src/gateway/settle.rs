@@ -11,6 +11,7 @@ use crate::billing::{FinalState, Prices, Reservation, Resolution, Resolved, Usag
 use crate::cache::{self, Cache};
 use crate::db::Db;
 use crate::error::Error;
+use crate::observability::{self, DEFAULT_CHANNEL, RequestRecord};
 
 /// Usage as the upstream reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,10 @@ pub struct Settler {
     pub upstream_called: bool,
     /// The client went away before the answer was delivered (logged as status 499).
     pub client_gone: bool,
+    /// The error label of a request that did not end well (none for a success).
+    pub error: Option<&'static str>,
+    /// Upstream attempts made, retries included.
+    pub attempts: u32,
     done: bool,
 }
 
@@ -69,6 +74,7 @@ impl Settler {
         started: Instant,
         prompt_estimate: i64,
     ) -> Self {
+        observability::reservation_opened();
         Self {
             db,
             cache,
@@ -85,6 +91,8 @@ impl Settler {
             ttfb: None,
             upstream_called: false,
             client_gone: false,
+            error: None,
+            attempts: 0,
             done: false,
         }
     }
@@ -144,8 +152,36 @@ impl Settler {
                 usage_source: source,
             },
         };
+        let (prompt_tokens, completion_tokens) = match resolution.state {
+            FinalState::Settled { prompt_tokens, completion_tokens, .. } => {
+                (Some(prompt_tokens), Some(completion_tokens))
+            }
+            _ => (None, None),
+        };
+        let error = match status {
+            200 => None,
+            499 => Some(self.error.unwrap_or("client.gone")),
+            _ => Some(self.error.unwrap_or("upstream.error")),
+        };
+        let record = RequestRecord {
+            request_id: self.reservation.request_id.clone(),
+            route: "chat_completions",
+            model: self.model.clone(),
+            key_id: self.reservation.key_id,
+            user_id: Some(self.reservation.user_id),
+            status: u16::try_from(status).unwrap_or(0),
+            error,
+            prompt_tokens,
+            completion_tokens,
+            cost: None,
+            latency: self.started.elapsed(),
+            ttfb: self.ttfb,
+            channel: self.upstream_called.then_some(DEFAULT_CHANNEL),
+            attempts: self.attempts,
+            stream: self.stream,
+        };
         let (db, cache, reservation) = (self.db.clone(), self.cache.clone(), self.reservation.clone());
-        self.tasks.spawn(async move { settle_with_retries(&db, &cache, &reservation, &resolution).await });
+        self.tasks.spawn(async move { settle_with_retries(&db, &cache, &reservation, &resolution, record).await });
     }
 }
 
@@ -164,7 +200,14 @@ impl Drop for Settler {
 
 /// Resolves, retrying while the database is unreachable. If it stays unreachable, the
 /// reservation stays pending and the sweeper charges it later.
-async fn settle_with_retries(db: &Db, cache: &Cache, reservation: &Reservation, resolution: &Resolution) {
+/// The request's log line is written once the charge is known (or given up on).
+async fn settle_with_retries(
+    db: &Db,
+    cache: &Cache,
+    reservation: &Reservation,
+    resolution: &Resolution,
+    mut record: RequestRecord,
+) {
     let (request_id, user_id) = (reservation.request_id.as_str(), reservation.user_id);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=8 {
@@ -187,9 +230,17 @@ async fn settle_with_retries(db: &Db, cache: &Cache, reservation: &Reservation, 
                     );
                 }
                 cache.delete(&cache::user_balance(user_id)).await;
+                record.cost = Some(charge.amount);
+                record.emit();
+                let outcome = if matches!(resolution.state, FinalState::Voided) { "voided" } else { "settled" };
+                observability::reservation_resolved(outcome);
                 return;
             }
-            Ok(Resolved::AlreadyResolved) => return,
+            Ok(Resolved::AlreadyResolved) => {
+                record.emit();
+                observability::reservation_resolved("already_resolved");
+                return;
+            }
             Err(Error::Database(err)) => {
                 tracing::warn!(request.id = request_id, attempt, error = %err, "settlement failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -197,9 +248,13 @@ async fn settle_with_retries(db: &Db, cache: &Cache, reservation: &Reservation, 
             }
             Err(err) => {
                 tracing::error!(request.id = request_id, error = %err, "settlement failed");
+                record.emit();
+                observability::reservation_resolved("left_to_sweeper");
                 return;
             }
         }
     }
     tracing::error!(request.id = request_id, "settlement gave up; the sweeper will resolve the reservation");
+    record.emit();
+    observability::reservation_resolved("left_to_sweeper");
 }

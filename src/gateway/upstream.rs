@@ -7,6 +7,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use url::Url;
 
 use crate::config::{Config, Secret};
+use crate::observability;
 
 #[derive(Clone, Debug)]
 pub struct Timeouts {
@@ -101,9 +102,11 @@ impl Upstream {
         stream: bool,
         beta: Option<&HeaderValue>,
         deadline: Instant,
+        attempts: &mut u32,
     ) -> Result<reqwest::Response, UpstreamFailure> {
         let mut attempt = 0;
         loop {
+            *attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = self.timeouts.first_byte.min(left);
             let req =
@@ -114,7 +117,10 @@ impl Upstream {
                 Err(_) => UpstreamFailure::Timeout,
                 Ok(Err(e)) if e.is_timeout() => UpstreamFailure::Timeout,
                 Ok(Err(e)) => UpstreamFailure::Connect(e.without_url().to_string()),
-                Ok(Ok(res)) if res.status().is_success() => return Ok(res),
+                Ok(Ok(res)) if res.status().is_success() => {
+                    observability::upstream_attempt("ok");
+                    return Ok(res);
+                }
                 Ok(Ok(res)) => {
                     let status = res.status().as_u16();
                     asked_wait = retry_wait(res.headers(), SystemTime::now());
@@ -123,6 +129,13 @@ impl Upstream {
                     UpstreamFailure::Status { status, retry_after, body }
                 }
             };
+            observability::upstream_attempt(match &failure {
+                UpstreamFailure::Timeout | UpstreamFailure::Unanswered => "timeout",
+                UpstreamFailure::Connect(_) => "unreachable",
+                UpstreamFailure::Status { status: 429, .. } => "rate_limited",
+                UpstreamFailure::Status { status, .. } if *status >= 500 => "server_error",
+                UpstreamFailure::Status { .. } => "refused",
+            });
             let retriable = match &failure {
                 UpstreamFailure::Timeout | UpstreamFailure::Connect(_) => true,
                 UpstreamFailure::Unanswered => false,

@@ -20,6 +20,17 @@ use crate::gateway::chat;
 pub use error::ApiError;
 
 pub fn router(state: AppState) -> Router {
+    let router = api_router(state.clone());
+    // With `METRICS_ADDR`, `/metrics` lives on its own listener only (`metrics_router`).
+    if state.config.metrics_addr.is_some() { router } else { router.merge(metrics_router(state)) }
+}
+
+/// `/metrics` alone, for the public listener or the one on `METRICS_ADDR`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(crate::observability::metrics)).with_state(state)
+}
+
+fn api_router(state: AppState) -> Router {
     // Everything a browser session reaches: sessions and the cross-site check apply here only,
     // never on the API hot path.
     let with_session = Router::new()

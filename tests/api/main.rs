@@ -21,6 +21,7 @@ mod health;
 mod hygiene;
 mod keys;
 mod multi_instance;
+mod observability;
 mod process;
 mod properties;
 mod storage_story;
