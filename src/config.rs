@@ -135,6 +135,9 @@ pub struct Config {
     pub session_idle: Duration,
     /// `SESSION_MAX_AGE_SECS`: a sign-in session ends this long after sign-in, however used.
     pub session_max_age: Duration,
+    /// `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges of the reverse proxies in
+    /// front of Tollgate; only their `X-Forwarded-For`/`Forwarded` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `MAX_CHOICES`: the largest `n` (choices per request) accepted; more is a 400.
     pub max_choices: u32,
     /// `IDLE_CONNECTION_TIMEOUT_MS`: a client connection with no request in progress for this
@@ -286,6 +289,14 @@ impl Config {
         if max_request_bytes < 1024 {
             return Err(invalid("MAX_REQUEST_BYTES", "must be at least 1024"));
         }
+        let mut trusted_proxies = Vec::new();
+        for raw in get("TRUSTED_PROXIES").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let net = raw
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| invalid("TRUSTED_PROXIES", format!("`{raw}` is not an address or CIDR range")))?;
+            trusted_proxies.push(net);
+        }
         let max_choices: u32 = parse(&get, "MAX_CHOICES", 8)?;
         if max_choices == 0 || max_choices > 128 {
             return Err(invalid("MAX_CHOICES", "must be between 1 and 128"));
@@ -343,6 +354,7 @@ impl Config {
             public_url_explicit,
             header_read_timeout: ms("HEADER_READ_TIMEOUT_MS", 10_000)?,
             body_read_timeout: ms("BODY_READ_TIMEOUT_MS", 30_000)?,
+            trusted_proxies,
             max_choices,
             idle_connection_timeout: ms("IDLE_CONNECTION_TIMEOUT_MS", 60_000)?,
             http2_keepalive: Duration::from_secs(http2_keepalive_secs),
@@ -464,6 +476,7 @@ mod tests {
             (&[("UPSTREAM_TOTAL_TIMEOUT_MS", "9000000")], "STALE_RESERVATION_SECS"),
             (&[("MAX_CONCURRENT_REQUESTS_PER_USER", "0")], "MAX_CONCURRENT_REQUESTS_PER_USER"),
             (&[("MAX_CHOICES", "0")], "MAX_CHOICES"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/8, proxy.local")], "TRUSTED_PROXIES"),
             (&[("MAX_CONNECTIONS", "3")], "MAX_CONNECTIONS"),
             (&[("PASSWORD_HASH_CONCURRENCY", "0")], "PASSWORD_HASH_CONCURRENCY"),
             (&[("DATABASE_ACQUIRE_TIMEOUT_MS", "0")], "DATABASE_ACQUIRE_TIMEOUT_MS"),

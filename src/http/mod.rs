@@ -1,6 +1,7 @@
 //! The route table: paths to handlers, nothing else.
 
 mod body_limits;
+pub mod client_ip;
 mod cron;
 mod error;
 mod fallback;

@@ -216,6 +216,7 @@ pub struct PasswordForm {
 pub async fn password_signin(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     session: Session,
     jar: PrivateCookieJar,
     form: Result<Form<PasswordForm>, FormRejection>,
@@ -236,7 +237,8 @@ pub async fn password_signin(
         Err(e) => return refusal(StatusCode::BAD_REQUEST, "invalid_request_error", "request.invalid", &e.body_text()),
     };
     let account = form.email.trim().to_lowercase();
-    let ip = Some(peer.ip());
+    // Behind a trusted reverse proxy, the client's own address (TRUSTED_PROXIES).
+    let ip = Some(crate::http::client_ip::client_ip(peer.ip(), &headers, &state.config.trusted_proxies));
     let (permit, slot) = match state.auth.failures.admit(&account, ip) {
         Ok(admitted) => admitted,
         Err(Refused::Locked) => {

@@ -466,6 +466,36 @@ async fn failed_passwords_are_limited_per_address() {
     assert!(browser.cookie("tollgate_session").is_none());
 }
 
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_address_limit_applies_to_each_client() {
+    // The test client is the "proxy" (127.0.0.1); each client has its own forwarded address.
+    let s = site(&[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    crate::helpers::password_user(&s.app.db, "real@example.com", "user").await;
+    let login = s.url("/api/auth/signin/password");
+    let attempt = |forwarded: &'static str, email: String, password: &'static str| {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([("email", email.as_str()), ("password", password)])
+            .finish();
+        let req = client
+            .post(&login)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-for", forwarded)
+            .body(body);
+        async move { location(&req.send().await.unwrap()) }
+    };
+    // A client that spoofs an address at the left of the header gains nothing: the address
+    // our proxy appended (203.0.113.7) is the one counted.
+    for i in 0..tollgate::auth::limiter::PER_ADDRESS {
+        attempt("198.51.100.1, 203.0.113.7", format!("guess{i}@example.com"), "guess guess guess").await;
+    }
+    let locked = attempt("203.0.113.7", "real@example.com".into(), crate::helpers::PASSWORD).await;
+    assert!(locked.contains("too+many"), "{locked}");
+    // Another client behind the same proxy is not locked out by it.
+    let other = attempt("203.0.113.8", "real@example.com".into(), crate::helpers::PASSWORD).await;
+    assert!(!other.contains("too+many") && other.contains("/dashboard"), "{other}");
+}
+
 /// 100 creations at once for a user who holds one key: exactly 49 succeed, the rest are 409.
 async fn the_key_limit_holds_under_concurrency(backend: Backend) {
     let s = site_on(backend, &[]).await;
