@@ -270,11 +270,16 @@ pub async fn spawn_gateway(backend: Backend, mode: Mode, extra: &[(&str, &str)])
 }
 
 pub async fn add_test_model(app: &TestApp) {
-    let cache = tollgate::cache::Cache::in_process();
+    add_model_named(&app.db, MODEL).await;
+}
+
+/// Adds the model `name`: upstream `upstream-model`, 1 micro-unit per prompt token, 2 per
+/// completion token, at most `MAX_OUT` out.
+pub async fn add_model_named(db: &Db, name: &str) {
     tollgate::gateway::catalog::set(
-        &app.db,
-        &cache,
-        MODEL,
+        db,
+        &tollgate::cache::Cache::in_process(),
+        name,
         tollgate::gateway::catalog::ModelChange {
             upstream_model: Some("upstream-model".into()),
             input_price: Some(1_000_000),

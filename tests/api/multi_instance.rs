@@ -157,7 +157,7 @@ async fn deployment(
     max_concurrent: u32,
 ) -> (TestDb, FakeUpstream, Shared, Instance, Instance) {
     let db = fresh_db(backend).await;
-    add_model(&db.db).await;
+    crate::helpers::add_model_named(&db.db, MODEL).await;
     let fake = FakeUpstream::start(mode).await.unwrap();
     let shared = Shared {
         database_url: db.url.clone(),
@@ -168,26 +168,6 @@ async fn deployment(
     let a = Instance::start(&shared).await;
     let b = Instance::start(&shared).await;
     (db, fake, shared, a, b)
-}
-
-async fn add_model(db: &Db) {
-    tollgate::gateway::catalog::set(
-        db,
-        &tollgate::cache::Cache::in_process(),
-        MODEL,
-        tollgate::gateway::catalog::ModelChange {
-            upstream_model: Some("upstream-model".into()),
-            input_price: Some(1_000_000),
-            output_price: Some(2_000_000),
-            max_output_tokens: Some(MAX_OUT),
-            context_window: Some(100_000),
-            enabled: Some(true),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
 }
 
 async fn customer(db: &Db, email: &str, balance: i64) -> (i64, String) {

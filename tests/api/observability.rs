@@ -13,27 +13,6 @@ use crate::helpers::{
     spawn_gateway, test_config,
 };
 
-/// Adds a model named `name` (1 micro per prompt token, 2 per completion token).
-async fn add_model(app: &TestApp, name: &str) {
-    tollgate::gateway::catalog::set(
-        &app.db,
-        &tollgate::cache::Cache::in_process(),
-        name,
-        tollgate::gateway::catalog::ModelChange {
-            upstream_model: Some("upstream-model".into()),
-            input_price: Some(1_000_000),
-            output_price: Some(2_000_000),
-            max_output_tokens: Some(100),
-            context_window: Some(100_000),
-            enabled: Some(true),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
-}
-
 /// The value of the series `name` whose labels include every one of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
@@ -58,7 +37,7 @@ async fn counts_known_requests_exactly(backend: Backend) {
     gw.fake.set_chunks(5);
     // A model name no other test uses, so parallel tests cannot move its series.
     let model = format!("metrics-{backend:?}-{}", tollgate::crypto::random_token(6)).to_lowercase();
-    add_model(&gw.app, &model).await;
+    crate::helpers::add_model_named(&gw.app.db, &model).await;
     let (rich, key) = gw.app.customer("metrics-rich@example.com", 1_000_000).await;
     let (_, broke_key) = gw.app.customer("metrics-broke@example.com", 0).await;
     let body = serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": "Say hello." }] });
