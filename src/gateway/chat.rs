@@ -64,7 +64,8 @@ const ROUTE: &str = "chat_completions";
 struct Failure {
     error: Error,
     key: Option<ApiKey>,
-    /// The model named in the request, as sent.
+    /// The catalogue model of the request; empty before it was found (the client's own name
+    /// for it is never logged, so invented names cannot multiply refusal rows).
     model: String,
     /// The model for logs and metrics: a catalogue name, `unknown`, or empty when none was named.
     label: String,
@@ -118,10 +119,13 @@ async fn handle(
         Some(Value::String(m)) => m.clone(),
         _ => return Err(fail(bad("`model` is required and must be a string"), "")),
     };
+    // Until the model is found in the catalogue its name is the client's to choose: refusals
+    // are logged without it, so invented names cannot multiply the refusal rows (nor metrics
+    // series).
     let fail = |error: Error| Failure {
         error,
         key: Some(key),
-        model: model_name.clone(),
+        model: String::new(),
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
     };
@@ -134,15 +138,7 @@ async fn handle(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
     };
-    // An unknown model's name is the client's to choose: its refusal is logged without it, so
-    // invented names cannot multiply the refusal rows (nor metrics series).
-    let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(|error| Failure {
-        error,
-        key: Some(key),
-        model: String::new(),
-        label: UNKNOWN_MODEL.to_owned(),
-        settled: false,
-    })?;
+    let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(fail)?;
     // From here on the model is in the catalogue: its name may label metrics.
     let fail = |error: Error| Failure {
         error,

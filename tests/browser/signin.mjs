@@ -50,6 +50,12 @@ try {
   if (rows !== 1) await fail(`after revoking, ${rows} keys are listed`);
   // The dashboard as a customer sees it (styles come from /assets under the page's CSP).
   await page.screenshot({ path: process.env.DASHBOARD_SCREENSHOT || '/tmp/tollgate-dashboard.png', fullPage: true });
+  // At phone width the page must fit without sideways scrolling.
+  await page.setViewportSize({ width: 375, height: 812 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: '/tmp/tollgate-dashboard-phone.png', fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 720 });
+  if (overflow > 0) await fail(`the dashboard scrolls sideways at 375 px by ${overflow} px`);
 
   // Log out: back to the login page, and the dashboard is closed.
   await page.click('#logout');
@@ -60,6 +66,8 @@ try {
   if (violations.length) await fail(`blocked or failed in the page: ${violations.join(' | ')}`);
 
   await page.screenshot({ path: process.env.SCREENSHOT || '/tmp/tollgate-login.png' });
+  await page.setViewportSize({ width: 375, height: 812 });
+  await page.screenshot({ path: '/tmp/tollgate-login-phone.png', fullPage: true });
   console.log(JSON.stringify({ ok: true, firstKey, secondKey, secondId, balance }));
   await browser.close();
 } catch (error) {
