@@ -98,6 +98,16 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// `METRICS_ADDR`: when set, `/metrics` is served on this address only, not on the public port.
     pub metrics_addr: Option<SocketAddr>,
+    /// `SITE_NAME`: the product name on pages (default "Tollgate").
+    pub site_name: String,
+    /// `CURRENCY`: ISO 4217 code of the unit amounts are kept in (default `USD`). Amounts are
+    /// integers of micro-units; the code only labels them.
+    pub currency: String,
+    /// `CURRENCY_SYMBOL`: the symbol shown before amounts (default from `CURRENCY`: `$` for USD,
+    /// `¥` for CNY/JPY, `€` for EUR, `£` for GBP, else the code and a space).
+    pub currency_symbol: String,
+    /// `ADMIN_EMAILS`: comma-separated addresses that are made admins when they sign in.
+    pub admin_emails: Vec<String>,
     /// `SIGNUP_CREDIT`: money given to a new user at first sign-in, in micro-units.
     pub signup_credit: i64,
     /// `SCHEDULER_ENABLED`: run the daily jobs and the sweeper in this instance.
@@ -242,6 +252,32 @@ impl Config {
             None => None,
         };
 
+        let site_name = get("SITE_NAME").map(|s| s.trim().to_owned()).unwrap_or_else(|| "Tollgate".to_owned());
+        if site_name.is_empty() || site_name.chars().count() > 64 {
+            return Err(invalid("SITE_NAME", "must be 1 to 64 characters"));
+        }
+        let currency = get("CURRENCY").map(|c| c.trim().to_ascii_uppercase()).unwrap_or_else(|| "USD".to_owned());
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("CURRENCY", "must be a three-letter ISO 4217 code such as USD or CNY"));
+        }
+        let currency_symbol = match get("CURRENCY_SYMBOL") {
+            Some(s) if s.chars().count() > 8 => return Err(invalid("CURRENCY_SYMBOL", "must be at most 8 characters")),
+            Some(s) => s,
+            None => money::default_symbol(&currency),
+        };
+        let admin_emails = match get("ADMIN_EMAILS") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    crate::accounts::normalize_email(e)
+                        .map_err(|_| invalid("ADMIN_EMAILS", format!("`{e}` is not an email address")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+
         let signup_credit = match get("SIGNUP_CREDIT") {
             Some(v) => money::parse_amount(&v).map_err(|e| invalid("SIGNUP_CREDIT", e.to_string()))?,
             None => 0,
@@ -335,6 +371,10 @@ impl Config {
             log_format,
             metrics_token,
             metrics_addr,
+            site_name,
+            currency,
+            currency_symbol,
+            admin_emails,
             signup_credit,
             scheduler_enabled: boolean(&get, "SCHEDULER_ENABLED", true)?,
             expire_subscriptions_at,

@@ -47,6 +47,26 @@ pub fn parse_amount(input: &str) -> Result<i64, AmountError> {
     i64::try_from(total).map_err(|_| AmountError::TooLarge)
 }
 
+/// The symbol shown for a currency code when `CURRENCY_SYMBOL` is not set.
+pub fn default_symbol(code: &str) -> String {
+    match code {
+        "USD" => "$".to_owned(),
+        "CNY" | "JPY" => "¥".to_owned(),
+        "EUR" => "€".to_owned(),
+        "GBP" => "£".to_owned(),
+        other => format!("{other} "),
+    }
+}
+
+/// Renders micro-units for people: the symbol, then the amount (`$12.50`, `-$0.25`).
+pub fn display(micros: i64, symbol: &str) -> String {
+    let amount = format_amount(micros);
+    match amount.strip_prefix('-') {
+        Some(abs) => format!("-{symbol}{abs}"),
+        None => format!("{symbol}{amount}"),
+    }
+}
+
 /// Renders micro-units as a decimal string with at least two decimals: `12.50`, `0.000125`.
 pub fn format_amount(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
