@@ -12,6 +12,9 @@ use url::Url;
 use crate::db::{Backend, DEFAULT_SQLITE_PATH};
 use crate::money;
 
+/// The currency prices are shown in when `CURRENCY` is not set.
+pub const DEFAULT_CURRENCY: &str = "USD";
+
 /// A secret value whose `Debug` and `Display` print nothing.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -256,7 +259,8 @@ impl Config {
         if site_name.is_empty() || site_name.chars().count() > 64 {
             return Err(invalid("SITE_NAME", "must be 1 to 64 characters"));
         }
-        let currency = get("CURRENCY").map(|c| c.trim().to_ascii_uppercase()).unwrap_or_else(|| "USD".to_owned());
+        let currency =
+            get("CURRENCY").map(|c| c.trim().to_ascii_uppercase()).unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(invalid("CURRENCY", "must be a three-letter ISO 4217 code such as USD or CNY"));
         }
