@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod i18n;
 pub mod jobs;
 pub mod keys;
 pub mod money;

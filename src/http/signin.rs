@@ -40,6 +40,8 @@ struct Attempt {
     expires_at: i64,
 }
 
+/// Back to the login page with an error: a code the page shows in the visitor's language
+/// (`login.error.{code}` in the catalogues), or a provider's own message, shown as it is.
 fn login_with_error(message: &str) -> Response {
     Redirect::to(&format!("/login?error={}", urlencoding(message))).into_response()
 }
@@ -79,16 +81,16 @@ pub async fn start(
 ) -> Response {
     // A browser flow: what cannot be read ends on the login page, never in plain text.
     let (Ok(Path(provider)), Ok(Query(q))) = (provider, query) else {
-        return login_with_error("this sign-in link is malformed; start again");
+        return login_with_error("malformed");
     };
     let Some(p) = configured(&state, &provider) else {
-        return login_with_error("that sign-in method is not available");
+        return login_with_error("unavailable");
     };
     let start = p.start();
     // The state is also kept on the server, so that it can be spent exactly once.
     if let Err(err) = oauth::remember_state(&state.db, &start.state).await {
         tracing::error!(error = %err, "cannot store an OAuth state");
-        return login_with_error("sign-in failed; try again");
+        return login_with_error("failed");
     }
     let attempt = Attempt {
         provider: p.kind.name().to_owned(),
@@ -97,7 +99,7 @@ pub async fn start(
         next: safe_next(q.next.as_deref()),
         expires_at: now_ms() + OAUTH_TTL_MS,
     };
-    let Ok(value) = serde_json::to_string(&attempt) else { return login_with_error("sign-in failed; try again") };
+    let Ok(value) = serde_json::to_string(&attempt) else { return login_with_error("failed") };
     let jar = jar.add(cookie(&state, OAUTH_COOKIE, value, "/api/auth", OAUTH_TTL_MS / 1000));
     (jar, Redirect::to(start.url.as_str())).into_response()
 }
@@ -122,7 +124,7 @@ pub async fn callback(
     let jar = jar.remove(Cookie::build(OAUTH_COOKIE).path("/api/auth").build());
     let fail = |jar: PrivateCookieJar, message: &str| (jar, login_with_error(message)).into_response();
     let (Ok(Path(provider)), Ok(Query(q))) = (provider, query) else {
-        return fail(jar, "the provider's answer could not be read; start again");
+        return fail(jar, "unreadable");
     };
 
     if let Some(error) = q.error {
@@ -133,28 +135,28 @@ pub async fn callback(
         };
         return fail(jar, &message);
     }
-    let Some(attempt) = attempt else { return fail(jar, "this sign-in link expired or was already used; start again") };
+    let Some(attempt) = attempt else { return fail(jar, "expired") };
     let valid = attempt.provider == provider
         && attempt.expires_at > now_ms()
         && q.state.as_deref().is_some_and(|s| constant_time_eq(s, &attempt.state));
     if !valid {
-        return fail(jar, "this sign-in link expired or was already used; start again");
+        return fail(jar, "expired");
     }
     // The cookie alone can be saved and replayed: the server's copy of the state is what makes
     // an attempt single-use, on whichever instance the callback lands.
     match oauth::spend_state(&state.db, &attempt.state, OAUTH_TTL_MS).await {
         Ok(true) => {}
-        Ok(false) => return fail(jar, "this sign-in link expired or was already used; start again"),
+        Ok(false) => return fail(jar, "expired"),
         Err(err) => {
             tracing::error!(error = %err, "cannot check an OAuth state");
-            return fail(jar, "sign-in failed; try again");
+            return fail(jar, "failed");
         }
     }
     let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
-        return fail(jar, "the provider sent no code");
+        return fail(jar, "no_code");
     };
     let Some(p) = configured(&state, &provider) else {
-        return fail(jar, "that sign-in method is not available");
+        return fail(jar, "unavailable");
     };
     let identity = match p.finish(&state.auth.http, &code, &attempt.verifier).await {
         Ok(i) => i,
@@ -175,7 +177,7 @@ pub async fn callback(
         Err(Error::Conflict(message) | Error::Forbidden(message)) => fail(jar, &message),
         Err(err) => {
             tracing::error!(error = %err, "sign-in failed");
-            fail(jar, "sign-in failed; try again")
+            fail(jar, "failed")
         }
     }
 }
@@ -192,7 +194,7 @@ async fn begin_session(
         && session.insert(USER_ID, signed.user.id).await.is_ok()
         && session.insert(SIGNED_IN_AT, now_ms()).await.is_ok();
     if !ok {
-        return Err(login_with_error("sign-in failed; try again"));
+        return Err(login_with_error("failed"));
     }
     tracing::info!(user.id = signed.user.id, "signed in");
     Ok(match &signed.first_key {
@@ -242,7 +244,7 @@ pub async fn password_signin(
     let (permit, slot) = match state.auth.failures.admit(&account, ip) {
         Ok(admitted) => admitted,
         Err(Refused::Locked) => {
-            return login_with_error("too many failed attempts; wait a few minutes and try again");
+            return login_with_error("locked");
         }
         Err(Refused::Busy) => {
             return ApiError(Error::RateLimited {
@@ -267,12 +269,12 @@ pub async fn password_signin(
                 Err(response) => response,
             }
         }
-        _ => login_with_error("wrong email or password"),
+        _ => login_with_error("wrong_password"),
     }
 }
 
 /// `POST /api/auth/signout`: ends the session on the server and in the browser.
 pub async fn signout(session: Session) -> Response {
     let _ = session.flush().await;
-    Redirect::to("/login").into_response()
+    Redirect::to("/login?signed_out=1").into_response()
 }

@@ -1,14 +1,16 @@
-//! One end-to-end run in headless Chromium (Debian's package, driven by playwright-core):
-//! sign in through the fake GitHub, see the one-time key, create and revoke a second key, log
-//! out. Needs `node`, `tests/browser/node_modules` and Chromium (`.ci/run` installs them); in CI
+//! One end-to-end run in headless Chromium (Debian's package, driven by playwright-core): a
+//! visitor's pricing page, sign-in through the fake GitHub, the one-time key, a second key
+//! created, copied, renamed, disabled, enabled and revoked, calls through the gateway seen in
+//! the usage chart, history and CSV, the switch to Chinese, and logout. Screenshots of every
+//! page land in `target/screenshots/`. Needs `node`, `tests/browser/node_modules` and Chromium (`.ci/run` installs them); in CI
 //! their absence fails the test.
 
 use sea_orm::EntityTrait;
 use serde_json::Value;
-use tollgate::db::entities::api_keys;
+use tollgate::db::entities::{api_keys, usage_logs};
 
 use crate::fake_oauth::{FakeOAuth, person};
-use crate::helpers::{Backend, spawn_app_with};
+use crate::helpers::{Backend, FakeUpstream, Mode, UPSTREAM_KEY, add_model_named, spawn_app_with};
 
 fn chromium() -> Option<String> {
     let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -23,19 +25,29 @@ fn chromium() -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[cfg_attr(not(tollgate_test_browser), ignore = "Chromium or tests/browser/node_modules is missing")]
-async fn a_person_signs_in_manages_keys_and_logs_out_in_a_real_browser() {
+async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_browser() {
     let Some(chromium) = chromium() else { return };
     let oauth = FakeOAuth::start().await;
     oauth.sign_in_as(person("31337", "browser@example.com"));
     let settings = oauth.settings();
     let mut vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    vars.push(("SIGNUP_CREDIT", "2.00"));
+    let fake = FakeUpstream::start(Mode::Normal).await.unwrap();
+    let upstream = fake.base_url();
+    vars.extend([("SIGNUP_CREDIT", "2.00"), ("OPENAI_BASE_URL", &upstream), ("OPENAI_API_KEY", UPSTREAM_KEY)]);
     let app = spawn_app_with(Backend::Sqlite, &vars).await;
+    add_model_named(&app.db, "test-model").await;
+    add_model_named(&app.db, "other-model").await;
+    let screenshots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/signin.mjs");
     let address = app.address.clone();
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node").arg(script).env("TOLLGATE_URL", address).env("CHROMIUM", chromium).output()
+        std::process::Command::new("node")
+            .arg(script)
+            .env("TOLLGATE_URL", address)
+            .env("CHROMIUM", chromium)
+            .env("SCREENSHOT_DIR", screenshots)
+            .output()
     })
     .await
     .unwrap()
@@ -44,9 +56,10 @@ async fn a_person_signs_in_manages_keys_and_logs_out_in_a_real_browser() {
     eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
     assert!(output.status.success() && summary["ok"] == true, "the browser run failed: {stdout}");
-    assert_eq!(summary["balance"], "2.00");
+    assert_eq!(summary["balance"], "$2.00");
 
-    // What the browser saw matches the database: two keys, the second revoked.
+    // What the browser saw matches the database: two keys, the second renamed and revoked; three
+    // answered calls, billed.
     let keys = api_keys::Entity::find().all(&app.db.read).await.unwrap();
     assert_eq!(keys.len(), 2);
     let first =
@@ -55,5 +68,17 @@ async fn a_person_signs_in_manages_keys_and_logs_out_in_a_real_browser() {
         keys.iter().find(|k| k.key_hash == tollgate::keys::hash(summary["secondKey"].as_str().unwrap())).unwrap();
     assert!(first.revoked_at.is_none());
     assert!(second.revoked_at.is_some());
+    assert_eq!(second.name, "ci-laptop");
+    let calls = usage_logs::Entity::find().all(&app.db.read).await.unwrap();
+    let answered: Vec<_> = calls.iter().filter(|r| r.status_code == 200).collect();
+    assert_eq!(answered.len(), 3, "{calls:?}");
+    assert!(answered.iter().all(|r| r.cost > 0));
+    assert_eq!(fake.calls(), 3, "refused calls must not reach the upstream");
+    for page in ["login", "dashboard", "keys", "usage", "usage-zh", "pricing-zh", "login-zh-signed-out"] {
+        for suffix in ["", "-phone"] {
+            let shot = format!("{screenshots}/{page}{suffix}.png");
+            assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot {shot}");
+        }
+    }
     assert_eq!(summary["secondId"], second.id.to_string());
 }

@@ -116,20 +116,25 @@ async fn pages_forbid_framing_and_inline_code_and_nothing_is_sniffed() {
     let browser = Browser::new();
     let form = [("email", "csp@example.com"), ("password", crate::helpers::PASSWORD)];
     browser.post_form(&format!("{}/api/auth/signin/password", app.address), &form, None).await;
-    let res = browser.get(&format!("{}/dashboard", app.address)).await;
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-security-policy"].to_str().unwrap(), csp);
-    let page = res.text().await.unwrap();
-    assert!(page.contains("id=\"balance\""));
-    assert!(
-        !page.contains("<script>") && !page.contains("<style") && !page.contains("style="),
-        "inline code on /dashboard"
-    );
-    for asset in ["/assets/app.css", "/assets/dashboard.js"] {
+    for path in ["/dashboard", "/dashboard/keys", "/dashboard/usage", "/pricing"] {
+        let res = browser.get(&format!("{}{path}", app.address)).await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["content-security-policy"].to_str().unwrap(), csp, "{path}");
+        assert_eq!(res.headers()["cache-control"], "no-store", "{path}");
+        let page = res.text().await.unwrap();
+        assert!(page.contains("id=\"nav-usage\""), "{path} lacks the navigation");
+        assert!(
+            !page.contains("<script>") && !page.contains("<style") && !page.contains("style="),
+            "inline code on {path}"
+        );
+    }
+    for asset in ["/assets/app.css", "/assets/pages.js", "/assets/keys.js", "/assets/usage.js"] {
         let res = app.get(asset).await;
         assert_eq!(res.status(), 200, "{asset}");
         assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     }
+    assert_eq!(app.get("/assets/../Cargo.toml").await.status(), 404);
+    assert_eq!(app.get("/assets/nothing.js").await.status(), 404);
 
     // nosniff on every answer: pages, the API, errors.
     for path in ["/login", "/healthz", "/v1/models", "/api/internal/me", "/nothing", "/v1/nothing"] {
