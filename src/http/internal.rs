@@ -19,7 +19,6 @@ use crate::cache;
 use crate::clock::{now_ms, rfc3339};
 use crate::db::entities::{api_keys, usage_logs};
 use crate::error::Error;
-use crate::gateway::auth::forget_revoked;
 use crate::money::format_amount;
 use crate::usage::{self, RawFilter};
 use crate::{billing, keys, subscriptions};
@@ -50,6 +49,8 @@ fn key_json(k: &api_keys::Model) -> Value {
         "last4": k.last4,
         "createdAt": rfc3339(k.created_at),
         "lastUsedAt": k.last_used_at.map(rfc3339),
+        "disabled": k.disabled,
+        "status": if k.disabled { "disabled" } else { "active" },
     })
 }
 
@@ -83,6 +84,11 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
+/// A key id from the path; anything but a number names no key of this user.
+fn key_id(raw: &str) -> Result<i64, Error> {
+    raw.parse().map_err(|_| Error::NotFound(format!("no active key with id {raw}")))
+}
+
 /// `DELETE /api/internal/keys/{id}`: revokes one of the user's keys, everywhere within seconds.
 /// Another user's key is a 404 and changes nothing.
 pub async fn revoke_key(
@@ -90,11 +96,31 @@ pub async fn revoke_key(
     me: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id: i64 = id.parse().map_err(|_| Error::NotFound(format!("no active key with id {id}")))?;
-    let row = keys::revoke(&state.db.write, Some(me.user.id), id).await?;
-    forget_revoked(&state.cache, &row.key_hash).await;
+    let row = keys::revoke(&state.db, &state.cache, Some(me.user.id), key_id(&id)?).await?;
     tracing::info!(user.id = me.user.id, key.id = row.id, "key revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatchBody {
+    name: Option<String>,
+    disabled: Option<bool>,
+}
+
+/// `PATCH /api/internal/keys/{id}`: renames, disables or re-enables one of the user's keys. A
+/// disabled key is refused by the gateway at once. Another user's or a revoked key is a 404 and
+/// changes nothing.
+pub async fn update_key(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<KeyPatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let change = keys::KeyChange { name: body.name, disabled: body.disabled };
+    let row = keys::update(&state.db, &state.cache, Some(me.user.id), key_id(&id)?, change).await?;
+    tracing::info!(user.id = me.user.id, key.id = row.id, key.disabled = row.disabled, "key updated");
+    Ok(Json(key_json(&row)))
 }
 
 fn row_json(r: &usage_logs::Model) -> Value {

@@ -44,7 +44,7 @@ fn api_router(state: AppState) -> Router {
         .route("/api/auth/signout", post(signin::signout))
         .route("/api/internal/me", get(internal::me))
         .route("/api/internal/keys", get(internal::list_keys).post(internal::create_key))
-        .route("/api/internal/keys/{id}", delete(internal::revoke_key))
+        .route("/api/internal/keys/{id}", delete(internal::revoke_key).patch(internal::update_key))
         .route("/api/internal/usage", get(internal::usage))
         .route("/api/internal/usage/export", get(internal::export))
         .layer(from_fn(session::json_refusals))

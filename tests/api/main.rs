@@ -19,6 +19,7 @@ mod faults;
 mod gateway;
 mod health;
 mod hygiene;
+mod key_edits;
 mod keys;
 mod multi_instance;
 mod observability;

@@ -36,7 +36,8 @@ fn row(user: i64, i: i64, model: &str, status: i32, day_offset: i64) -> usage_lo
     }
 }
 
-async fn signed_in(app: &TestApp, email: &str) -> (i64, Browser) {
+/// A user who signs in with a password, and their browser.
+pub async fn signed_in(app: &TestApp, email: &str) -> (i64, Browser) {
     let user = crate::helpers::password_user(&app.db, email, "user").await;
     let browser = Browser::new();
     browser
