@@ -1,5 +1,7 @@
 //! The dashboard's JSON API (session cookie): keys, usage, the CSV export, and `me`.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
@@ -123,11 +125,13 @@ pub async fn update_key(
     Ok(Json(key_json(&row)))
 }
 
-fn row_json(r: &usage_logs::Model) -> Value {
+fn row_json(r: &usage_logs::Model, key_names: &HashMap<i64, String>) -> Value {
     json!({
         "id": r.id,
         "requestId": r.request_id,
         "model": r.model,
+        "keyId": r.key_id,
+        "keyName": r.key_id.and_then(|id| key_names.get(&id)),
         "statusCode": r.status_code,
         "stream": r.stream,
         "promptTokens": r.prompt_tokens,
@@ -154,13 +158,14 @@ pub async fn usage(
     let filter = raw.validate(me.user.id)?;
     let totals = usage::totals(&state.db, &filter).await?;
     let rows = usage::page(&state.db, &filter).await?;
+    let names = usage::key_names(&state.db, me.user.id, rows.iter().filter_map(|r| r.key_id)).await?;
     Ok(Json(json!({
         "totalCost": format_amount(totals.total_cost),
         "totalTokens": totals.total_tokens,
         "totalRequestCount": totals.total_request_count,
         "page": filter.page,
         "pageSize": filter.page_size,
-        "data": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "data": rows.iter().map(|r| row_json(r, &names)).collect::<Vec<_>>(),
     })))
 }
 
@@ -186,11 +191,17 @@ pub async fn export(
         let (db, filter) = (db.clone(), filter.clone());
         async move {
             let before = cursor?;
-            match usage::export_batch(&db, &filter, before, 1000).await {
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
+            let batch = async {
+                let rows = usage::export_batch(&db, &filter, before, 1000).await?;
+                let names = usage::key_names(&db, filter.user_id, rows.iter().filter_map(|r| r.key_id)).await?;
+                Ok::<_, Error>((rows, names))
+            };
+            match batch.await {
+                Ok((rows, _)) if rows.is_empty() => None,
+                Ok((rows, names)) => {
                     let next = if rows.len() < 1000 { None } else { rows.last().map(|r| Some(r.id)) };
-                    let chunk: String = rows.iter().map(|r| csv_line(&usage::csv_record(r))).collect();
+                    let name = |r: &usage_logs::Model| r.key_id.and_then(|id| names.get(&id)).map(String::as_str);
+                    let chunk: String = rows.iter().map(|r| csv_line(&usage::csv_record(r, name(r)))).collect();
                     Some((Ok::<_, std::io::Error>(chunk), next))
                 }
                 Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
