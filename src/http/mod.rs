@@ -10,6 +10,7 @@ pub mod internal;
 mod pages;
 pub mod session;
 mod signin;
+mod usage_stats;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -46,6 +47,7 @@ fn api_router(state: AppState) -> Router {
         .route("/api/internal/keys", get(internal::list_keys).post(internal::create_key))
         .route("/api/internal/keys/{id}", delete(internal::revoke_key).patch(internal::update_key))
         .route("/api/internal/usage", get(internal::usage))
+        .route("/api/internal/usage/daily", get(usage_stats::daily))
         .route("/api/internal/usage/export", get(internal::export))
         .layer(from_fn(session::json_refusals))
         .layer(from_fn_with_state(state.clone(), session::reject_cross_site))

@@ -1,6 +1,8 @@
 //! Usage queries for the dashboard: filters, totals over the whole filtered set, pages, and the
 //! CSV export.
 
+pub mod daily;
+
 use std::collections::{BTreeSet, HashMap};
 
 use sea_orm::sea_query::{Expr, SimpleExpr};
@@ -48,7 +50,7 @@ pub struct Filter {
     pub page_size: u64,
 }
 
-fn bad(message: impl Into<String>) -> Error {
+pub(crate) fn bad(message: impl Into<String>) -> Error {
     Error::BadRequest(message.into())
 }
 

@@ -29,3 +29,4 @@ mod storage_story;
 mod streaming;
 mod subscriptions;
 mod usage_api;
+mod usage_daily;
