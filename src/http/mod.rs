@@ -17,7 +17,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
-use crate::gateway::chat;
+use crate::gateway::{chat, chat_apps};
 
 pub use error::ApiError;
 
@@ -61,6 +61,14 @@ fn api_router(state: AppState) -> Router {
         .route("/api/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
         .route("/api/v1/models", get(chat::list_models))
+        .route("/v1/models/{*id}", get(chat_apps::model))
+        .route("/api/v1/models/{*id}", get(chat_apps::model))
+        .route("/v1/dashboard/billing/subscription", get(chat_apps::subscription))
+        .route("/dashboard/billing/subscription", get(chat_apps::subscription))
+        .route("/api/v1/dashboard/billing/subscription", get(chat_apps::subscription))
+        .route("/v1/dashboard/billing/usage", get(chat_apps::billing_usage))
+        .route("/dashboard/billing/usage", get(chat_apps::billing_usage))
+        .route("/api/v1/dashboard/billing/usage", get(chat_apps::billing_usage))
         .route("/assets/app.css", get(pages::stylesheet))
         .route("/assets/dashboard.js", get(pages::dashboard_script))
         // After every route: unknown paths and wrong methods answer in their surface's shape.

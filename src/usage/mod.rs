@@ -193,6 +193,22 @@ pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {
     Ok(row.unwrap_or_default())
 }
 
+/// Money `user_id` was charged (micro-units) for usage in `[from_ms, until_ms)`; no upper bound
+/// when `until_ms` is `None`.
+pub async fn spent(db: &Db, user_id: i64, from_ms: i64, until_ms: Option<i64>) -> Result<i64> {
+    let filter = Filter {
+        user_id,
+        model: None,
+        key_id: None,
+        status_code: None,
+        from_ms: Some(from_ms),
+        until_ms,
+        page: 1,
+        page_size: 1,
+    };
+    Ok(totals(db, &filter).await?.total_cost)
+}
+
 /// One page of rows, newest first.
 pub async fn page(db: &Db, filter: &Filter) -> Result<Vec<usage_logs::Model>> {
     Ok(usage_logs::Entity::find()

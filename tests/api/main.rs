@@ -7,6 +7,7 @@ mod helpers;
 mod accounts;
 mod billing;
 mod browser;
+mod chat_apps;
 mod cli;
 mod compat;
 mod concurrency;
