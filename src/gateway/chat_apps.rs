@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
-use time::Date;
 use time::macros::format_description;
+use time::{Date, OffsetDateTime};
 
 use super::auth::{self, ApiKey};
 use super::chat::{new_request_id, with_request_id};
@@ -80,8 +80,7 @@ fn cents(micros: i64) -> f64 {
 
 /// Unix ms of the first instant of the UTC month of `ms`.
 fn month_start_ms(ms: i64) -> i64 {
-    let day = crate::clock::day_of(ms);
-    let date = Date::parse(&day, format_description!("[year]-[month]-[day]")).unwrap_or(Date::MIN);
+    let date = OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(OffsetDateTime::UNIX_EPOCH).date();
     let first = date.replace_day(1).unwrap_or(date);
     first.midnight().assume_utc().unix_timestamp() * 1000
 }
