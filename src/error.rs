@@ -15,6 +15,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// No enabled model by that name (OpenAI's `model_not_found`).
+    #[error("{0}")]
+    ModelNotFound(String),
     /// The change would break a uniqueness rule (an email already in use, ...).
     #[error("{0}")]
     Conflict(String),
@@ -48,6 +51,7 @@ impl Error {
             Self::Unauthorized(_) => "auth.unauthorized",
             Self::Forbidden(_) => "auth.forbidden",
             Self::NotFound(_) => "request.not_found",
+            Self::ModelNotFound(_) => "model.not_found",
             Self::Conflict(_) => "request.conflict",
             Self::InsufficientBalance { .. } => "billing.insufficient_balance",
             Self::PayloadTooLarge(_) => "request.too_large",

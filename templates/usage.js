@@ -28,13 +28,17 @@ function drawChart() {
   const box = document.getElementById('chart');
   const width = Math.max(box.clientWidth, 280);
   const height = 220;
-  const pad = { l: 52, r: 52, t: 12, b: 28 };
-  const w = width - pad.l - pad.r;
-  const h = height - pad.t - pad.b;
   const tokens = series.map((d) => d.totalTokens);
   const costs = series.map((d) => Number(d.cost));
   const maxT = niceMax(Math.max(0, ...tokens));
   const maxC = niceMax(Math.max(0, ...costs));
+  const tokenLabel = (i) => number(Math.round(maxT * (4 - i) / 4));
+  const costLabel = (i) => SYMBOL + Number((maxC * (4 - i) / 4).toPrecision(2)).toLocaleString(LANG, { maximumSignificantDigits: 2 });
+  // Room for the longest label on each side (about 7 px a character at 11 px).
+  const room = (label) => 12 + 7 * Math.max(...[0, 1, 2, 3, 4].map((i) => label(i).length));
+  const pad = { l: room(tokenLabel), r: room(costLabel), t: 12, b: 28 };
+  const w = width - pad.l - pad.r;
+  const h = height - pad.t - pad.b;
   const x = (i) => pad.l + (series.length < 2 ? w / 2 : (i * w) / (series.length - 1));
   const yT = (v) => pad.t + h - (v / maxT) * h;
   const yC = (v) => pad.t + h - (v / maxC) * h;
@@ -42,8 +46,8 @@ function drawChart() {
   for (let i = 0; i <= 4; i++) {
     const y = pad.t + (h * i) / 4;
     chart.appendChild(svg('line', { x1: pad.l, x2: pad.l + w, y1: y, y2: y, class: 'grid' }));
-    chart.appendChild(svg('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end', class: 'axis tokens' }, number(Math.round(maxT * (4 - i) / 4))));
-    chart.appendChild(svg('text', { x: pad.l + w + 6, y: y + 4, class: 'axis cost' }, SYMBOL + +(maxC * (4 - i) / 4).toPrecision(3)));
+    chart.appendChild(svg('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end', class: 'axis tokens' }, tokenLabel(i)));
+    chart.appendChild(svg('text', { x: pad.l + w + 6, y: y + 4, class: 'axis cost' }, costLabel(i)));
   }
   const step = Math.max(1, Math.ceil(series.length / Math.max(2, Math.floor(w / 70))));
   series.forEach((d, i) => {

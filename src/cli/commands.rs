@@ -289,17 +289,15 @@ async fn key(db: &Db, cache: &Cache, cmd: KeyCommand) -> anyhow::Result<()> {
             out(&plaintext)
         }
         KeyCommand::Revoke { id } => {
-            let row = keys::revoke(&db.write, None, id).await?;
-            auth::forget_revoked(cache, &row.key_hash).await;
+            let row = keys::revoke(db, cache, None, id).await?;
             out(&format!("revoked key {} ({}…{}); it stops working within 5 seconds", row.id, row.prefix, row.last4))
         }
         KeyCommand::Disable { id } => {
-            let row = keys::set_disabled(&db.write, id, true).await?;
-            cache.delete(&crate::cache::key_cache(&row.key_hash)).await;
+            let row = keys::set_disabled(db, cache, None, id, true).await?;
             out(&format!("disabled key {} ({}…{}); it stops working within 5 seconds", row.id, row.prefix, row.last4))
         }
         KeyCommand::Enable { id } => {
-            let row = keys::set_disabled(&db.write, id, false).await?;
+            let row = keys::set_disabled(db, cache, None, id, false).await?;
             out(&format!("enabled key {} ({}…{})", row.id, row.prefix, row.last4))
         }
     }

@@ -87,13 +87,6 @@ async fn lookup(db: &Db, hash: &str) -> Result<Option<ApiKey>> {
     Ok(user_ok.then_some(ApiKey { key_id: key.id, user_id: key.user_id }))
 }
 
-/// Makes a revoked key fail everywhere at once: `revoked:{hash}` for 30 days and no
-/// `key_cache:{hash}`.
-pub async fn forget_revoked(cache: &Cache, hash: &str) {
-    cache.set(&cache::revoked(hash), "1", cache::REVOKED_TTL).await;
-    cache.delete(&cache::key_cache(hash)).await;
-}
-
 /// Drops the cached identity of every key of a user (after disabling them).
 pub async fn forget_user_keys(db: &Db, cache: &Cache, user_id: i64) -> Result<()> {
     let hashes = api_keys::Entity::find().filter(api_keys::Column::UserId.eq(user_id)).all(&db.read).await?;

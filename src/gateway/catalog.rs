@@ -57,9 +57,10 @@ impl From<models::Model> for ModelConfig {
     }
 }
 
-/// A served model by name: enabled and priced. Unknown and disabled models are `NotFound`.
+/// A served model by name: enabled and priced. Unknown and disabled models are `ModelNotFound`.
 pub async fn lookup(db: &Db, cache: &Cache, name: &str) -> Result<ModelConfig> {
-    let not_found = || Error::NotFound(format!("The model `{name}` does not exist or you do not have access to it."));
+    let not_found =
+        || Error::ModelNotFound(format!("The model `{name}` does not exist or you do not have access to it."));
     if name.is_empty() || name.len() > 128 {
         return Err(not_found());
     }

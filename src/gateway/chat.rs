@@ -26,7 +26,7 @@ pub fn new_request_id() -> String {
 }
 
 /// Answers with the request id on every response, success or not.
-fn with_request_id(mut res: Response, request_id: &str) -> Response {
+pub(crate) fn with_request_id(mut res: Response, request_id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         res.headers_mut().insert("x-request-id", v);
     }
@@ -390,10 +390,7 @@ pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> R
     };
     let (res, error) = match result {
         Ok(models) => {
-            let data: Vec<Value> = models
-                .into_iter()
-                .map(|m| serde_json::json!({ "id": m.name, "object": "model", "created": m.created_at / 1000, "owned_by": "tollgate" }))
-                .collect();
+            let data: Vec<Value> = models.into_iter().map(|m| super::chat_apps::model_entry(&m)).collect();
             ((StatusCode::OK, axum::Json(serde_json::json!({ "object": "list", "data": data }))).into_response(), None)
         }
         Err(err) => {

@@ -1,9 +1,10 @@
 //! The hot path: `/v1/chat/completions` and `/v1/models`, key authentication, the upstream
-//! client, the SSE relay and token counting.
+//! client, the SSE relay and token counting; the chat apps' billing endpoints.
 
 pub mod auth;
 pub mod catalog;
 pub mod chat;
+pub mod chat_apps;
 mod chunks;
 pub mod exchange;
 pub mod limits;

@@ -29,6 +29,7 @@ impl ApiError {
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "authentication_error"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error"),
+            Error::ModelNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict_error"),
             Error::InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
@@ -59,7 +60,12 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = json!({ "error": { "message": message, "type": kind, "code": self.0.label() } });
+        // OpenAI's own code where clients test for it; our label otherwise.
+        let code = match &self.0 {
+            Error::ModelNotFound(_) => "model_not_found",
+            other => other.label(),
+        };
+        let body = json!({ "error": { "message": message, "type": kind, "code": code } });
         let mut res = (status, Json(body)).into_response();
         if let Error::RateLimited { retry_after_secs, .. } = &self.0 {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

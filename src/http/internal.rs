@@ -1,5 +1,7 @@
 //! The dashboard's JSON API (session cookie): keys, usage, the CSV export, and `me`.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
@@ -19,7 +21,6 @@ use crate::cache;
 use crate::clock::{now_ms, rfc3339};
 use crate::db::entities::{api_keys, usage_logs};
 use crate::error::Error;
-use crate::gateway::auth::forget_revoked;
 use crate::money::format_amount;
 use crate::usage::{self, RawFilter};
 use crate::{billing, keys, subscriptions};
@@ -50,6 +51,8 @@ fn key_json(k: &api_keys::Model) -> Value {
         "last4": k.last4,
         "createdAt": rfc3339(k.created_at),
         "lastUsedAt": k.last_used_at.map(rfc3339),
+        "disabled": k.disabled,
+        "status": if k.disabled { "disabled" } else { "active" },
     })
 }
 
@@ -83,6 +86,11 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
+/// A key id from the path; anything but a number names no key of this user.
+fn key_id(raw: &str) -> Result<i64, Error> {
+    raw.parse().map_err(|_| Error::NotFound(format!("no active key with id {raw}")))
+}
+
 /// `DELETE /api/internal/keys/{id}`: revokes one of the user's keys, everywhere within seconds.
 /// Another user's key is a 404 and changes nothing.
 pub async fn revoke_key(
@@ -90,18 +98,40 @@ pub async fn revoke_key(
     me: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id: i64 = id.parse().map_err(|_| Error::NotFound(format!("no active key with id {id}")))?;
-    let row = keys::revoke(&state.db.write, Some(me.user.id), id).await?;
-    forget_revoked(&state.cache, &row.key_hash).await;
+    let row = keys::revoke(&state.db, &state.cache, Some(me.user.id), key_id(&id)?).await?;
     tracing::info!(user.id = me.user.id, key.id = row.id, "key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn row_json(r: &usage_logs::Model) -> Value {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatchBody {
+    name: Option<String>,
+    disabled: Option<bool>,
+}
+
+/// `PATCH /api/internal/keys/{id}`: renames, disables or re-enables one of the user's keys. A
+/// disabled key is refused by the gateway at once. Another user's or a revoked key is a 404 and
+/// changes nothing.
+pub async fn update_key(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<KeyPatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let change = keys::KeyChange { name: body.name, disabled: body.disabled };
+    let row = keys::update(&state.db, &state.cache, Some(me.user.id), key_id(&id)?, change).await?;
+    tracing::info!(user.id = me.user.id, key.id = row.id, key.disabled = row.disabled, "key updated");
+    Ok(Json(key_json(&row)))
+}
+
+fn row_json(r: &usage_logs::Model, key_names: &HashMap<i64, String>) -> Value {
     json!({
         "id": r.id,
         "requestId": r.request_id,
         "model": r.model,
+        "keyId": r.key_id,
+        "keyName": r.key_id.and_then(|id| key_names.get(&id)),
         "statusCode": r.status_code,
         "stream": r.stream,
         "promptTokens": r.prompt_tokens,
@@ -128,13 +158,14 @@ pub async fn usage(
     let filter = raw.validate(me.user.id)?;
     let totals = usage::totals(&state.db, &filter).await?;
     let rows = usage::page(&state.db, &filter).await?;
+    let names = usage::key_names(&state.db, me.user.id, rows.iter().filter_map(|r| r.key_id)).await?;
     Ok(Json(json!({
         "totalCost": format_amount(totals.total_cost),
         "totalTokens": totals.total_tokens,
         "totalRequestCount": totals.total_request_count,
         "page": filter.page,
         "pageSize": filter.page_size,
-        "data": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "data": rows.iter().map(|r| row_json(r, &names)).collect::<Vec<_>>(),
     })))
 }
 
@@ -160,11 +191,17 @@ pub async fn export(
         let (db, filter) = (db.clone(), filter.clone());
         async move {
             let before = cursor?;
-            match usage::export_batch(&db, &filter, before, 1000).await {
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
+            let batch = async {
+                let rows = usage::export_batch(&db, &filter, before, 1000).await?;
+                let names = usage::key_names(&db, filter.user_id, rows.iter().filter_map(|r| r.key_id)).await?;
+                Ok::<_, Error>((rows, names))
+            };
+            match batch.await {
+                Ok((rows, _)) if rows.is_empty() => None,
+                Ok((rows, names)) => {
                     let next = if rows.len() < 1000 { None } else { rows.last().map(|r| Some(r.id)) };
-                    let chunk: String = rows.iter().map(|r| csv_line(&usage::csv_record(r))).collect();
+                    let name = |r: &usage_logs::Model| r.key_id.and_then(|id| names.get(&id)).map(String::as_str);
+                    let chunk: String = rows.iter().map(|r| csv_line(&usage::csv_record(r, name(r)))).collect();
                     Some((Ok::<_, std::io::Error>(chunk), next))
                 }
                 Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),

@@ -10,13 +10,14 @@ pub mod internal;
 mod pages;
 pub mod session;
 mod signin;
+mod usage_stats;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
-use crate::gateway::chat;
+use crate::gateway::{chat, chat_apps};
 
 pub use error::ApiError;
 
@@ -47,8 +48,9 @@ fn api_router(state: AppState) -> Router {
         .route("/api/auth/signout", post(signin::signout))
         .route("/api/internal/me", get(internal::me))
         .route("/api/internal/keys", get(internal::list_keys).post(internal::create_key))
-        .route("/api/internal/keys/{id}", delete(internal::revoke_key))
+        .route("/api/internal/keys/{id}", delete(internal::revoke_key).patch(internal::update_key))
         .route("/api/internal/usage", get(internal::usage))
+        .route("/api/internal/usage/daily", get(usage_stats::daily))
         .route("/api/internal/usage/export", get(internal::export))
         .layer(from_fn(session::json_refusals))
         .layer(from_fn_with_state(state.clone(), session::reject_cross_site))
@@ -62,6 +64,14 @@ fn api_router(state: AppState) -> Router {
         .route("/api/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
         .route("/api/v1/models", get(chat::list_models))
+        .route("/v1/models/{*id}", get(chat_apps::model))
+        .route("/api/v1/models/{*id}", get(chat_apps::model))
+        .route("/v1/dashboard/billing/subscription", get(chat_apps::subscription))
+        .route("/dashboard/billing/subscription", get(chat_apps::subscription))
+        .route("/api/v1/dashboard/billing/subscription", get(chat_apps::subscription))
+        .route("/v1/dashboard/billing/usage", get(chat_apps::billing_usage))
+        .route("/dashboard/billing/usage", get(chat_apps::billing_usage))
+        .route("/api/v1/dashboard/billing/usage", get(chat_apps::billing_usage))
         .route("/assets/{file}", get(pages::asset))
         .route("/lang/{code}", get(pages::switch_language))
         // After every route: unknown paths and wrong methods answer in their surface's shape.

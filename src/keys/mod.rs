@@ -1,8 +1,13 @@
-//! `sk-` keys: generation, storage as a SHA-256 hash, creation and revocation.
+//! `sk-` keys: generation, storage as a SHA-256 hash, creation, edits and revocation. Every
+//! change to an existing key is audited and reaches the key caches of every instance.
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
 
+use serde_json::{Value, json};
+
+use crate::audit::{self, Entry};
+use crate::cache::{self, Cache};
 use crate::clock::now_ms;
 use crate::crypto;
 use crate::db::Db;
@@ -125,39 +130,128 @@ async fn create_in(conn: &impl ConnectionTrait, user_id: i64, name: &str) -> Res
     Ok(Some((row, key.plaintext)))
 }
 
-/// Marks a key of `user_id` revoked. Returns the revoked row, or `NotFound` when the key does not
-/// exist, belongs to someone else or is already revoked.
-pub async fn revoke(conn: &impl ConnectionTrait, user_id: Option<i64>, key_id: i64) -> Result<api_keys::Model> {
+/// What a person may change on a key. `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyChange {
+    pub name: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+/// The key `key_id`, not revoked, of `owner` when given (`None`: any owner, for operators).
+async fn find_active(conn: &impl ConnectionTrait, owner: Option<i64>, key_id: i64) -> Result<api_keys::Model> {
     let mut find = api_keys::Entity::find_by_id(key_id).filter(api_keys::Column::RevokedAt.is_null());
-    if let Some(uid) = user_id {
+    if let Some(uid) = owner {
         find = find.filter(api_keys::Column::UserId.eq(uid));
     }
-    let key = find.one(conn).await?.ok_or_else(|| Error::NotFound(format!("no active key with id {key_id}")))?;
+    find.one(conn).await?.ok_or_else(|| Error::NotFound(format!("no active key with id {key_id}")))
+}
+
+/// An audit entry for a key; the actor is the owner who asked (`None` for the command line).
+fn key_entry<'a>(owner: Option<i64>, action: &'a str, key: &api_keys::Model, before: Value, after: Value) -> Entry<'a> {
+    Entry {
+        actor_user_id: owner,
+        action,
+        target_type: "key",
+        target_id: key.id.to_string(),
+        before: Some(before),
+        after: Some(after),
+    }
+}
+
+/// Renames and/or disables or re-enables a key of `owner` (any owner when `None`), with an
+/// audit entry per change, in one transaction. A disabled key's cached identity is dropped on
+/// every instance, so the gateway refuses it at once here and within a second elsewhere with
+/// Redis (within its 5 s cache lifetime without). Returns the updated key, or `NotFound` when the
+/// key does not exist, belongs to someone else or is revoked; an empty change is a `BadRequest`.
+pub async fn update(
+    db: &Db,
+    cache: &Cache,
+    owner: Option<i64>,
+    key_id: i64,
+    change: KeyChange,
+) -> Result<api_keys::Model> {
+    if change.name.is_none() && change.disabled.is_none() {
+        return Err(Error::BadRequest("nothing to change: send `name` and/or `disabled`".into()));
+    }
+    let name = match change.name.as_deref() {
+        Some(raw) if raw.trim().is_empty() => return Err(Error::BadRequest("a key name cannot be blank".into())),
+        Some(raw) => Some(normalize_name(Some(raw))?),
+        None => None,
+    };
+    let txn = db.begin().await?;
+    let key = find_active(&txn, owner, key_id).await?;
+    let now = now_ms();
+    let mut update = api_keys::Entity::update_many().col_expr(api_keys::Column::UpdatedAt, Expr::value(now));
+    if let Some(n) = &name {
+        update = update.col_expr(api_keys::Column::Name, Expr::value(n.clone()));
+    }
+    if let Some(d) = change.disabled {
+        update = update.col_expr(api_keys::Column::Disabled, Expr::value(d));
+    }
+    update.filter(api_keys::Column::Id.eq(key.id)).exec(&txn).await?;
+    if let Some(n) = &name
+        && *n != key.name
+    {
+        let entry = key_entry(owner, "key.rename", &key, json!({ "name": key.name }), json!({ "name": n }));
+        audit::record(&txn, entry).await?;
+    }
+    if let Some(d) = change.disabled
+        && d != key.disabled
+    {
+        let action = if d { "key.disable" } else { "key.enable" };
+        let entry = key_entry(owner, action, &key, json!({ "disabled": key.disabled }), json!({ "disabled": d }));
+        audit::record(&txn, entry).await?;
+    }
+    txn.commit().await?;
+    let disabled = change.disabled.unwrap_or(key.disabled);
+    if disabled {
+        cache.delete(&cache::key_cache(&key.key_hash)).await;
+    }
+    Ok(api_keys::Model { name: name.unwrap_or(key.name), disabled, updated_at: now, ..key })
+}
+
+/// Renames a key of `owner` (any owner when `None`); see `update`.
+pub async fn rename(db: &Db, cache: &Cache, owner: Option<i64>, key_id: i64, name: &str) -> Result<api_keys::Model> {
+    update(db, cache, owner, key_id, KeyChange { name: Some(name.to_owned()), disabled: None }).await
+}
+
+/// Disables or re-enables a key of `owner` (any owner when `None`) without revoking it; see
+/// `update`.
+pub async fn set_disabled(
+    db: &Db,
+    cache: &Cache,
+    owner: Option<i64>,
+    key_id: i64,
+    disabled: bool,
+) -> Result<api_keys::Model> {
+    update(db, cache, owner, key_id, KeyChange { name: None, disabled: Some(disabled) }).await
+}
+
+/// Revokes a key of `owner` (any owner when `None`), with an audit entry, and makes it fail
+/// on every instance at once: `revoked:{hash}` for 30 days and no `key_cache:{hash}`. Returns
+/// the revoked row, or `NotFound` when the key does not exist, belongs to someone else or is
+/// already revoked.
+pub async fn revoke(db: &Db, cache: &Cache, owner: Option<i64>, key_id: i64) -> Result<api_keys::Model> {
+    let txn = db.begin().await?;
+    let key = find_active(&txn, owner, key_id).await?;
     let now = now_ms();
     api_keys::Entity::update_many()
         .col_expr(api_keys::Column::RevokedAt, Expr::value(now))
         .col_expr(api_keys::Column::UpdatedAt, Expr::value(now))
         .filter(api_keys::Column::Id.eq(key.id))
-        .exec(conn)
+        .exec(&txn)
         .await?;
+    let entry = key_entry(owner, "key.revoke", &key, json!({ "revokedAt": null }), json!({ "revokedAt": now }));
+    audit::record(&txn, entry).await?;
+    txn.commit().await?;
+    forget_revoked(cache, &key.key_hash).await;
     Ok(api_keys::Model { revoked_at: Some(now), updated_at: now, ..key })
 }
 
-/// Disables or re-enables a key without revoking it. Returns the key, or `NotFound`.
-pub async fn set_disabled(conn: &impl ConnectionTrait, key_id: i64, disabled: bool) -> Result<api_keys::Model> {
-    let key = api_keys::Entity::find_by_id(key_id)
-        .filter(api_keys::Column::RevokedAt.is_null())
-        .one(conn)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no active key with id {key_id}")))?;
-    let now = now_ms();
-    api_keys::Entity::update_many()
-        .col_expr(api_keys::Column::Disabled, Expr::value(disabled))
-        .col_expr(api_keys::Column::UpdatedAt, Expr::value(now))
-        .filter(api_keys::Column::Id.eq(key.id))
-        .exec(conn)
-        .await?;
-    Ok(api_keys::Model { disabled, updated_at: now, ..key })
+/// Makes a revoked key fail everywhere at once, before any database lookup.
+async fn forget_revoked(cache: &Cache, hash: &str) {
+    cache.set(&cache::revoked(hash), "1", cache::REVOKED_TTL).await;
+    cache.delete(&cache::key_cache(hash)).await;
 }
 
 #[cfg(test)]

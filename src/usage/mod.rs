@@ -1,5 +1,12 @@
-//! Usage queries for the dashboard: filters, totals over the whole filtered set, pages, and the
-//! CSV export.
+//! Usage queries for the dashboard: filters, totals over the whole filtered set, pages, the
+//! CSV export, and the per-day chart (`daily`).
+
+mod csv;
+pub mod daily;
+
+pub use csv::{CSV_HEADER, csv_record, neutralise};
+
+use std::collections::{BTreeSet, HashMap};
 
 use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
@@ -9,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, macros::format_description};
 
 use crate::clock::MS_PER_DAY;
-use crate::db::entities::usage_logs;
+use crate::db::entities::{api_keys, usage_logs};
 use crate::db::{Backend, Db};
 use crate::error::{Error, Result};
 
@@ -22,6 +29,7 @@ pub const MAX_PAGE_SIZE: u64 = 100;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawFilter {
     pub model: Option<String>,
+    pub key_id: Option<String>,
     pub status_code: Option<String>,
     pub start_date: Option<String>,
     pub end_date: Option<String>,
@@ -34,6 +42,8 @@ pub struct RawFilter {
 pub struct Filter {
     pub user_id: i64,
     pub model: Option<String>,
+    /// One of the user's keys; rows of other users never match whatever the id.
+    pub key_id: Option<i64>,
     pub status_code: Option<i32>,
     /// Inclusive lower bound, unix ms.
     pub from_ms: Option<i64>,
@@ -43,7 +53,7 @@ pub struct Filter {
     pub page_size: u64,
 }
 
-fn bad(message: impl Into<String>) -> Error {
+pub(crate) fn bad(message: impl Into<String>) -> Error {
     Error::BadRequest(message.into())
 }
 
@@ -62,12 +72,29 @@ fn parse_when(name: &str, raw: &str) -> Result<(i64, i64)> {
     Err(bad(format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 time, not `{raw}`")))
 }
 
+/// The `model` filter: blank is none.
+pub(crate) fn model_param(raw: Option<String>) -> Result<Option<String>> {
+    match raw.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()) {
+        Some(m) if m.len() > 128 => Err(bad("model is at most 128 characters")),
+        other => Ok(other),
+    }
+}
+
+/// The `keyId` filter: blank is none.
+pub(crate) fn key_id_param(raw: Option<&str>) -> Result<Option<i64>> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(id) if id > 0 => Ok(Some(id)),
+            _ => Err(bad(format!("keyId must be a key id (a positive whole number), not `{s}`"))),
+        },
+    }
+}
+
 impl RawFilter {
     pub fn validate(self, user_id: i64) -> Result<Filter> {
-        let model = match self.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()) {
-            Some(m) if m.len() > 128 => return Err(bad("model is at most 128 characters")),
-            other => other,
-        };
+        let model = model_param(self.model)?;
+        let key_id = key_id_param(self.key_id.as_deref())?;
         let status_code = match self.status_code.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match s.parse::<i32>() {
@@ -106,6 +133,7 @@ impl RawFilter {
         Ok(Filter {
             user_id,
             model,
+            key_id,
             status_code,
             from_ms,
             until_ms,
@@ -120,6 +148,9 @@ impl Filter {
         let mut c = Condition::all().add(usage_logs::Column::UserId.eq(self.user_id));
         if let Some(m) = &self.model {
             c = c.add(usage_logs::Column::Model.eq(m.clone()));
+        }
+        if let Some(k) = self.key_id {
+            c = c.add(usage_logs::Column::KeyId.eq(k));
         }
         if let Some(s) = self.status_code {
             c = c.add(usage_logs::Column::StatusCode.eq(s));
@@ -143,7 +174,7 @@ pub struct Totals {
 }
 
 /// `SUM` of a BIGINT is DECIMAL on MySQL and NUMERIC on PostgreSQL: cast it back, per engine.
-fn sum(backend: Backend, column: &str) -> SimpleExpr {
+pub(crate) fn sum(backend: Backend, column: &str) -> SimpleExpr {
     let sql = match backend {
         Backend::Postgres => format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT)"),
         Backend::MySql => format!("CAST(COALESCE(SUM({column}), 0) AS SIGNED)"),
@@ -163,6 +194,22 @@ pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {
         .one(&db.read)
         .await?;
     Ok(row.unwrap_or_default())
+}
+
+/// Money `user_id` was charged (micro-units) for usage in `[from_ms, until_ms)`; no upper bound
+/// when `until_ms` is `None`.
+pub async fn spent(db: &Db, user_id: i64, from_ms: i64, until_ms: Option<i64>) -> Result<i64> {
+    let filter = Filter {
+        user_id,
+        model: None,
+        key_id: None,
+        status_code: None,
+        from_ms: Some(from_ms),
+        until_ms,
+        page: 1,
+        page_size: 1,
+    };
+    Ok(totals(db, &filter).await?.total_cost)
 }
 
 /// One page of rows, newest first.
@@ -196,47 +243,19 @@ pub async fn export_batch(
     Ok(q.order_by_desc(usage_logs::Column::Id).limit(batch).all(&db.read).await?)
 }
 
-/// The CSV header of the export.
-pub const CSV_HEADER: [&str; 14] = [
-    "request_id",
-    "created_at",
-    "model",
-    "status_code",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost",
-    "subscription_tokens",
-    "usage_source",
-    "latency_ms",
-    "ttfb_ms",
-    "request_count",
-];
-
-/// A cell a spreadsheet would run as a formula gets a leading `'`.
-pub fn neutralise(cell: &str) -> String {
-    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{cell}") } else { cell.to_owned() }
-}
-
-/// One export row.
-pub fn csv_record(r: &usage_logs::Model) -> [String; 14] {
-    [
-        neutralise(&r.request_id),
-        crate::clock::rfc3339(r.created_at),
-        neutralise(&r.model),
-        r.status_code.to_string(),
-        r.stream.to_string(),
-        r.prompt_tokens.to_string(),
-        r.completion_tokens.to_string(),
-        r.total_tokens.to_string(),
-        crate::money::format_amount(r.cost),
-        r.subscription_tokens.to_string(),
-        neutralise(&r.usage_source),
-        r.latency_ms.to_string(),
-        r.ttfb_ms.map(|t| t.to_string()).unwrap_or_default(),
-        r.request_count.to_string(),
-    ]
+/// The names of `user_id`'s keys among `ids` (revoked ones included; a key that is gone, or
+/// someone else's, has none).
+pub async fn key_names(db: &Db, user_id: i64, ids: impl IntoIterator<Item = i64>) -> Result<HashMap<i64, String>> {
+    let ids: BTreeSet<i64> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = api_keys::Entity::find()
+        .filter(api_keys::Column::UserId.eq(user_id))
+        .filter(api_keys::Column::Id.is_in(ids))
+        .all(&db.read)
+        .await?;
+    Ok(rows.into_iter().map(|k| (k.id, k.name)).collect())
 }
 
 #[cfg(test)]
@@ -249,6 +268,7 @@ mod tests {
             let v = Some((*v).to_owned());
             match *k {
                 "model" => r.model = v,
+                "keyId" => r.key_id = v,
                 "statusCode" => r.status_code = v,
                 "startDate" => r.start_date = v,
                 "endDate" => r.end_date = v,
@@ -265,7 +285,8 @@ mod tests {
         let f =
             raw(&[("startDate", "2026-11-01"), ("endDate", "2026-11-01"), ("statusCode", "402")]).validate(7).unwrap();
         assert_eq!(f.until_ms.unwrap() - f.from_ms.unwrap(), MS_PER_DAY, "end dates are inclusive days");
-        assert_eq!((f.page, f.page_size, f.status_code), (1, 20, Some(402)));
+        assert_eq!((f.page, f.page_size, f.status_code, f.key_id), (1, 20, Some(402), None));
+        assert_eq!(raw(&[("keyId", " 12 ")]).validate(7).unwrap().key_id, Some(12));
         for bad in [
             raw(&[("page", "0")]),
             raw(&[("pageSize", "101")]),
@@ -275,16 +296,11 @@ mod tests {
             raw(&[("startDate", "yesterday")]),
             raw(&[("startDate", "2026-11-02"), ("endDate", "2026-11-01")]),
             raw(&[("model", &"m".repeat(129))]),
+            raw(&[("keyId", "0")]),
+            raw(&[("keyId", "-3")]),
+            raw(&[("keyId", "abc")]),
         ] {
             assert!(matches!(bad.validate(1), Err(Error::BadRequest(_))));
         }
-    }
-
-    #[test]
-    fn formula_cells_are_neutralised() {
-        assert_eq!(neutralise("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
-        assert_eq!(neutralise("+1"), "'+1");
-        assert_eq!(neutralise("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(neutralise("gpt-4o"), "gpt-4o");
     }
 }

@@ -179,6 +179,12 @@ async fn bad_requests_get_clear_errors_and_cost_nothing(backend: Backend) {
     .unwrap();
     let res = g.app.chat(&key, &chat_body(false)).await;
     assert_eq!(res.status(), 404);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(
+        (err["error"]["code"].as_str(), err["error"]["type"].as_str()),
+        (Some("model_not_found"), Some("invalid_request_error")),
+        "OpenAI's answer: {err}"
+    );
     assert_eq!(g.fake.calls(), 0);
 }
 

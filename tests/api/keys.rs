@@ -20,7 +20,7 @@ async fn bad_keys_are_refused_alike_and_before_any_lookup(backend: Backend) {
     let revoked = {
         let (_, k) = g.app.customer("other@example.com", 1_000_000).await;
         let row = tollgate::db::entities::api_keys::Entity::find_by_hash(&k, &g.app.db).await;
-        tollgate::keys::revoke(&g.app.db.write, None, row).await.unwrap();
+        tollgate::keys::revoke(&g.app.db, &g.app.cache(), None, row).await.unwrap();
         k
     };
     let unknown = tollgate::keys::generate().plaintext;
@@ -71,8 +71,7 @@ async fn revocation_reaches_every_instance(backend: Backend, redis: Option<Strin
 
     // Revoke key A the way the CLI and the dashboard do.
     let id = tollgate::db::entities::api_keys::Entity::find_by_hash(&key_a, &g.app.db).await;
-    let row = tollgate::keys::revoke(&g.app.db.write, None, id).await.unwrap();
-    tollgate::gateway::auth::forget_revoked(&g.app.cache(), &row.key_hash).await;
+    tollgate::keys::revoke(&g.app.db, &g.app.cache(), None, id).await.unwrap();
     assert_eq!(g.app.chat(&key_a, &chat_body(false)).await.status(), 401, "at once on the revoking instance");
     let within = if redis.is_some() { 2 } else { 6 };
     eventually(within, "the other instance refuses the revoked key", || async {
@@ -92,14 +91,13 @@ async fn revocation_reaches_every_instance(backend: Backend, redis: Option<Strin
 
     // Disable key C (not revoked: it can come back).
     let id = tollgate::db::entities::api_keys::Entity::find_by_hash(&key_c, &g.app.db).await;
-    let row = tollgate::keys::set_disabled(&g.app.db.write, id, true).await.unwrap();
-    g.app.cache().delete(&tollgate::cache::key_cache(&row.key_hash)).await;
+    tollgate::keys::set_disabled(&g.app.db, &g.app.cache(), None, id, true).await.unwrap();
     assert_eq!(g.app.chat(&key_c, &chat_body(false)).await.status(), 401);
     eventually(within, "the other instance refuses the disabled key", || async {
         other.chat(&key_c, &chat_body(false)).await.status() == 401
     })
     .await;
-    tollgate::keys::set_disabled(&g.app.db.write, id, false).await.unwrap();
+    tollgate::keys::set_disabled(&g.app.db, &g.app.cache(), None, id, false).await.unwrap();
     eventually(within, "an enabled key works again", || async {
         other.chat(&key_c, &chat_body(false)).await.status() == 200
     })

@@ -36,7 +36,8 @@ fn row(user: i64, i: i64, model: &str, status: i32, day_offset: i64) -> usage_lo
     }
 }
 
-async fn signed_in(app: &TestApp, email: &str) -> (i64, Browser) {
+/// A user who signs in with a password, and their browser.
+pub async fn signed_in(app: &TestApp, email: &str) -> (i64, Browser) {
     let user = crate::helpers::password_user(&app.db, email, "user").await;
     let browser = Browser::new();
     browser
@@ -165,4 +166,81 @@ async fn exports_beyond_ten_thousand_rows_are_refused(backend: Backend) {
     let _ = usage_logs::Entity::find();
 }
 
-on_all_backends!(usage_filters_paginate_and_total_the_whole_set, exports_beyond_ten_thousand_rows_are_refused);
+async fn usage_rows_and_the_export_name_their_key(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
+    let (me, browser) = signed_in(&app, "keys@example.com").await;
+    let (other, _) = signed_in(&app, "other@example.com").await;
+    let (laptop, _) = tollgate::keys::create(&app.db.write, me, Some("laptop")).await.unwrap();
+    let (formula, _) = tollgate::keys::create(&app.db.write, me, Some("=cmd|calc")).await.unwrap();
+    let (old, _) = tollgate::keys::create(&app.db.write, me, Some("old")).await.unwrap();
+    tollgate::keys::revoke(&app.db, &app.cache(), Some(me), old.id).await.unwrap();
+    let (theirs, _) = tollgate::keys::create(&app.db.write, other, Some("theirs")).await.unwrap();
+    // Mine: 3 with laptop, 1 with the formula-named key, 1 with the revoked key, 1 with a key
+    // that is gone, 1 without a key; someone else's: 2 with their key.
+    let mine =
+        [Some(laptop.id), Some(laptop.id), Some(laptop.id), Some(formula.id), Some(old.id), Some(9_999_999), None];
+    for (i, key) in (0..).zip(mine) {
+        let mut r = row(me, i, "gpt-4o", 200, 0);
+        r.key_id = Set(key);
+        r.insert(&app.db.write).await.unwrap();
+    }
+    for i in 0..2 {
+        let mut r = row(other, 50 + i, "gpt-4o", 200, 0);
+        r.key_id = Set(Some(theirs.id));
+        r.insert(&app.db.write).await.unwrap();
+    }
+    let get = |q: String| {
+        let url = format!("{}/api/internal/usage{q}", app.address);
+        let browser = &browser;
+        async move { browser.get(&url).await.json::<Value>().await.unwrap() }
+    };
+
+    let all = get(String::new()).await;
+    let rows = all["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 7);
+    let by_request = |id: &str| rows.iter().find(|r| r["requestId"] == id).unwrap();
+    let key_of = |r: &Value| (r["keyId"].as_i64(), r["keyName"].as_str().map(str::to_owned));
+    assert_eq!(key_of(by_request(&format!("req-{me}-0"))), (Some(laptop.id), Some("laptop".into())));
+    assert_eq!(
+        key_of(by_request(&format!("req-{me}-4"))),
+        (Some(old.id), Some("old".into())),
+        "revoked keys keep their name"
+    );
+    assert_eq!(key_of(by_request(&format!("req-{me}-5"))), (Some(9_999_999), None), "a key that is gone has no name");
+    let keyless = by_request(&format!("req-{me}-6"));
+    assert!(keyless["keyId"].is_null() && keyless["keyName"].is_null(), "{keyless}");
+
+    let by_key = get(format!("?keyId={}&pageSize=100", laptop.id)).await;
+    assert_eq!(by_key["totalRequestCount"], 3);
+    assert!(by_key["data"].as_array().unwrap().iter().all(|r| r["keyName"] == "laptop"));
+    let foreign = get(format!("?keyId={}", theirs.id)).await;
+    assert_eq!((foreign["totalRequestCount"].as_i64(), foreign["data"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    for bad in ["?keyId=abc", "?keyId=0", "?keyId=-1", "?keyId=1.5"] {
+        let res = browser.get(&format!("{}/api/internal/usage{bad}", app.address)).await;
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+
+    // The export: a key_name column, neutralised, filtered by key like the page.
+    let csv = browser.get(&format!("{}/api/internal/usage/export", app.address)).await.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    let at = header.iter().position(|h| h == "key_name").expect("a key_name column");
+    let request_at = header.iter().position(|h| h == "request_id").unwrap();
+    let names: std::collections::HashMap<String, String> =
+        reader.records().map(|r| r.unwrap()).map(|r| (r[request_at].to_owned(), r[at].to_owned())).collect();
+    assert_eq!(names.len(), 7, "{csv}");
+    assert_eq!(names[&format!("req-{me}-1")], "laptop");
+    assert_eq!(names[&format!("req-{me}-3")], "'=cmd|calc", "a formula in a key name is neutralised");
+    assert_eq!(names[&format!("req-{me}-5")], "");
+    assert_eq!(names[&format!("req-{me}-6")], "");
+    let url = format!("{}/api/internal/usage/export?keyId={}", app.address, laptop.id);
+    assert_eq!(browser.get(&url).await.text().await.unwrap().lines().count(), 4, "a header and the key's 3 rows");
+    let url = format!("{}/api/internal/usage/export?keyId={}", app.address, theirs.id);
+    assert_eq!(browser.get(&url).await.text().await.unwrap().lines().count(), 1, "only the header");
+}
+
+on_all_backends!(
+    usage_filters_paginate_and_total_the_whole_set,
+    exports_beyond_ten_thousand_rows_are_refused,
+    usage_rows_and_the_export_name_their_key
+);

@@ -1,0 +1,190 @@
+//! Per-day usage for the dashboard's chart: the last N UTC days (zero-filled, oldest first), a
+//! per-model breakdown and totals over them, summed in SQL on every engine.
+
+use sea_orm::{ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QuerySelect};
+
+use super::{bad, key_id_param, model_param, sum};
+use crate::clock::{MS_PER_DAY, day_of};
+use crate::db::Db;
+use crate::db::entities::usage_logs;
+use crate::error::Result;
+
+pub const DEFAULT_DAYS: u32 = 30;
+pub const MAX_DAYS: u32 = 90;
+
+/// The query parameters as received.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDailyFilter {
+    pub days: Option<String>,
+    pub model: Option<String>,
+    pub key_id: Option<String>,
+}
+
+/// Validated parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DailyFilter {
+    pub user_id: i64,
+    pub days: u32,
+    pub model: Option<String>,
+    pub key_id: Option<i64>,
+}
+
+impl RawDailyFilter {
+    pub fn validate(self, user_id: i64) -> Result<DailyFilter> {
+        let days = match self.days.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => DEFAULT_DAYS,
+            Some(s) => match s.parse::<u32>() {
+                Ok(n) if (1..=MAX_DAYS).contains(&n) => n,
+                _ => return Err(bad(format!("days must be a whole number from 1 to {MAX_DAYS}, not `{s}`"))),
+            },
+        };
+        Ok(DailyFilter {
+            user_id,
+            days,
+            model: model_param(self.model)?,
+            key_id: key_id_param(self.key_id.as_deref())?,
+        })
+    }
+}
+
+/// One UTC day's sums. Money in micro-units.
+#[derive(Clone, Debug, Default, PartialEq, Eq, FromQueryResult)]
+pub struct DayTotals {
+    pub day: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub cost: i64,
+}
+
+/// One model's sums over the period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, FromQueryResult)]
+pub struct ModelTotals {
+    pub model: String,
+    pub requests: i64,
+    pub total_tokens: i64,
+    pub cost: i64,
+}
+
+/// The whole answer: `series` has one entry per day from `from` to `to`, both included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Daily {
+    pub from: String,
+    pub to: String,
+    pub series: Vec<DayTotals>,
+    pub models: Vec<ModelTotals>,
+    pub requests: i64,
+    pub total_tokens: i64,
+    pub cost: i64,
+}
+
+/// The `days` UTC days ending with the day of `now_ms`, oldest first.
+fn day_names(now_ms: i64, days: u32) -> Vec<String> {
+    (0..i64::from(days)).rev().map(|back| day_of(now_ms - back * MS_PER_DAY)).collect()
+}
+
+/// Usage of `filter.user_id` per day for the `filter.days` days ending today (`now_ms`), by the
+/// precomputed UTC `day` of each row.
+pub async fn daily(db: &Db, filter: &DailyFilter, now_ms: i64) -> Result<Daily> {
+    let names = day_names(now_ms, filter.days);
+    let (from, to) = match (names.first(), names.last()) {
+        (Some(f), Some(t)) => (f.clone(), t.clone()),
+        _ => return Err(bad("days must be at least 1")),
+    };
+    // `day` is `YYYY-MM-DD`, so text order is date order on every engine.
+    let mut c = Condition::all()
+        .add(usage_logs::Column::UserId.eq(filter.user_id))
+        .add(usage_logs::Column::Day.gte(from.clone()))
+        .add(usage_logs::Column::Day.lte(to.clone()));
+    if let Some(m) = &filter.model {
+        c = c.add(usage_logs::Column::Model.eq(m.clone()));
+    }
+    if let Some(k) = filter.key_id {
+        c = c.add(usage_logs::Column::KeyId.eq(k));
+    }
+    let per_day: Vec<DayTotals> = usage_logs::Entity::find()
+        .select_only()
+        .column(usage_logs::Column::Day)
+        .column_as(sum(db.backend, "request_count"), "requests")
+        .column_as(sum(db.backend, "prompt_tokens"), "prompt_tokens")
+        .column_as(sum(db.backend, "completion_tokens"), "completion_tokens")
+        .column_as(sum(db.backend, "total_tokens"), "total_tokens")
+        .column_as(sum(db.backend, "cost"), "cost")
+        .filter(c.clone())
+        .group_by(usage_logs::Column::Day)
+        .into_model::<DayTotals>()
+        .all(&db.read)
+        .await?;
+    let mut models: Vec<ModelTotals> = usage_logs::Entity::find()
+        .select_only()
+        .column(usage_logs::Column::Model)
+        .column_as(sum(db.backend, "request_count"), "requests")
+        .column_as(sum(db.backend, "total_tokens"), "total_tokens")
+        .column_as(sum(db.backend, "cost"), "cost")
+        .filter(c)
+        .group_by(usage_logs::Column::Model)
+        .into_model::<ModelTotals>()
+        .all(&db.read)
+        .await?;
+    models.sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.model.cmp(&b.model)));
+    let series: Vec<DayTotals> = names
+        .into_iter()
+        .map(|day| per_day.iter().find(|d| d.day == day).cloned().unwrap_or(DayTotals { day, ..Default::default() }))
+        .collect();
+    Ok(Daily {
+        from,
+        to,
+        requests: series.iter().map(|d| d.requests).sum(),
+        total_tokens: series.iter().map(|d| d.total_tokens).sum(),
+        cost: series.iter().map(|d| d.cost).sum(),
+        series,
+        models,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn raw(days: Option<&str>, model: Option<&str>, key_id: Option<&str>) -> RawDailyFilter {
+        RawDailyFilter {
+            days: days.map(str::to_owned),
+            model: model.map(str::to_owned),
+            key_id: key_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn days_are_one_to_ninety_and_default_to_thirty() {
+        assert_eq!(raw(None, None, None).validate(1).unwrap().days, 30);
+        assert_eq!(raw(Some("1"), None, None).validate(1).unwrap().days, 1);
+        assert_eq!(
+            raw(Some("90"), Some(" gpt-4o "), Some("7")).validate(1).unwrap(),
+            DailyFilter { user_id: 1, days: 90, model: Some("gpt-4o".into()), key_id: Some(7) }
+        );
+        for bad in [
+            raw(Some("0"), None, None),
+            raw(Some("91"), None, None),
+            raw(Some("abc"), None, None),
+            raw(Some("-1"), None, None),
+            raw(Some("2.5"), None, None),
+            raw(None, None, Some("x")),
+            raw(None, Some(&"m".repeat(129)), None),
+        ] {
+            assert!(matches!(bad.validate(1), Err(Error::BadRequest(_))));
+        }
+    }
+
+    #[test]
+    fn the_days_end_today_oldest_first_across_months() {
+        // 2026-12-02T10:00:00Z
+        let now = 1_796_205_600_000;
+        assert_eq!(day_of(now), "2026-12-02");
+        assert_eq!(day_names(now, 4), ["2026-11-29", "2026-11-30", "2026-12-01", "2026-12-02"]);
+        assert_eq!(day_names(now, 1), ["2026-12-02"]);
+        assert_eq!(day_names(now, 90).len(), 90);
+    }
+}

@@ -1,0 +1,195 @@
+//! The dashboard chart's API, `/api/internal/usage/daily`: zero-filled UTC days ending today,
+//! sums that match the rows (across a month boundary), a per-model breakdown, filters, and
+//! nobody else's rows — on every backend.
+
+use sea_orm::{ActiveModelTrait, Set};
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+use tollgate::clock::day_of;
+use tollgate::db::entities::usage_logs;
+
+use crate::helpers::{Backend, spawn_app_with};
+use crate::on_all_backends;
+use crate::usage_api::signed_in;
+
+/// A usage row at `at` (unix ms).
+fn row(
+    user: i64,
+    key: Option<i64>,
+    model: &str,
+    at: i64,
+    tokens: (i64, i64),
+    cost: i64,
+    count: i64,
+) -> usage_logs::ActiveModel {
+    usage_logs::ActiveModel {
+        request_id: Set(format!("req-{}", tollgate::crypto::random_token(8))),
+        user_id: Set(user),
+        key_id: Set(key),
+        model: Set(model.to_owned()),
+        prompt_tokens: Set(tokens.0),
+        completion_tokens: Set(tokens.1),
+        total_tokens: Set(tokens.0 + tokens.1),
+        cost: Set(cost),
+        subscription_tokens: Set(0),
+        status_code: Set(if cost > 0 { 200 } else { 402 }),
+        latency_ms: Set(5),
+        ttfb_ms: Set(None),
+        stream: Set(false),
+        usage_source: Set("upstream".into()),
+        created_at: Set(at),
+        day: Set(day_of(at)),
+        request_count: Set(count),
+        ..Default::default()
+    }
+}
+
+/// Noon (UTC) of the day `back` days before today, in unix ms.
+fn noon_days_ago(back: i64) -> i64 {
+    let today = OffsetDateTime::now_utc().date();
+    ((today - Duration::days(back)).midnight().assume_utc().unix_timestamp() + 12 * 3600) * 1000
+}
+
+async fn daily_usage_is_zero_filled_summed_in_sql_and_private(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
+    let (me, browser) = signed_in(&app, "chart@example.com").await;
+    let (other, _) = signed_in(&app, "other@example.com").await;
+    let (key, _) = tollgate::keys::create(&app.db.write, me, Some("ci")).await.unwrap();
+    let (their_key, _) = tollgate::keys::create(&app.db.write, other, None).await.unwrap();
+
+    // The last day of the previous month and the first of this one (today on the 1st): always
+    // within the last 32 days.
+    let today = OffsetDateTime::now_utc().date();
+    let first = i64::from(today.day()) - 1;
+    let (last_of_prev, first_of_this) = (noon_days_ago(first + 1), noon_days_ago(first));
+    assert_ne!(&day_of(last_of_prev)[..7], &day_of(first_of_this)[..7], "two months");
+    let mine = [
+        row(me, Some(key.id), "gpt-4o", last_of_prev, (100, 20), 3_000, 1),
+        row(me, None, "gpt-4o-mini", last_of_prev + 60_000, (10, 5), 150, 1),
+        row(me, Some(key.id), "gpt-4o", first_of_this, (200, 40), 6_000, 1),
+        row(me, Some(key.id), "gpt-4o", first_of_this + 1, (0, 0), 0, 4),
+        row(me, None, "gpt-4o-mini", noon_days_ago(0), (30, 30), 600, 1),
+        // Outside 40 days, inside 90.
+        row(me, None, "gpt-4o-mini", noon_days_ago(60), (1, 1), 10, 1),
+    ];
+    for r in mine {
+        r.insert(&app.db.write).await.unwrap();
+    }
+    for back in [0, first, first + 1, 60] {
+        row(other, Some(their_key.id), "their-model", noon_days_ago(back), (1_000, 1_000), 99_000, 7)
+            .insert(&app.db.write)
+            .await
+            .unwrap();
+    }
+    let get = |q: String| {
+        let url = format!("{}/api/internal/usage/daily{q}", app.address);
+        let browser = &browser;
+        async move {
+            let res = browser.get(&url).await;
+            assert_eq!(res.status(), 200, "{url}");
+            res.json::<Value>().await.unwrap()
+        }
+    };
+
+    let d = get("?days=40".into()).await;
+    let series = d["series"].as_array().unwrap();
+    assert_eq!(series.len(), 40);
+    assert_eq!(
+        (d["days"].as_i64(), d["currency"].as_str(), d["currencySymbol"].as_str()),
+        (Some(40), Some("USD"), Some("$"))
+    );
+    assert_eq!(d["to"], day_of(noon_days_ago(0)), "ends today");
+    assert_eq!(d["from"], day_of(noon_days_ago(39)));
+    assert_eq!(
+        (series[0]["day"].clone(), series[39]["day"].clone()),
+        (d["from"].clone(), d["to"].clone()),
+        "oldest first"
+    );
+    let days: Vec<&str> = series.iter().map(|s| s["day"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..40).rev().map(|b| day_of(noon_days_ago(b))).collect();
+    assert_eq!(days, expected, "every day once, consecutive");
+    let at = |ms: i64| series.iter().find(|s| s["day"] == day_of(ms)).unwrap();
+    let prev = at(last_of_prev);
+    assert_eq!(
+        (
+            prev["requests"].as_i64(),
+            prev["promptTokens"].as_i64(),
+            prev["completionTokens"].as_i64(),
+            prev["totalTokens"].as_i64(),
+            prev["cost"].as_str()
+        ),
+        (Some(2), Some(110), Some(25), Some(135), Some(tollgate::money::format_amount(3_150).as_str()))
+    );
+    let this = at(first_of_this);
+    let today_entry = at(noon_days_ago(0));
+    if first == 0 {
+        // Today is the 1st: its row and the month's first rows are one day.
+        assert_eq!((this["requests"].as_i64(), this["totalTokens"].as_i64()), (Some(6), Some(300)));
+    } else {
+        assert_eq!(
+            (this["requests"].as_i64(), this["totalTokens"].as_i64(), this["cost"].as_str()),
+            (Some(5), Some(240), Some("0.006"))
+        );
+        assert_eq!((today_entry["requests"].as_i64(), today_entry["totalTokens"].as_i64()), (Some(1), Some(60)));
+    }
+    let busy = [day_of(last_of_prev), day_of(first_of_this), day_of(noon_days_ago(0))];
+    for s in series.iter().filter(|s| !busy.contains(&s["day"].as_str().unwrap().to_owned())) {
+        assert_eq!(
+            (
+                s["requests"].as_i64(),
+                s["promptTokens"].as_i64(),
+                s["completionTokens"].as_i64(),
+                s["totalTokens"].as_i64(),
+                s["cost"].as_str()
+            ),
+            (Some(0), Some(0), Some(0), Some(0), Some("0.00")),
+            "an empty day is zero: {s}"
+        );
+    }
+    // Totals are the sums of the series, and of my rows in the period.
+    let sum = |field: &str| series.iter().map(|s| s[field].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(
+        (d["totals"]["requests"].as_i64(), d["totals"]["totalTokens"].as_i64()),
+        (Some(sum("requests")), Some(sum("totalTokens")))
+    );
+    assert_eq!((sum("requests"), sum("totalTokens")), (8, 435));
+    assert_eq!(d["totals"]["cost"], tollgate::money::format_amount(9_750));
+    // Models: most expensive first, nobody else's.
+    assert_eq!(
+        d["models"],
+        serde_json::json!([
+            { "model": "gpt-4o", "requests": 6, "totalTokens": 360, "cost": tollgate::money::format_amount(9_000) },
+            { "model": "gpt-4o-mini", "requests": 2, "totalTokens": 75, "cost": tollgate::money::format_amount(750) },
+        ])
+    );
+    assert!(!d.to_string().contains("their-model"));
+
+    // The default is 30 days; 90 reaches the older row.
+    let d30 = get(String::new()).await;
+    assert_eq!((d30["days"].as_i64(), d30["series"].as_array().unwrap().len()), (Some(30), 30));
+    let d90 = get("?days=90".into()).await;
+    assert_eq!(d90["series"].as_array().unwrap().len(), 90);
+    assert_eq!(d90["totals"]["requests"], 9);
+    assert_eq!(d90["series"][89 - 60]["day"], day_of(noon_days_ago(60)));
+    assert_eq!(d90["series"][89 - 60]["requests"], 1);
+
+    // Filters: model, key; someone else's key matches nothing.
+    let by_model = get("?days=40&model=gpt-4o-mini".into()).await;
+    assert_eq!((by_model["totals"]["requests"].as_i64(), by_model["models"].as_array().unwrap().len()), (Some(2), 1));
+    let by_key = get(format!("?days=40&keyId={}", key.id)).await;
+    assert_eq!((by_key["totals"]["requests"].as_i64(), by_key["totals"]["totalTokens"].as_i64()), (Some(6), Some(360)));
+    let foreign = get(format!("?days=90&keyId={}", their_key.id)).await;
+    assert_eq!((foreign["totals"]["requests"].as_i64(), foreign["models"].as_array().unwrap().len()), (Some(0), 0));
+    assert_eq!(foreign["series"].as_array().unwrap().len(), 90);
+
+    for bad in ["?days=0", "?days=91", "?days=abc", "?days=-1", "?days=1.5", "?keyId=x", "?days=7&sneaky=1"] {
+        let res = browser.get(&format!("{}/api/internal/usage/daily{bad}", app.address)).await;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {body}");
+    }
+    let res = crate::fake_oauth::Browser::new().get(&format!("{}/api/internal/usage/daily", app.address)).await;
+    assert_eq!(res.status(), 401, "signed out");
+}
+
+on_all_backends!(daily_usage_is_zero_filled_summed_in_sql_and_private);
