@@ -116,4 +116,60 @@ document.addEventListener('click', async (event) => {
   setTimeout(() => { copy.textContent = T('common.copy'); }, 2000);
 });
 
+const number = (n) => Number(n).toLocaleString(LANG);
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+function svg(name, attrs, text) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function niceMax(v) {
+  if (v <= 0) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+// A line chart in inline SVG: `points` ({id, label, title}) along the x axis, the `left` line
+// on the left axis and the optional `right` line on the right one ({values, format, cls}).
+// Points carry `data-point` (their id) and a `<title>` tooltip.
+function lineChart(box, points, left, right) {
+  const width = Math.max(box.clientWidth, 280);
+  const height = 220;
+  const axes = [left, right].filter(Boolean).map((a) => ({ ...a, max: niceMax(Math.max(0, ...a.values)) }));
+  const label = (a, i) => a.format((a.max * (4 - i)) / 4);
+  // Room for the longest label on each side (about 7 px a character at 11 px).
+  const room = (a) => (a ? 12 + 7 * Math.max(...[0, 1, 2, 3, 4].map((i) => label(a, i).length)) : 16);
+  const pad = { l: room(axes[0]), r: room(axes[1]), t: 12, b: 28 };
+  const w = width - pad.l - pad.r;
+  const h = height - pad.t - pad.b;
+  const x = (i) => pad.l + (points.length < 2 ? w / 2 : (i * w) / (points.length - 1));
+  const y = (a, v) => pad.t + h - (v / a.max) * h;
+  const chart = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, class: 'chart-svg' });
+  for (let i = 0; i <= 4; i++) {
+    const gy = pad.t + (h * i) / 4;
+    chart.appendChild(svg('line', { x1: pad.l, x2: pad.l + w, y1: gy, y2: gy, class: 'grid' }));
+    chart.appendChild(svg('text', { x: pad.l - 6, y: gy + 4, 'text-anchor': 'end', class: 'axis ' + axes[0].cls }, label(axes[0], i)));
+    if (axes[1]) chart.appendChild(svg('text', { x: pad.l + w + 6, y: gy + 4, class: 'axis ' + axes[1].cls }, label(axes[1], i)));
+  }
+  const step = Math.max(1, Math.ceil(points.length / Math.max(2, Math.floor(w / 70))));
+  points.forEach((p, i) => {
+    if (i % step === 0 || i === points.length - 1) {
+      chart.appendChild(svg('text', { x: x(i), y: height - 8, 'text-anchor': 'middle', class: 'axis' }, p.label));
+    }
+  });
+  for (const a of axes) {
+    chart.appendChild(svg('polyline', { points: a.values.map((v, i) => `${x(i)},${y(a, v)}`).join(' '), class: 'line ' + a.cls }));
+  }
+  points.forEach((p, i) => {
+    const dot = svg('circle', { cx: x(i), cy: y(axes[0], axes[0].values[i]), r: 3, class: 'dot ' + axes[0].cls, 'data-point': p.id });
+    dot.appendChild(svg('title', {}, p.title));
+    chart.appendChild(dot);
+  });
+  box.replaceChildren(chart);
+}
+
 renderTimes(document);

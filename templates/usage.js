@@ -1,70 +1,23 @@
 // /dashboard/usage: a 30-day chart (inline SVG), the per-model breakdown and the call history
 // with filters, paging and a CSV export of the same filters.
 const SYMBOL = JSON.parse(document.getElementById('currency').textContent).symbol;
-const SVG = 'http://www.w3.org/2000/svg';
 const PAGE_SIZE = 20;
 let page = 1;
 let series = [];
 
 const money = (amount) => SYMBOL + amount;
-const number = (n) => Number(n).toLocaleString(LANG);
-
-function svg(name, attrs, text) {
-  const el = document.createElementNS(SVG, name);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  if (text !== undefined) el.textContent = text;
-  return el;
-}
-
-function niceMax(v) {
-  if (v <= 0) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
-}
+const compactMoney = (v) => SYMBOL + Number(v.toPrecision(2)).toLocaleString(LANG, { maximumSignificantDigits: 2 });
 
 // Two lines over the same days: tokens (left axis) and cost (right axis).
 function drawChart() {
-  const box = document.getElementById('chart');
-  const width = Math.max(box.clientWidth, 280);
-  const height = 220;
-  const tokens = series.map((d) => d.totalTokens);
-  const costs = series.map((d) => Number(d.cost));
-  const maxT = niceMax(Math.max(0, ...tokens));
-  const maxC = niceMax(Math.max(0, ...costs));
-  const tokenLabel = (i) => number(Math.round(maxT * (4 - i) / 4));
-  const costLabel = (i) => SYMBOL + Number((maxC * (4 - i) / 4).toPrecision(2)).toLocaleString(LANG, { maximumSignificantDigits: 2 });
-  // Room for the longest label on each side (about 7 px a character at 11 px).
-  const room = (label) => 12 + 7 * Math.max(...[0, 1, 2, 3, 4].map((i) => label(i).length));
-  const pad = { l: room(tokenLabel), r: room(costLabel), t: 12, b: 28 };
-  const w = width - pad.l - pad.r;
-  const h = height - pad.t - pad.b;
-  const x = (i) => pad.l + (series.length < 2 ? w / 2 : (i * w) / (series.length - 1));
-  const yT = (v) => pad.t + h - (v / maxT) * h;
-  const yC = (v) => pad.t + h - (v / maxC) * h;
-  const chart = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, class: 'chart-svg' });
-  for (let i = 0; i <= 4; i++) {
-    const y = pad.t + (h * i) / 4;
-    chart.appendChild(svg('line', { x1: pad.l, x2: pad.l + w, y1: y, y2: y, class: 'grid' }));
-    chart.appendChild(svg('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end', class: 'axis tokens' }, tokenLabel(i)));
-    chart.appendChild(svg('text', { x: pad.l + w + 6, y: y + 4, class: 'axis cost' }, costLabel(i)));
-  }
-  const step = Math.max(1, Math.ceil(series.length / Math.max(2, Math.floor(w / 70))));
-  series.forEach((d, i) => {
-    if (i % step === 0 || i === series.length - 1) {
-      const label = new Date(d.day + 'T00:00:00Z').toLocaleDateString(LANG, { month: 'numeric', day: 'numeric', timeZone: 'UTC' });
-      chart.appendChild(svg('text', { x: x(i), y: height - 8, 'text-anchor': 'middle', class: 'axis' }, label));
-    }
-  });
-  const line = (ys, cls) => svg('polyline', { points: series.map((d, i) => `${x(i)},${ys(i)}`).join(' '), class: 'line ' + cls });
-  chart.appendChild(line((i) => yT(tokens[i]), 'tokens'));
-  chart.appendChild(line((i) => yC(costs[i]), 'cost'));
-  series.forEach((d, i) => {
-    const dot = svg('circle', { cx: x(i), cy: yT(tokens[i]), r: 3, class: 'dot tokens', 'data-day': d.day });
-    dot.appendChild(svg('title', {}, `${d.day}: ${number(d.totalTokens)} ${T('usage.tokens')} · ${money(d.cost)} · ${number(d.requests)} ${T('usage.requests')}`));
-    chart.appendChild(dot);
-  });
-  box.replaceChildren(chart);
+  const points = series.map((d) => ({
+    id: d.day,
+    label: new Date(d.day + 'T00:00:00Z').toLocaleDateString(LANG, { month: 'numeric', day: 'numeric', timeZone: 'UTC' }),
+    title: `${d.day}: ${number(d.totalTokens)} ${T('usage.tokens')} · ${money(d.cost)} · ${number(d.requests)} ${T('usage.requests')}`,
+  }));
+  lineChart(document.getElementById('chart'), points,
+    { values: series.map((d) => d.totalTokens), format: (v) => number(Math.round(v)), cls: 'tokens' },
+    { values: series.map((d) => Number(d.cost)), format: compactMoney, cls: 'cost' });
 }
 
 function filterParams() {

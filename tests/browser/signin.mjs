@@ -131,7 +131,7 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#history tbody tr').length === 3);
   await page.waitForFunction(() => document.querySelectorAll('#chart circle').length === 30);
   const today = new Date().toISOString().slice(0, 10);
-  const todayPoint = await page.locator(`#chart circle[data-day="${today}"] title`).textContent();
+  const todayPoint = await page.locator(`#chart circle[data-point="${today}"] title`).textContent();
   await check(/: [1-9][\d,]* Tokens/.test(todayPoint), `today's point shows no tokens: ${todayPoint}`);
   await check(await text(page, '#sum-requests') === '3', `the 30-day total is ${await text(page, '#sum-requests')} requests`);
   const breakdown = await page.locator('#by-model tbody tr').count();
