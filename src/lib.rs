@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod http;
 pub mod jobs;
 pub mod keys;
+pub mod models;
 pub mod money;
 pub mod observability;
 pub mod server;

@@ -21,9 +21,9 @@ use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::db::entities::{api_keys, subscriptions as subs};
 use crate::db::{Backend, Db};
-use crate::gateway::{auth, catalog};
+use crate::gateway::auth;
 use crate::money::{format_amount, parse_amount};
-use crate::{jobs, keys, subscriptions};
+use crate::{jobs, keys, models, subscriptions};
 
 fn out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -341,7 +341,7 @@ fn price(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
 async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::List { json } => {
-            let models = catalog::all(&db.read).await?;
+            let models = models::all(&db.read).await?;
             if json {
                 let list: Vec<_> = models
                     .iter()
@@ -388,7 +388,8 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             enabled,
             cap_field,
         } => {
-            let change = catalog::ModelChange {
+            let change = models::ModelChange {
+                name: None,
                 upstream_model,
                 input_price: price("--input-price", input_price)?,
                 output_price: price("--output-price", output_price)?,
@@ -397,7 +398,7 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 enabled,
                 cap_field,
             };
-            let m = catalog::set(db, cache, &name, change, None).await?;
+            let m = models::set(db, cache, &name, change, None).await?;
             out(&format!(
                 "{}: input {} / output {} per 1M tokens, max output {}, context {}, {}",
                 m.name,
@@ -407,6 +408,11 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 m.context_window,
                 if m.enabled { "enabled" } else { "disabled" }
             ))
+        }
+        ModelCommand::Delete { name } => {
+            let m = models::find_by_name(&db.read, &name).await?;
+            models::delete(db, cache, m.id, None).await?;
+            out(&format!("deleted model {}", m.name))
         }
     }
 }

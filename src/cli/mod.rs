@@ -83,6 +83,11 @@ pub enum ModelCommand {
         #[arg(long)]
         cap_field: Option<String>,
     },
+    /// Delete a model that was never used (one with usage is refused: disable it instead).
+    Delete {
+        /// The model's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

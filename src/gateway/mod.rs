@@ -2,7 +2,6 @@
 //! client, the SSE relay and token counting.
 
 pub mod auth;
-pub mod catalog;
 pub mod chat;
 mod chunks;
 pub mod exchange;

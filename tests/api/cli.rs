@@ -193,6 +193,11 @@ async fn models_keys_and_users_are_managed_from_the_command_line() {
         let o = tollgate(&url, bad);
         assert!(!o.status.success() && !o.stderr.is_empty(), "{bad:?}");
     }
+    // Never used: it can be deleted, once.
+    let out = stdout(&tollgate(&url, &["model", "delete", "house-model"]));
+    assert!(out.contains("deleted model house-model"), "{out}");
+    assert!(!stdout(&tollgate(&url, &["model", "list"])).contains("house-model"));
+    assert!(!tollgate(&url, &["model", "delete", "house-model"]).status.success(), "already deleted");
 
     stdout(&tollgate(&url, &["user", "create", "--email", "cli@example.com"]));
     let key = stdout(&tollgate(&url, &["key", "create", "--email", "cli@example.com"]));

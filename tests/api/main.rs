@@ -20,6 +20,7 @@ mod gateway;
 mod health;
 mod hygiene;
 mod keys;
+mod models;
 mod multi_instance;
 mod observability;
 mod process;
