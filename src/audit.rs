@@ -20,6 +20,11 @@ pub struct Entry<'a> {
 
 /// Writes `entry` on `conn` (pass the transaction that makes the change).
 pub async fn record(conn: &impl ConnectionTrait, entry: Entry<'_>) -> Result<()> {
+    record_from(conn, entry, None).await
+}
+
+/// Writes `entry` with the address the change was asked from (an admin request's client).
+pub async fn record_from(conn: &impl ConnectionTrait, entry: Entry<'_>, ip: Option<&str>) -> Result<()> {
     audit_logs::ActiveModel {
         actor_user_id: Set(entry.actor_user_id),
         action: Set(entry.action.to_owned()),
@@ -28,6 +33,7 @@ pub async fn record(conn: &impl ConnectionTrait, entry: Entry<'_>) -> Result<()>
         before: Set(entry.before.map(|v| v.to_string())),
         after: Set(entry.after.map(|v| v.to_string())),
         created_at: Set(now_ms()),
+        ip: Set(ip.map(str::to_owned)),
         ..Default::default()
     }
     .insert(conn)

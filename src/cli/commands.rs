@@ -188,7 +188,7 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
                 bail!("--amount: must be greater than zero");
             }
             let user = accounts::require_by_email(&db.read, &email).await?;
-            let after = ledger::adjust(db, user.id, micros, "topup", &reason, None).await?;
+            let after = ledger::adjust(db, user.id, micros, ledger::TOPUP, &reason, None).await?;
             out(&format!(
                 "topped up {} by {}; balance is now {}",
                 user.email,
@@ -197,16 +197,16 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
             ))
         }
         UserCommand::Disable { email } => {
-            let user = accounts::set_disabled(db, &email, true, None).await?;
-            auth::forget_user_keys(db, cache, user.id).await?;
-            let sessions = crate::auth::sessions::end_all(db, user.id).await?;
+            let user = accounts::require_by_email(&db.read, &email).await?;
+            let (user, sessions) = accounts::set_disabled(db, cache, user.id, true, None, None).await?;
             out(&format!(
                 "disabled {}; their keys stop working within 5 seconds and {sessions} sign-in session(s) ended",
                 user.email
             ))
         }
         UserCommand::Enable { email } => {
-            let user = accounts::set_disabled(db, &email, false, None).await?;
+            let user = accounts::require_by_email(&db.read, &email).await?;
+            let (user, _) = accounts::set_disabled(db, cache, user.id, false, None, None).await?;
             out(&format!("enabled {}", user.email))
         }
     }

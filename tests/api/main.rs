@@ -5,6 +5,7 @@
 mod helpers;
 
 mod accounts;
+mod back_office;
 mod billing;
 mod browser;
 mod cli;
