@@ -7,6 +7,26 @@ use crate::clock::now_ms;
 use crate::db::entities::audit_logs;
 use crate::error::Result;
 
+/// Who asked for a change: an admin (with the address of their request), or nobody for the
+/// command line and scheduled jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: Option<i64>,
+    pub ip: Option<String>,
+}
+
+impl Actor {
+    /// The command line or a job.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// An admin's request from `ip`.
+    pub fn admin(user_id: i64, ip: Option<String>) -> Self {
+        Self { user_id: Some(user_id), ip }
+    }
+}
+
 /// One audited change.
 pub struct Entry<'a> {
     /// The admin who made it; `None` for the command line and scheduled jobs.

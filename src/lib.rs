@@ -2,6 +2,7 @@
 //! and an OpenAI-compatible proxy, in one binary.
 
 pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;

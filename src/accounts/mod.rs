@@ -109,8 +109,7 @@ pub async fn set_disabled(
     cache: &Cache,
     user_id: i64,
     disabled: bool,
-    actor: Option<i64>,
-    ip: Option<&str>,
+    actor: &audit::Actor,
 ) -> Result<(users::Model, u64)> {
     let txn = db.begin().await?;
     let user = require(&txn, user_id).await?;
@@ -123,14 +122,14 @@ pub async fn set_disabled(
     audit::record_from(
         &txn,
         audit::Entry {
-            actor_user_id: actor,
+            actor_user_id: actor.user_id,
             action: if disabled { "user.disable" } else { "user.enable" },
             target_type: "user",
             target_id: user.id.to_string(),
             before: Some(json!({ "disabled": user.disabled })),
             after: Some(json!({ "disabled": disabled })),
         },
-        ip,
+        actor.ip.as_deref(),
     )
     .await?;
     txn.commit().await?;
@@ -146,7 +145,7 @@ pub async fn set_disabled(
 }
 
 /// Changes a user's role (`user` or `admin`), with an audit entry.
-pub async fn set_role(db: &Db, user_id: i64, role: &str, actor: Option<i64>, ip: Option<&str>) -> Result<users::Model> {
+pub async fn set_role(db: &Db, user_id: i64, role: &str, actor: &audit::Actor) -> Result<users::Model> {
     if role != ROLE_USER && role != ROLE_ADMIN {
         return Err(Error::BadRequest(format!("the role must be `{ROLE_USER}` or `{ROLE_ADMIN}`")));
     }
@@ -165,14 +164,14 @@ pub async fn set_role(db: &Db, user_id: i64, role: &str, actor: Option<i64>, ip:
     audit::record_from(
         &txn,
         audit::Entry {
-            actor_user_id: actor,
+            actor_user_id: actor.user_id,
             action: "user.role",
             target_type: "user",
             target_id: user.id.to_string(),
             before: Some(json!({ "role": user.role })),
             after: Some(json!({ "role": role })),
         },
-        ip,
+        actor.ip.as_deref(),
     )
     .await?;
     txn.commit().await?;

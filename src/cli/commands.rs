@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{Cli, Command, KeyCommand, ModelCommand, SubscriptionCommand, UserCommand};
 use crate::accounts::{self, NewUser, ROLE_ADMIN, ROLE_USER, password};
 use crate::app::{Application, build_cache};
+use crate::audit::Actor;
 use crate::billing::{balance, ledger};
 use crate::cache::Cache;
 use crate::clock::rfc3339;
@@ -198,7 +199,7 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Disable { email } => {
             let user = accounts::require_by_email(&db.read, &email).await?;
-            let (user, sessions) = accounts::set_disabled(db, cache, user.id, true, None, None).await?;
+            let (user, sessions) = accounts::set_disabled(db, cache, user.id, true, &Actor::system()).await?;
             out(&format!(
                 "disabled {}; their keys stop working within 5 seconds and {sessions} sign-in session(s) ended",
                 user.email
@@ -206,7 +207,7 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Enable { email } => {
             let user = accounts::require_by_email(&db.read, &email).await?;
-            let (user, _) = accounts::set_disabled(db, cache, user.id, false, None, None).await?;
+            let (user, _) = accounts::set_disabled(db, cache, user.id, false, &Actor::system()).await?;
             out(&format!("enabled {}", user.email))
         }
     }
@@ -411,7 +412,7 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
         }
         ModelCommand::Delete { name } => {
             let m = models::find_by_name(&db.read, &name).await?;
-            models::delete(db, cache, m.id, None).await?;
+            models::delete(db, cache, m.id, &Actor::system()).await?;
             out(&format!("deleted model {}", m.name))
         }
     }

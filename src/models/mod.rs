@@ -106,7 +106,7 @@ pub async fn enabled(conn: &impl ConnectionTrait) -> Result<Vec<models::Model>> 
 }
 
 /// A change to a model; `None` keeps the current value (or the default for a new model).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelChange {
     /// A new name (updates only; a new model is named by the caller).
     pub name: Option<String>,
@@ -209,23 +209,24 @@ pub async fn find(conn: &impl ConnectionTrait, id: i64) -> Result<models::Model>
 
 async fn audited(
     txn: &impl ConnectionTrait,
-    actor: Option<i64>,
+    actor: &audit::Actor,
     action: &str,
     id: i64,
     before: Option<&models::Model>,
     after: Option<&models::Model>,
 ) -> Result<()> {
     let view = |m: &models::Model| json!(ModelConfig::from(m.clone()));
-    audit::record(
+    audit::record_from(
         txn,
         audit::Entry {
-            actor_user_id: actor,
+            actor_user_id: actor.user_id,
             action,
             target_type: "model",
             target_id: id.to_string(),
             before: before.map(view),
             after: after.map(view),
         },
+        actor.ip.as_deref(),
     )
     .await
 }
@@ -243,7 +244,7 @@ pub async fn create(
     cache: &Cache,
     name: &str,
     change: ModelChange,
-    actor: Option<i64>,
+    actor: &audit::Actor,
 ) -> Result<models::Model> {
     check_name(name)?;
     change.validate()?;
@@ -290,7 +291,13 @@ async fn update_row(txn: &impl ConnectionTrait, current: models::Model, change: 
 }
 
 /// Changes the model with this id (a rename included). Returns the saved model.
-pub async fn update(db: &Db, cache: &Cache, id: i64, change: ModelChange, actor: Option<i64>) -> Result<models::Model> {
+pub async fn update(
+    db: &Db,
+    cache: &Cache,
+    id: i64,
+    change: ModelChange,
+    actor: &audit::Actor,
+) -> Result<models::Model> {
     change.validate()?;
     let txn = db.begin().await?;
     let current = find(&txn, id).await?;
@@ -303,7 +310,13 @@ pub async fn update(db: &Db, cache: &Cache, id: i64, change: ModelChange, actor:
 }
 
 /// Enables or disables the model with this id; a disabled model is unknown to clients.
-pub async fn set_enabled(db: &Db, cache: &Cache, id: i64, enabled: bool, actor: Option<i64>) -> Result<models::Model> {
+pub async fn set_enabled(
+    db: &Db,
+    cache: &Cache,
+    id: i64,
+    enabled: bool,
+    actor: &audit::Actor,
+) -> Result<models::Model> {
     let txn = db.begin().await?;
     let current = find(&txn, id).await?;
     let before = current.clone();
@@ -317,7 +330,7 @@ pub async fn set_enabled(db: &Db, cache: &Cache, id: i64, enabled: bool, actor: 
 
 /// Deletes the model with this id if nothing was ever billed for it: a model with usage rows or
 /// reservations is a `Conflict` (disable it instead), so the books keep naming what they charged.
-pub async fn delete(db: &Db, cache: &Cache, id: i64, actor: Option<i64>) -> Result<models::Model> {
+pub async fn delete(db: &Db, cache: &Cache, id: i64, actor: &audit::Actor) -> Result<models::Model> {
     let txn = db.begin().await?;
     let current = find(&txn, id).await?;
     let used = usage_logs::Entity::find().filter(usage_logs::Column::Model.eq(&current.name)).count(&txn).await?
@@ -359,7 +372,7 @@ pub async fn set(db: &Db, cache: &Cache, name: &str, change: ModelChange, actor:
         None => (insert(&txn, name, change).await?, None),
     };
     let action = if before.is_some() { "model.update" } else { "model.create" };
-    audited(&txn, actor, action, saved.id, before.as_ref(), Some(&saved)).await?;
+    audited(&txn, &audit::Actor { user_id: actor, ip: None }, action, saved.id, before.as_ref(), Some(&saved)).await?;
     txn.commit().await?;
     forget(cache, &[name, &saved.name]).await;
     Ok(saved)

@@ -103,17 +103,27 @@ async fn disabling_a_user_drops_their_keys_and_sessions_at_once(backend: Backend
         .await
         .unwrap();
     }
-    let (row, ended) =
-        tollgate::accounts::set_disabled(&g.app.db, &g.app.cache(), user, true, Some(1), None).await.unwrap();
+    let (row, ended) = tollgate::accounts::set_disabled(
+        &g.app.db,
+        &g.app.cache(),
+        user,
+        true,
+        &tollgate::audit::Actor::admin(1, None),
+    )
+    .await
+    .unwrap();
     assert!(row.disabled);
     assert_eq!(ended, 2);
     assert_eq!(sessions::Entity::find().count(&g.app.db.read).await.unwrap(), 1, "only theirs ended");
     assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 401, "refused at once, not after the cache");
-    tollgate::accounts::set_disabled(&g.app.db, &g.app.cache(), user, false, Some(1), None).await.unwrap();
+    tollgate::accounts::set_disabled(&g.app.db, &g.app.cache(), user, false, &tollgate::audit::Actor::admin(1, None))
+        .await
+        .unwrap();
     assert_eq!(g.app.chat(&key, &chat_body(false)).await.status(), 200);
     g.app.settled(user).await;
     assert!(matches!(
-        tollgate::accounts::set_disabled(&g.app.db, &g.app.cache(), 999_999, true, None, None).await,
+        tollgate::accounts::set_disabled(&g.app.db, &g.app.cache(), 999_999, true, &tollgate::audit::Actor::system())
+            .await,
         Err(Error::NotFound(_))
     ));
     assert_books_balance(&g.app.db, user).await;

@@ -1,0 +1,286 @@
+//! The back office's JSON API: access control on every route, balance changes with their
+//! ledger, audit and idempotency, model changes reaching the gateway, the lists support uses,
+//! and revenue that adds up — on every backend.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{Value, json};
+use tollgate::db::entities::audit_logs;
+
+use crate::fake_oauth::Browser;
+use crate::helpers::{
+    Backend, MODEL, Mode, PASSWORD, TestApp, assert_books_balance, password_user, spawn_app, spawn_gateway,
+    spawn_instance, user_with_balance,
+};
+use crate::on_all_backends;
+
+/// Someone calling the API: anonymous, or signed in with a password.
+pub struct Caller {
+    browser: Browser,
+    base: String,
+}
+
+impl Caller {
+    pub fn anonymous(app: &TestApp) -> Self {
+        Self { browser: Browser::new(), base: app.address.clone() }
+    }
+
+    /// Creates a password user with `role` and signs them in.
+    pub async fn signed_in(app: &TestApp, email: &str, role: &str) -> (i64, Self) {
+        let user = password_user(&app.db, email, role).await;
+        let caller = Self::anonymous(app);
+        let form = [("email", email), ("password", PASSWORD), ("next", "/dashboard")];
+        caller.browser.post_form(&format!("{}/api/auth/signin/password", app.address), &form, None).await;
+        assert!(caller.browser.cookie("tollgate_session").is_some(), "{email} signed in");
+        (user.id, caller)
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.browser.send(req).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.call(Method::GET, path, None, &[]).await;
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, method: Method, path: &str, body: &Value) -> (u16, Value) {
+        let res = self.call(method, path, Some(body), &[]).await;
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A model nobody has used, by its admin API id.
+async fn model_id(app: &TestApp, name: &str) -> i64 {
+    tollgate::models::find_by_name(&app.db.read, name).await.unwrap().id
+}
+
+async fn every_admin_route_needs_an_admin(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = Caller::signed_in(&app, "root@example.com", "admin").await;
+    let (_, customer) = Caller::signed_in(&app, "customer@example.com", "user").await;
+    let anonymous = Caller::anonymous(&app);
+    let target = user_with_balance(&app.db, "target@example.com", 5_000_000).await;
+    let (key, _) = tollgate::keys::create(&app.db.write, target, None).await.unwrap();
+    let sub = tollgate::subscriptions::grant(&app.db, target, "starter", 1000, 30, None).await.unwrap();
+    let spare = tollgate::models::create(
+        &app.db,
+        &app.cache(),
+        "spare-model",
+        tollgate::models::ModelChange { input_price: Some(1), output_price: Some(1), ..Default::default() },
+        &tollgate::audit::Actor::system(),
+    )
+    .await
+    .unwrap();
+    let mini = model_id(&app, "gpt-4o-mini").await;
+
+    // (method, route, concrete path, body an admin sends, the admin's status). Adding a route to
+    // the admin router without a row here fails the comparison below.
+    let rows: Vec<(Method, &str, String, Option<Value>, u16)> = vec![
+        (Method::GET, "/api/admin/models", "/api/admin/models".into(), None, 200),
+        (
+            Method::POST,
+            "/api/admin/models",
+            "/api/admin/models".into(),
+            Some(json!({ "name": "rbac-model", "inputPrice": "1", "outputPrice": "2" })),
+            201,
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/models/{id}",
+            format!("/api/admin/models/{mini}"),
+            Some(json!({ "inputPrice": "0.20" })),
+            200,
+        ),
+        (Method::DELETE, "/api/admin/models/{id}", format!("/api/admin/models/{}", spare.id), None, 204),
+        (Method::GET, "/api/admin/users", "/api/admin/users".into(), None, 200),
+        (Method::GET, "/api/admin/users/{id}", format!("/api/admin/users/{target}"), None, 200),
+        (
+            Method::PATCH,
+            "/api/admin/users/{id}",
+            format!("/api/admin/users/{target}"),
+            Some(json!({ "role": "user" })),
+            200,
+        ),
+        (
+            Method::POST,
+            "/api/admin/users/{id}/balance",
+            format!("/api/admin/users/{target}/balance"),
+            Some(json!({ "amount": "1.00", "reason": "rbac" })),
+            200,
+        ),
+        (
+            Method::POST,
+            "/api/admin/users/{id}/subscriptions",
+            format!("/api/admin/users/{target}/subscriptions"),
+            Some(json!({ "tokens": 10, "days": 1 })),
+            201,
+        ),
+        (
+            Method::POST,
+            "/api/admin/subscriptions/{id}/renew",
+            format!("/api/admin/subscriptions/{}/renew", sub.id),
+            Some(json!({ "days": 1 })),
+            200,
+        ),
+        (Method::GET, "/api/admin/keys", "/api/admin/keys".into(), None, 200),
+        (Method::DELETE, "/api/admin/keys/{id}", format!("/api/admin/keys/{}", key.id), None, 204),
+        (Method::GET, "/api/admin/audit-logs", "/api/admin/audit-logs".into(), None, 200),
+        (Method::GET, "/api/admin/revenue", "/api/admin/revenue".into(), None, 200),
+    ];
+    let listed: BTreeSet<(String, String)> = rows.iter().map(|r| (r.0.to_string(), r.1.to_owned())).collect();
+    let routed: BTreeSet<(String, String)> =
+        tollgate::http::admin::route_list().into_iter().map(|(m, p)| (m.to_owned(), p.to_owned())).collect();
+    assert_eq!(listed, routed, "every admin route is in this matrix, and only those");
+    let audits = audit_logs::Entity::find().count(&app.db.read).await.unwrap();
+
+    for (method, _, path, body, _) in &rows {
+        for (who, caller, status) in [("anonymous", &anonymous, 401), ("customer", &customer, 403)] {
+            let res = caller.call(method.clone(), path, body.as_ref(), &[]).await;
+            assert_eq!(res.status().as_u16(), status, "{who} {method} {path}");
+            let err: Value = res.json().await.unwrap();
+            assert!(err["error"]["message"].is_string() && err["error"]["code"].is_string(), "{err}");
+        }
+    }
+    // Nothing the refused callers sent changed anything.
+    assert_eq!(audit_logs::Entity::find().count(&app.db.read).await.unwrap(), audits);
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, target).await.unwrap(), 5_000_000);
+
+    for (method, _, path, body, admin_status) in &rows {
+        let res = admin.call(method.clone(), path, body.as_ref(), &[]).await;
+        assert_eq!(res.status().as_u16(), *admin_status, "admin {method} {path}: {:?}", res.text().await);
+    }
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, target).await.unwrap(), 6_000_000);
+    // Every admin write above is in the audit log, with the admin as actor and their address.
+    let written: Vec<audit_logs::Model> = audit_logs::Entity::find()
+        .filter(audit_logs::Column::Id.gt(i64::try_from(audits).unwrap()))
+        .all(&app.db.read)
+        .await
+        .unwrap();
+    let actions: BTreeSet<&str> = written.iter().map(|a| a.action.as_str()).collect();
+    for action in [
+        "model.create",
+        "model.update",
+        "model.delete",
+        "balance.adjust",
+        "subscription.grant",
+        "subscription.renew",
+        "key.revoke",
+    ] {
+        assert!(actions.contains(action), "{action} audited: {actions:?}");
+    }
+    assert!(written.iter().all(|a| a.actor_user_id.is_some()), "{written:?}");
+    assert!(
+        written
+            .iter()
+            .filter(|a| a.action != "subscription.grant" && a.action != "subscription.renew")
+            .all(|a| a.ip.as_deref() == Some("127.0.0.1"))
+    );
+    assert_books_balance(&app.db, target).await;
+}
+
+on_all_backends!(every_admin_route_needs_an_admin);
+
+/// The cost the gateway charged for the latest request of `user` and what `input`/`output`
+/// micro-units per token make of its usage.
+async fn last_charge(app: &TestApp, user: i64, input: i64, output: i64) -> (i64, i64) {
+    app.settled(user).await;
+    let row = app.usage(user).await.pop().unwrap();
+    (row.cost, row.prompt_tokens * input + row.completion_tokens * output)
+}
+
+async fn model_changes_reach_the_gateway_at_once(backend: Backend) {
+    let redis = std::env::var("TEST_REDIS_URL").unwrap();
+    let prefix = format!("tg-test-{}:", tollgate::crypto::random_token(6));
+    let shared = [("REDIS_URL", redis.as_str()), ("REDIS_PREFIX", prefix.as_str())];
+    let g = spawn_gateway(backend, Mode::Normal, &shared).await;
+    let base = g.fake.base_url();
+    let mut second = shared.to_vec();
+    second.extend([("OPENAI_BASE_URL", base.as_str()), ("OPENAI_API_KEY", crate::helpers::UPSTREAM_KEY)]);
+    let other = spawn_instance(&g.app.database_url, &second).await;
+    let (_, admin) = Caller::signed_in(&g.app, "ops@example.com", "admin").await;
+    let (user, key) = g.app.customer("buyer@example.com", 10_000_000).await;
+    let body = json!({ "model": "admin-model", "messages": [{ "role": "user", "content": "Say hello." }] });
+
+    let new = json!({
+        "name": "admin-model", "upstreamModel": "upstream-model", "inputPrice": "1", "outputPrice": "2",
+        "maxOutputTokens": 100, "contextWindow": 100000,
+    });
+    let (status, created) = admin.send(Method::POST, "/api/admin/models", &new).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!((created["inputPrice"].as_str(), created["enabled"].as_bool()), (Some("1.00"), Some(true)));
+    let id = created["id"].as_i64().unwrap();
+    // Both instances serve it and cache its configuration.
+    for app in [&g.app, &other] {
+        assert_eq!(app.chat(&key, &body).await.status(), 200);
+        let (charged, expected) = last_charge(&g.app, user, 1, 2).await;
+        assert_eq!(charged, expected);
+    }
+
+    let (status, changed) =
+        admin.send(Method::PATCH, &format!("/api/admin/models/{id}"), &json!({ "inputPrice": "3" })).await;
+    assert_eq!((status, changed["inputPrice"].as_str()), (200, Some("3.00")), "{changed}");
+    assert_eq!(g.app.chat(&key, &body).await.status(), 200);
+    let (charged, expected) = last_charge(&g.app, user, 3, 2).await;
+    assert_eq!(charged, expected, "the new price at once on the instance that changed it");
+    // The other instance drops its copy with Redis; its in-process layer holds entries for at
+    // most a second.
+    tokio::time::sleep(tollgate::cache::LOCAL_TTL_WITH_REDIS).await;
+    assert_eq!(other.chat(&key, &body).await.status(), 200);
+    let (charged, expected) = last_charge(&g.app, user, 3, 2).await;
+    assert_eq!(charged, expected, "the new price on the other instance");
+
+    let (status, _) = admin.send(Method::PATCH, &format!("/api/admin/models/{id}"), &json!({ "enabled": false })).await;
+    assert_eq!(status, 200);
+    assert_eq!(g.app.chat(&key, &body).await.status(), 404, "disabled at once");
+    tokio::time::sleep(tollgate::cache::LOCAL_TTL_WITH_REDIS).await;
+    assert_eq!(other.chat(&key, &body).await.status(), 404, "disabled on the other instance");
+
+    // Used: deleting is refused; bad and unknown fields change nothing.
+    let res = admin.call(Method::DELETE, &format!("/api/admin/models/{id}"), None, &[]).await;
+    assert_eq!(res.status(), 409);
+    for bad in [
+        json!({ "inputPrice": 3 }),
+        json!({ "inputPrice": "-1" }),
+        json!({ "balance": "100" }),
+        json!({ "capField": "max_length" }),
+        json!({}),
+    ] {
+        let (status, err) = admin.send(Method::PATCH, &format!("/api/admin/models/{id}"), &bad).await;
+        assert_eq!(status, 400, "{bad} → {err}");
+        assert_eq!(err["error"]["type"], "invalid_request_error");
+    }
+    let (status, _) = admin
+        .send(Method::POST, "/api/admin/models", &json!({ "name": MODEL, "inputPrice": "1", "outputPrice": "1" }))
+        .await;
+    assert_eq!(status, 409, "a name in use");
+    let (status, _) = admin.send(Method::PATCH, "/api/admin/models/999999", &json!({ "enabled": true })).await;
+    assert_eq!(status, 404);
+    let m = tollgate::models::find(&g.app.db.read, id).await.unwrap();
+    assert_eq!((m.input_price, m.enabled), (3_000_000, false));
+
+    let (status, list) = admin.get("/api/admin/models").await;
+    assert_eq!(status, 200);
+    let row = list["data"].as_array().unwrap().iter().find(|m| m["id"] == id).unwrap().clone();
+    assert_eq!(row["requestsLast30Days"], 4, "two, then one on each instance at the new price: {row}");
+    assert_books_balance(&g.app.db, user).await;
+}
+
+on_all_backends!(redis: model_changes_reach_the_gateway_at_once);
