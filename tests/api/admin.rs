@@ -284,3 +284,133 @@ async fn model_changes_reach_the_gateway_at_once(backend: Backend) {
 }
 
 on_all_backends!(redis: model_changes_reach_the_gateway_at_once);
+
+async fn ledger_rows(app: &TestApp, user: i64) -> Vec<(String, i64, String)> {
+    use sea_orm::QueryOrder;
+    use tollgate::db::entities::credit_transactions;
+    credit_transactions::Entity::find()
+        .filter(credit_transactions::Column::UserId.eq(user))
+        .order_by_asc(credit_transactions::Column::Id)
+        .all(&app.db.read)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.amount, c.reason))
+        .collect()
+}
+
+async fn balance_changes_are_exact_idempotent_and_never_below_zero(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin_id, admin) = Caller::signed_in(&app, "ops@example.com", "admin").await;
+    let user = user_with_balance(&app.db, "client@example.com", 0).await;
+    let path = format!("/api/admin/users/{user}/balance");
+    let post = |body: Value, key: Option<&'static str>| {
+        let (admin, path) = (&admin, path.clone());
+        async move {
+            let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+            let res = admin.call(Method::POST, &path, Some(&body), &headers).await;
+            let replayed = res.headers().get("idempotent-replayed").is_some();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap(), replayed)
+        }
+    };
+
+    // A top-up, exact to the micro-unit.
+    let (status, body, replayed) = post(json!({ "amount": "12.50", "reason": "invoice 7" }), Some("k-1")).await;
+    assert_eq!((status, replayed), (200, false), "{body}");
+    assert_eq!((body["balanceBefore"].as_str(), body["balance"].as_str()), (Some("0.00"), Some("12.50")));
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, user).await.unwrap(), 12_500_000);
+    assert_books_balance(&app.db, user).await;
+
+    // The same request again with the same key: the first answer, no second change.
+    let (status, again, replayed) = post(json!({ "amount": "12.50", "reason": "invoice 7" }), Some("k-1")).await;
+    assert_eq!((status, replayed), (200, true));
+    assert_eq!(again, body);
+    // The key for another request is refused.
+    let (status, err, _) = post(json!({ "amount": "99", "reason": "invoice 7" }), Some("k-1")).await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, user).await.unwrap(), 12_500_000);
+    // Retries racing each other still change the balance once.
+    let racing: Vec<_> = (0..6).map(|_| post(json!({ "amount": "1", "reason": "race" }), Some("k-race"))).collect();
+    let answers = futures::future::join_all(racing).await;
+    assert!(answers.iter().all(|(s, b, _)| *s == 200 && b == &answers[0].1), "{answers:?}");
+    assert_eq!(answers.iter().filter(|a| !a.2).count(), 1, "one ran, the rest replayed");
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, user).await.unwrap(), 13_500_000);
+
+    // A correction.
+    let (status, body, _) = post(json!({ "amount": "-3.25", "reason": "refund reversed" }), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["balance"].as_str(), body["kind"].as_str()), (Some("10.25"), Some("adjustment")));
+    assert_books_balance(&app.db, user).await;
+
+    // Below zero: 409 with the current balance, nothing changed, nothing stored for the key.
+    let before = ledger_rows(&app, user).await;
+    let audits = audit_logs::Entity::find().count(&app.db.read).await.unwrap();
+    let (status, err, _) = post(json!({ "amount": "-10.26", "reason": "too much" }), Some("k-low")).await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(
+        (err["error"]["code"].as_str(), err["error"]["balance"].as_str()),
+        (Some("billing.balance_too_low"), Some("10.25"))
+    );
+    // Bad input: a clear 400, nothing changed.
+    for bad in [
+        json!({ "amount": 5, "reason": "number" }),
+        json!({ "amount": "0", "reason": "zero" }),
+        json!({ "amount": "1.0000001", "reason": "too precise" }),
+        json!({ "amount": "abc", "reason": "not money" }),
+        json!({ "amount": "1", "reason": "  " }),
+        json!({ "amount": "1" }),
+        json!({ "amount": "1", "reason": "x", "role": "admin" }),
+    ] {
+        let (status, err, _) = post(bad.clone(), None).await;
+        assert_eq!(status, 400, "{bad} → {err}");
+    }
+    let res = admin
+        .call(Method::POST, &path, Some(&json!({ "amount": "1", "reason": "x" })), &[("Idempotency-Key", "")])
+        .await;
+    assert_eq!(res.status(), 400, "an empty key");
+    let (status, _) =
+        admin.send(Method::POST, "/api/admin/users/999999/balance", &json!({ "amount": "1", "reason": "x" })).await;
+    assert_eq!(status, 404);
+    assert_eq!(ledger_rows(&app, user).await, before);
+    assert_eq!(audit_logs::Entity::find().count(&app.db.read).await.unwrap(), audits);
+    // The refused request stored nothing: once covered, the same key works.
+    post(json!({ "amount": "5", "reason": "cover" }), None).await;
+    let (status, body, replayed) = post(json!({ "amount": "-10.26", "reason": "too much" }), Some("k-low")).await;
+    assert_eq!((status, replayed, body["balance"].as_str()), (200, false, Some("4.99")));
+
+    let expected: Vec<(String, i64, String)> = [
+        ("topup", 12_500_000, "invoice 7"),
+        ("topup", 1_000_000, "race"),
+        ("adjustment", -3_250_000, "refund reversed"),
+        ("topup", 5_000_000, "cover"),
+        ("adjustment", -10_260_000, "too much"),
+    ]
+    .iter()
+    .map(|(k, a, r)| ((*k).to_owned(), *a, (*r).to_owned()))
+    .collect();
+    assert_eq!(ledger_rows(&app, user).await, expected);
+
+    // The audit log, newest first, with actor, address, before and after.
+    let (status, log) = admin.get(&format!("/api/admin/audit-logs?action=balance.adjust&target=user:{user}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(log["total"], 5);
+    let newest = &log["data"][0];
+    assert_eq!(newest["actorUserId"], admin_id);
+    assert_eq!(newest["actorEmail"], "ops@example.com");
+    assert_eq!(newest["ip"], "127.0.0.1");
+    assert_eq!(
+        (newest["before"]["balance"].as_str(), newest["after"]["balance"].as_str()),
+        (Some("15.25"), Some("4.99"))
+    );
+    assert_eq!(newest["after"]["reason"], "too much");
+    assert_books_balance(&app.db, user).await;
+
+    // The user's detail shows the same ledger and balance.
+    let (status, detail) = admin.get(&format!("/api/admin/users/{user}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["balance"], "4.99");
+    assert_eq!(detail["ledger"].as_array().unwrap().len(), 5);
+    assert_eq!(detail["ledger"][0]["amount"], "-10.26");
+}
+
+on_all_backends!(balance_changes_are_exact_idempotent_and_never_below_zero);
