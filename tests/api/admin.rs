@@ -414,3 +414,136 @@ async fn balance_changes_are_exact_idempotent_and_never_below_zero(backend: Back
 }
 
 on_all_backends!(balance_changes_are_exact_idempotent_and_never_below_zero);
+
+async fn support_finds_users_and_keys_and_acts_on_them(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::Normal, &[]).await;
+    let app = &g.app;
+    let (admin_id, admin) = Caller::signed_in(app, "ops@example.com", "admin").await;
+    let (alice, alice_key) = app.customer("alice@example.com", 3_000_000).await;
+    let (bob, bob_key) = app.customer("bob@shop.example", 1_000_000).await;
+    for i in 0..25 {
+        user_with_balance(&app.db, &format!("bulk{i:02}@example.com"), 0).await;
+    }
+    tollgate::subscriptions::grant(&app.db, alice, "monthly", 5000, 30, None).await.unwrap();
+    assert_eq!(app.chat(&alice_key, &crate::helpers::chat_body(false)).await.status(), 200);
+    app.settled(alice).await;
+    let spent = app.usage(alice).await[0].subscription_tokens;
+
+    // Search by part of the email, any case; figures support needs first.
+    let (status, found) = admin.get("/api/admin/users?q=ALICE").await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], 1);
+    let row = &found["data"][0];
+    assert_eq!(
+        (row["id"].as_i64(), row["balance"].as_str(), row["keys"].as_i64()),
+        (Some(alice), Some("3.00"), Some(1))
+    );
+    assert_eq!(row["subscriptionTokens"], 5000 - spent);
+    assert!(row["lastActiveAt"].is_string(), "{row}");
+    // LIKE wildcards are searched for literally.
+    assert_eq!(admin.get("/api/admin/users?q=%25").await.1["total"], 0);
+    assert_eq!(admin.get("/api/admin/users?q=_").await.1["total"], 0);
+    // Paging over everyone: 25 + alice + bob + the admin.
+    let (_, page) = admin.get("/api/admin/users?page=2&pageSize=10").await;
+    assert_eq!((page["total"].as_u64(), page["data"].as_array().unwrap().len()), (Some(28), 10));
+    let (_, last) = admin.get("/api/admin/users?page=3&pageSize=10").await;
+    assert_eq!(last["data"].as_array().unwrap().len(), 8);
+    assert_eq!(admin.get("/api/admin/users?role=admin").await.1["data"][0]["id"], admin_id);
+    for bad in ["?role=root", "?status=gone", "?pageSize=1000", "?page=0", "?sort=email"] {
+        let (status, err) = admin.get(&format!("/api/admin/users{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+    assert_eq!(admin.get("/api/admin/users/999999").await.0, 404);
+    assert_eq!(admin.get("/api/admin/users/abc").await.0, 404);
+
+    // Disabling: the key stops at once, the listing shows it.
+    let (status, patched) =
+        admin.send(Method::PATCH, &format!("/api/admin/users/{bob}"), &json!({ "disabled": true })).await;
+    assert_eq!((status, patched["disabled"].as_bool()), (200, Some(true)), "{patched}");
+    assert_eq!(app.chat(&bob_key, &crate::helpers::chat_body(false)).await.status(), 401);
+    assert_eq!(admin.get("/api/admin/users?status=disabled").await.1["data"][0]["id"], bob);
+    // Role changes; no mass assignment, no locking oneself out.
+    let (status, _) = admin.send(Method::PATCH, &format!("/api/admin/users/{bob}"), &json!({ "role": "admin" })).await;
+    assert_eq!(status, 200);
+    for (target, bad) in [
+        (bob, json!({ "balance": "100" })),
+        (bob, json!({ "role": "root" })),
+        (bob, json!({})),
+        (admin_id, json!({ "disabled": true })),
+        (admin_id, json!({ "role": "user" })),
+    ] {
+        let (status, err) = admin.send(Method::PATCH, &format!("/api/admin/users/{target}"), &bad).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+    let bob_row = tollgate::accounts::require(&app.db.read, bob).await.unwrap();
+    assert_eq!((bob_row.role.as_str(), bob_row.disabled), ("admin", true));
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, bob).await.unwrap(), 1_000_000);
+
+    // Keys, for support: by owner and by visible part; revoking any user's key works at once.
+    let (status, keys) = admin.get("/api/admin/keys?user=alice@example.com").await;
+    assert_eq!((status, keys["total"].as_u64()), (200, Some(1)), "{keys}");
+    let key = keys["data"][0].clone();
+    assert_eq!(key["email"], "alice@example.com");
+    assert!(!key.to_string().contains(&alice_key), "never the plaintext");
+    let last4 = key["last4"].as_str().unwrap();
+    assert_eq!(admin.get(&format!("/api/admin/keys?q={last4}")).await.1["data"][0]["id"], key["id"]);
+    assert_eq!(admin.get(&format!("/api/admin/keys?user={bob}")).await.1["total"], 1);
+    assert_eq!(admin.get("/api/admin/keys?user=nobody@example.com").await.1["total"], 0);
+    let res = admin.call(Method::DELETE, &format!("/api/admin/keys/{}", key["id"]), None, &[]).await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(app.chat(&alice_key, &crate::helpers::chat_body(false)).await.status(), 401, "revoked at once");
+    let res = admin.call(Method::DELETE, &format!("/api/admin/keys/{}", key["id"]), None, &[]).await;
+    assert_eq!(res.status(), 404, "already revoked");
+    let (_, revoked) = admin.get("/api/admin/keys?user=alice@example.com").await;
+    assert!(revoked["data"][0]["revokedAt"].is_string());
+
+    // Subscriptions: grant and renew.
+    let (status, sub) = admin
+        .send(
+            Method::POST,
+            &format!("/api/admin/users/{bob}/subscriptions"),
+            &json!({ "tokens": 1000, "days": 7, "name": "trial" }),
+        )
+        .await;
+    assert_eq!((status, sub["tokensRemaining"].as_i64()), (201, Some(1000)), "{sub}");
+    let (status, renewed) = admin
+        .send(
+            Method::POST,
+            &format!("/api/admin/subscriptions/{}/renew", sub["id"]),
+            &json!({ "days": 7, "tokens": 500 }),
+        )
+        .await;
+    assert_eq!((status, renewed["tokensTotal"].as_i64()), (200, Some(1500)), "{renewed}");
+    for (path, bad) in [
+        (format!("/api/admin/users/{bob}/subscriptions"), json!({ "tokens": 0, "days": 7 })),
+        (format!("/api/admin/users/{bob}/subscriptions"), json!({ "tokens": 10, "days": 7, "price": "1" })),
+        (format!("/api/admin/subscriptions/{}/renew", sub["id"]), json!({ "days": 0 })),
+    ] {
+        assert_eq!(admin.send(Method::POST, &path, &bad).await.0, 400, "{bad}");
+    }
+    assert_eq!(
+        admin.send(Method::POST, "/api/admin/users/999999/subscriptions", &json!({ "tokens": 1, "days": 1 })).await.0,
+        404
+    );
+    assert_eq!(admin.send(Method::POST, "/api/admin/subscriptions/999999/renew", &json!({ "days": 1 })).await.0, 404);
+    let (_, detail) = admin.get(&format!("/api/admin/users/{bob}")).await;
+    assert_eq!(detail["subscriptions"][0]["tokensRemaining"], 1500);
+    assert_eq!(detail["apiKeys"].as_array().unwrap().len(), 1);
+
+    // The audit log filters by actor, action family and target, newest first.
+    let (_, log) = admin.get(&format!("/api/admin/audit-logs?actor={admin_id}&target=user:{bob}")).await;
+    let actions: Vec<&str> = log["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["user.role", "user.disable"]);
+    let (_, log) = admin.get("/api/admin/audit-logs?action=subscription&actor=ops@example.com").await;
+    assert_eq!(log["total"], 2);
+    let (_, log) = admin.get("/api/admin/audit-logs?actor=system&action=subscription.grant").await;
+    assert_eq!(log["total"], 1, "the grant made without an admin");
+    let (_, log) = admin.get("/api/admin/audit-logs?pageSize=1&page=2").await;
+    assert_eq!(log["data"].as_array().unwrap().len(), 1);
+    assert_eq!(admin.get("/api/admin/audit-logs?actor=someone").await.0, 400);
+    for user in [alice, bob] {
+        assert_books_balance(&app.db, user).await;
+    }
+}
+
+on_all_backends!(support_finds_users_and_keys_and_acts_on_them);
