@@ -547,3 +547,127 @@ async fn support_finds_users_and_keys_and_acts_on_them(backend: Backend) {
 }
 
 on_all_backends!(support_finds_users_and_keys_and_acts_on_them);
+
+/// 2025-10-30T00:00:00Z: four days from here cross a month boundary.
+const OCT_30: i64 = 1_761_782_400_000;
+
+async fn revenue_adds_up_by_day_and_by_month(backend: Backend) {
+    use sea_orm::{ActiveModelTrait, Set};
+    use std::collections::{BTreeMap, BTreeSet};
+    use tollgate::clock::{MS_PER_DAY, day_of};
+    use tollgate::db::entities::{credit_transactions, usage_logs};
+
+    let app = spawn_app(backend).await;
+    let (_, admin) = Caller::signed_in(&app, "ops@example.com", "admin").await;
+    let users = [
+        user_with_balance(&app.db, "r1@example.com", 0).await,
+        user_with_balance(&app.db, "r2@example.com", 0).await,
+        user_with_balance(&app.db, "r3@example.com", 0).await,
+    ];
+    let mut rows = Vec::new();
+    for i in 0..60i64 {
+        let at = OCT_30 + (i % 5) * MS_PER_DAY + i * 1000 - 1;
+        let user = users[usize::try_from(i % 3).unwrap()];
+        let refused = i % 7 == 0;
+        let row = usage_logs::ActiveModel {
+            request_id: Set(format!("rev-{i}")),
+            user_id: Set(user),
+            key_id: Set(None),
+            model: Set(if i % 2 == 0 { "gpt-4o" } else { "gpt-4o-mini" }.into()),
+            prompt_tokens: Set(10 * i),
+            completion_tokens: Set(i),
+            total_tokens: Set(11 * i),
+            cost: Set(if refused { 0 } else { 1_000 + 37 * i }),
+            subscription_tokens: Set(0),
+            status_code: Set(if refused { 402 } else { 200 }),
+            latency_ms: Set(1),
+            ttfb_ms: Set(None),
+            stream: Set(false),
+            usage_source: Set("upstream".into()),
+            created_at: Set(at),
+            day: Set(day_of(at)),
+            shortfall: Set(0),
+            request_count: Set(if refused { 3 } else { 1 }),
+            ..Default::default()
+        };
+        rows.push(row.insert(&app.db.write).await.unwrap());
+    }
+    let mut topups = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let at = OCT_30 + i64::try_from(i).unwrap() * 2 * MS_PER_DAY + 5;
+        let amount = 1_000_000 * (i64::try_from(i).unwrap() + 1);
+        credit_transactions::ActiveModel {
+            user_id: Set(*user),
+            kind: Set("topup".into()),
+            amount: Set(amount),
+            tokens: Set(0),
+            subscription_id: Set(None),
+            reason: Set("revenue test".into()),
+            actor_user_id: Set(None),
+            created_at: Set(at),
+            ..Default::default()
+        }
+        .insert(&app.db.write)
+        .await
+        .unwrap();
+        topups.push((day_of(at), amount));
+    }
+
+    // The first row falls a millisecond before the range (2025-10-29) and is left out.
+    assert_eq!(rows[0].day, "2025-10-29");
+    let rows: Vec<usage_logs::Model> = rows.into_iter().filter(|r| r.day.as_str() >= "2025-10-30").collect();
+    for (granularity, key_len) in [("day", 10), ("month", 7)] {
+        let (status, report) =
+            admin.get(&format!("/api/admin/revenue?granularity={granularity}&start=2025-10-30&end=2025-11-03")).await;
+        assert_eq!(status, 200, "{report}");
+        // The same sums, computed here from the rows.
+        let mut expected: BTreeMap<String, (i64, i64, i64, BTreeSet<i64>, i64)> = BTreeMap::new();
+        for r in &rows {
+            let e = expected.entry(r.day[..key_len].to_owned()).or_default();
+            e.0 += r.cost;
+            e.1 += r.total_tokens;
+            e.2 += r.request_count;
+            if r.cost > 0 {
+                e.3.insert(r.user_id);
+            }
+        }
+        for (day, amount) in &topups {
+            expected.entry(day[..key_len].to_owned()).or_default().4 += amount;
+        }
+        let periods = report["periods"].as_array().unwrap();
+        assert_eq!(periods.len(), if granularity == "day" { 5 } else { 2 }, "{report}");
+        for p in periods {
+            let e = &expected[p["period"].as_str().unwrap()];
+            let money = tollgate::money::format_amount;
+            assert_eq!(p["charged"], money(e.0), "{p}");
+            assert_eq!((p["tokens"].as_i64(), p["requests"].as_i64()), (Some(e.1), Some(e.2)), "{p}");
+            assert_eq!(p["payingUsers"].as_i64(), Some(i64::try_from(e.3.len()).unwrap()), "{p}");
+            assert_eq!(p["topups"], money(e.4), "{p}");
+        }
+        let total: i64 = rows.iter().map(|r| r.cost).sum();
+        assert_eq!(report["totals"]["charged"], tollgate::money::format_amount(total));
+        let mini: i64 = rows.iter().filter(|r| r.model == "gpt-4o-mini").map(|r| r.cost).sum();
+        let by_model = report["models"].as_array().unwrap();
+        assert_eq!(by_model.len(), 2);
+        let row = by_model.iter().find(|m| m["model"] == "gpt-4o-mini").unwrap();
+        assert_eq!(row["charged"], tollgate::money::format_amount(mini));
+    }
+    // A narrower range leaves the rest out.
+    let (_, one) = admin.get("/api/admin/revenue?start=2025-11-01&end=2025-11-01").await;
+    let nov1: i64 = rows.iter().filter(|r| r.day == "2025-11-01").map(|r| r.cost).sum();
+    assert_eq!(one["totals"]["charged"], tollgate::money::format_amount(nov1));
+    for bad in [
+        "?granularity=week",
+        "?start=2025-11-05&end=2025-11-01",
+        "?start=11/01/2025",
+        "?start=2020-01-01&end=2025-01-01",
+        "?from=2025-01-01",
+    ] {
+        let (status, err) = admin.get(&format!("/api/admin/revenue{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+    let (status, default) = admin.get("/api/admin/revenue?granularity=month").await;
+    assert_eq!((status, default["periods"].as_array().map(Vec::len)), (200, Some(12)));
+}
+
+on_all_backends!(revenue_adds_up_by_day_and_by_month);
