@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod revenue;
 pub mod users;
+pub mod views;
 
 use std::collections::HashMap;
 

@@ -11,48 +11,19 @@ use serde_json::{Value, json};
 
 use super::{AdminUser, bad_query, page_json, path_id};
 use crate::accounts;
-use crate::admin::users::{UserQuery, UserSummary};
+use crate::admin::users::UserQuery;
+use crate::admin::views::{key_json, summary_json};
 use crate::admin::{self, Paging, idempotency};
 use crate::app::AppState;
 use crate::billing::ledger;
 use crate::cache;
 use crate::clock::rfc3339;
-use crate::db::entities::{api_keys, credit_transactions, subscriptions as subs, usage_logs};
+use crate::db::entities::{credit_transactions, subscriptions as subs, usage_logs};
 use crate::error::Error;
 use crate::http::ApiError;
 use crate::http::internal::ApiJson;
 use crate::money::format_amount;
 use crate::{audit, keys, subscriptions};
-
-fn summary_json(s: &UserSummary) -> Value {
-    json!({
-        "id": s.user.id,
-        "email": s.user.email,
-        "name": s.user.name,
-        "role": s.user.role,
-        "disabled": s.user.disabled,
-        "balance": format_amount(s.balance),
-        "subscriptionTokens": s.subscription_tokens,
-        "keys": s.keys,
-        "spendLast30Days": format_amount(s.spend_recent),
-        "lastActiveAt": s.last_active.map(rfc3339),
-        "createdAt": rfc3339(s.user.created_at),
-    })
-}
-
-fn key_json(k: &api_keys::Model) -> Value {
-    json!({
-        "id": k.id,
-        "userId": k.user_id,
-        "name": k.name,
-        "prefix": k.prefix,
-        "last4": k.last4,
-        "disabled": k.disabled,
-        "revokedAt": k.revoked_at.map(rfc3339),
-        "lastUsedAt": k.last_used_at.map(rfc3339),
-        "createdAt": rfc3339(k.created_at),
-    })
-}
 
 fn subscription_json(s: &subs::Model) -> Value {
     json!({
@@ -289,11 +260,7 @@ pub async fn keys(
     let Query(q) = query.map_err(|e| bad_query(&e))?;
     let paging = Paging::parse(q.page.as_deref(), q.page_size.as_deref())?;
     let found = admin::keys::list(&state.db, &admin::keys::KeyQuery { user: q.user, q: q.q, paging }).await?;
-    Ok(Json(page_json(&found, |row| {
-        let mut v = key_json(&row.key);
-        v["email"] = Value::String(row.email.clone());
-        v
-    })))
+    Ok(Json(page_json(&found, crate::admin::views::key_row_json)))
 }
 
 /// `DELETE /api/admin/keys/{id}`: revokes any user's key, audited, refused everywhere at once.

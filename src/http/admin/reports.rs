@@ -11,7 +11,6 @@ use crate::admin::Paging;
 use crate::admin::audit_log::{self, AuditQuery};
 use crate::admin::revenue::{self, Figures, Granularity};
 use crate::app::AppState;
-use crate::clock::rfc3339;
 use crate::http::ApiError;
 use crate::money::format_amount;
 
@@ -25,10 +24,6 @@ pub struct AuditListQuery {
     page_size: Option<String>,
 }
 
-fn parsed(raw: Option<&str>) -> Value {
-    raw.map_or(Value::Null, |s| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned())))
-}
-
 /// `GET /api/admin/audit-logs?actor=&action=&target=&page=&pageSize=`: newest first.
 pub async fn audit_logs(
     State(state): State<AppState>,
@@ -39,21 +34,7 @@ pub async fn audit_logs(
     let paging = Paging::parse(q.page.as_deref(), q.page_size.as_deref())?;
     let page =
         audit_log::list(&state.db, &AuditQuery { actor: q.actor, action: q.action, target: q.target, paging }).await?;
-    Ok(Json(page_json(&page, |row| {
-        let e = &row.entry;
-        json!({
-            "id": e.id,
-            "actorUserId": e.actor_user_id,
-            "actorEmail": row.actor_email,
-            "action": e.action,
-            "targetType": e.target_type,
-            "targetId": e.target_id,
-            "before": parsed(e.before.as_deref()),
-            "after": parsed(e.after.as_deref()),
-            "ip": e.ip,
-            "createdAt": rfc3339(e.created_at),
-        })
-    })))
+    Ok(Json(page_json(&page, crate::admin::views::audit_json)))
 }
 
 #[derive(Debug, Default, Deserialize)]
