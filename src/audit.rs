@@ -7,6 +7,26 @@ use crate::clock::now_ms;
 use crate::db::entities::audit_logs;
 use crate::error::Result;
 
+/// Who asked for a change: an admin (with the address of their request), or nobody for the
+/// command line and scheduled jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: Option<i64>,
+    pub ip: Option<String>,
+}
+
+impl Actor {
+    /// The command line or a job.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// An admin's request from `ip`.
+    pub fn admin(user_id: i64, ip: Option<String>) -> Self {
+        Self { user_id: Some(user_id), ip }
+    }
+}
+
 /// One audited change.
 pub struct Entry<'a> {
     /// The admin who made it; `None` for the command line and scheduled jobs.
@@ -20,6 +40,11 @@ pub struct Entry<'a> {
 
 /// Writes `entry` on `conn` (pass the transaction that makes the change).
 pub async fn record(conn: &impl ConnectionTrait, entry: Entry<'_>) -> Result<()> {
+    record_from(conn, entry, None).await
+}
+
+/// Writes `entry` with the address the change was asked from (an admin request's client).
+pub async fn record_from(conn: &impl ConnectionTrait, entry: Entry<'_>, ip: Option<&str>) -> Result<()> {
     audit_logs::ActiveModel {
         actor_user_id: Set(entry.actor_user_id),
         action: Set(entry.action.to_owned()),
@@ -28,6 +53,7 @@ pub async fn record(conn: &impl ConnectionTrait, entry: Entry<'_>) -> Result<()>
         before: Set(entry.before.map(|v| v.to_string())),
         after: Set(entry.after.map(|v| v.to_string())),
         created_at: Set(now_ms()),
+        ip: Set(ip.map(str::to_owned)),
         ..Default::default()
     }
     .insert(conn)

@@ -24,6 +24,13 @@ pub enum Error {
     /// The user cannot cover the worst case of the request.
     #[error("insufficient balance: this request needs up to {needed} and {available} is available")]
     InsufficientBalance { needed: String, available: String },
+    /// A deduction larger than the balance (micro-units): refused, nothing changed.
+    #[error(
+        "the balance is {}; a change of {} would take it below zero",
+        crate::money::format_amount(*.balance),
+        crate::money::format_amount(*.delta)
+    )]
+    BalanceTooLow { balance: i64, delta: i64 },
     /// The client was too slow to send its request.
     #[error("{0}")]
     RequestTimeout(String),
@@ -54,6 +61,7 @@ impl Error {
             Self::ModelNotFound(_) => "model.not_found",
             Self::Conflict(_) => "request.conflict",
             Self::InsufficientBalance { .. } => "billing.insufficient_balance",
+            Self::BalanceTooLow { .. } => "billing.balance_too_low",
             Self::PayloadTooLarge(_) => "request.too_large",
             Self::RequestTimeout(_) => "request.timeout",
             Self::RateLimited { .. } => "limits.too_many_requests",

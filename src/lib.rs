@@ -2,6 +2,7 @@
 //! and an OpenAI-compatible proxy, in one binary.
 
 pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod i18n;
 pub mod jobs;
 pub mod keys;
+pub mod models;
 pub mod money;
 pub mod observability;
 pub mod server;

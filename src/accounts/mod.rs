@@ -1,4 +1,5 @@
-//! Users: creation with their balance row, lookup, roles and the disabled flag.
+//! Users: creation with their balance row, lookup, roles and the disabled flag. Disabling a
+//! user is one operation: the flag, the audit entry, their cached keys and their sessions.
 
 pub mod password;
 
@@ -7,8 +8,11 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use serde_json::json;
 
 use crate::audit;
+use crate::auth::sessions;
+use crate::billing::ledger;
+use crate::cache::{self, Cache};
 use crate::clock::now_ms;
-use crate::db::entities::{balances, credit_transactions, users};
+use crate::db::entities::{api_keys, balances, users};
 use crate::db::{Db, is_unique_violation};
 use crate::error::{Error, Result};
 
@@ -63,22 +67,19 @@ pub async fn create_user(conn: &impl ConnectionTrait, new: NewUser<'_>) -> Resul
             Error::Database(e)
         }
     })?;
-    balances::ActiveModel { user_id: Set(user.id), amount: Set(new.signup_credit.max(0)), updated_at: Set(now) }
-        .insert(conn)
-        .await?;
+    balances::ActiveModel { user_id: Set(user.id), amount: Set(0), updated_at: Set(now) }.insert(conn).await?;
     if new.signup_credit > 0 {
-        credit_transactions::ActiveModel {
-            user_id: Set(user.id),
-            kind: Set("signup_credit".into()),
-            amount: Set(new.signup_credit),
-            tokens: Set(0),
-            subscription_id: Set(None),
-            reason: Set("sign-up credit".into()),
-            actor_user_id: Set(None),
-            created_at: Set(now),
-            ..Default::default()
-        }
-        .insert(conn)
+        ledger::apply(
+            conn,
+            ledger::Change {
+                user_id: user.id,
+                delta: new.signup_credit,
+                kind: ledger::SIGNUP_CREDIT,
+                reason: "sign-up credit",
+                actor: None,
+                ip: None,
+            },
+        )
         .await?;
     }
     Ok(user)
@@ -94,28 +95,85 @@ pub async fn require_by_email(conn: &impl ConnectionTrait, email: &str) -> Resul
     find_by_email(conn, email).await?.ok_or_else(|| Error::NotFound(format!("no user with email {}", email.trim())))
 }
 
-/// Disables or re-enables a user, with an audit entry. Keys of a disabled user stop working.
-pub async fn set_disabled(db: &Db, email: &str, disabled: bool, actor: Option<i64>) -> Result<users::Model> {
+/// The user with this id, or `NotFound`.
+pub async fn require(conn: &impl ConnectionTrait, id: i64) -> Result<users::Model> {
+    users::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::NotFound(format!("no user with id {id}")))
+}
+
+/// Disables or re-enables a user, with an audit entry. Disabling also drops the cached identity
+/// of every key of theirs (locally and in Redis, so the gateway refuses them at once here and
+/// within the key cache's lifetime everywhere) and ends every sign-in session of theirs.
+/// Returns the user and how many sessions ended.
+pub async fn set_disabled(
+    db: &Db,
+    cache: &Cache,
+    user_id: i64,
+    disabled: bool,
+    actor: &audit::Actor,
+) -> Result<(users::Model, u64)> {
     let txn = db.begin().await?;
-    let user = require_by_email(&txn, email).await?;
+    let user = require(&txn, user_id).await?;
     users::Entity::update_many()
         .col_expr(users::Column::Disabled, Expr::value(disabled))
         .col_expr(users::Column::UpdatedAt, Expr::value(now_ms()))
         .filter(users::Column::Id.eq(user.id))
         .exec(&txn)
         .await?;
-    audit::record(
+    audit::record_from(
         &txn,
         audit::Entry {
-            actor_user_id: actor,
+            actor_user_id: actor.user_id,
             action: if disabled { "user.disable" } else { "user.enable" },
             target_type: "user",
             target_id: user.id.to_string(),
             before: Some(json!({ "disabled": user.disabled })),
             after: Some(json!({ "disabled": disabled })),
         },
+        actor.ip.as_deref(),
     )
     .await?;
     txn.commit().await?;
-    Ok(users::Model { disabled, ..user })
+    let mut ended = 0;
+    if disabled {
+        let keys = api_keys::Entity::find().filter(api_keys::Column::UserId.eq(user.id)).all(&db.read).await?;
+        for k in keys {
+            cache.delete(&cache::key_cache(&k.key_hash)).await;
+        }
+        ended = sessions::end_all(db, user.id).await?;
+    }
+    Ok((users::Model { disabled, ..user }, ended))
+}
+
+/// Changes a user's role (`user` or `admin`), with an audit entry.
+pub async fn set_role(db: &Db, user_id: i64, role: &str, actor: &audit::Actor) -> Result<users::Model> {
+    if role != ROLE_USER && role != ROLE_ADMIN {
+        return Err(Error::BadRequest(format!("the role must be `{ROLE_USER}` or `{ROLE_ADMIN}`")));
+    }
+    let txn = db.begin().await?;
+    let user = require(&txn, user_id).await?;
+    if user.role == role {
+        txn.commit().await?;
+        return Ok(user);
+    }
+    users::Entity::update_many()
+        .col_expr(users::Column::Role, Expr::value(role))
+        .col_expr(users::Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(users::Column::Id.eq(user.id))
+        .exec(&txn)
+        .await?;
+    audit::record_from(
+        &txn,
+        audit::Entry {
+            actor_user_id: actor.user_id,
+            action: "user.role",
+            target_type: "user",
+            target_id: user.id.to_string(),
+            before: Some(json!({ "role": user.role })),
+            after: Some(json!({ "role": role })),
+        },
+        actor.ip.as_deref(),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(users::Model { role: role.to_owned(), ..user })
 }

@@ -1,5 +1,6 @@
-//! Top-ups and adjustments: the balance change, its ledger entry and its audit entry commit
-//! together or not at all.
+//! Every change to a balance made by a person or at sign-up (top-up, correction, sign-up
+//! credit) goes through `apply`: the balance, its ledger entry and its audit entry commit
+//! together or not at all, and a balance never goes below zero.
 
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
 use serde_json::json;
@@ -11,6 +12,11 @@ use crate::db::Db;
 use crate::db::entities::credit_transactions;
 use crate::error::{Error, Result};
 use crate::money::{self, format_amount};
+
+/// Ledger kinds of money changes.
+pub const TOPUP: &str = "topup";
+pub const ADJUSTMENT: &str = "adjustment";
+pub const SIGNUP_CREDIT: &str = "signup_credit";
 
 /// One ledger line: a money and/or token delta for a user.
 pub struct Entry<'a> {
@@ -26,7 +32,8 @@ pub struct Entry<'a> {
     pub actor_user_id: Option<i64>,
 }
 
-/// Writes one ledger entry on `conn`.
+/// Writes one ledger entry on `conn`. Money entries go through `apply`, which also moves the
+/// balance; this alone is for token entries whose counterpart is a subscription row.
 pub async fn entry(conn: &impl ConnectionTrait, e: Entry<'_>) -> Result<()> {
     credit_transactions::ActiveModel {
         user_id: Set(e.user_id),
@@ -53,46 +60,87 @@ pub fn normalize_reason(raw: &str) -> Result<String> {
     Ok(reason.to_owned())
 }
 
-/// Adds `delta` micro-units (negative to deduct) to a user's balance, with a ledger entry of
-/// `kind` and an audit entry. A deduction larger than the balance is refused and changes
-/// nothing. Returns the new balance.
-pub async fn adjust(db: &Db, user_id: i64, delta: i64, kind: &str, reason: &str, actor: Option<i64>) -> Result<i64> {
-    let reason = normalize_reason(reason)?;
+/// A change to one user's balance.
+pub struct Change<'a> {
+    pub user_id: i64,
+    /// Micro-units; negative to deduct.
+    pub delta: i64,
+    /// `TOPUP`, `ADJUSTMENT` or `SIGNUP_CREDIT`.
+    pub kind: &'a str,
+    pub reason: &'a str,
+    /// The admin who made it; `None` for the command line and sign-up.
+    pub actor: Option<i64>,
+    /// The address the change was asked from, for the audit log.
+    pub ip: Option<String>,
+}
+
+/// The balance around a change, micro-units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub before: i64,
+    pub after: i64,
+}
+
+/// Applies `change` on `conn`, which must be a transaction (the caller commits): the balance
+/// moves, a ledger entry and an audit entry are written. A deduction the balance does not cover
+/// is `BalanceTooLow` carrying the current balance, and changes nothing.
+pub async fn apply(conn: &impl ConnectionTrait, change: Change<'_>) -> Result<Applied> {
+    let reason = normalize_reason(change.reason)?;
+    let delta = change.delta;
     if delta == 0 {
         return Err(Error::BadRequest("the amount must not be zero".into()));
     }
     if delta.unsigned_abs() > money::MAX_AMOUNT.unsigned_abs() {
         return Err(Error::BadRequest("amount is too large".into()));
     }
-    let txn = db.begin().await?;
-    let before = balance::amount(&txn, user_id).await?;
+    let user_id = change.user_id;
+    // The conditional UPDATE comes first: it locks the row (MySQL, PostgreSQL) so the balance
+    // read next is the one this change produced, even with reservations running concurrently.
     if delta > 0 {
-        balance::credit(&txn, user_id, delta).await?;
-    } else if !balance::debit_if_covered(&txn, user_id, -delta).await? {
-        return Err(Error::BadRequest(format!(
-            "cannot deduct {} from a balance of {}",
-            format_amount(-delta),
-            format_amount(before)
-        )));
+        balance::credit(conn, user_id, delta).await?;
+    } else if !balance::debit_if_covered(conn, user_id, -delta).await? {
+        return Err(Error::BalanceTooLow { balance: balance::amount(conn, user_id).await?, delta });
     }
-    let after = before + delta;
+    let after = balance::amount(conn, user_id).await?;
+    let before = after - delta;
     entry(
-        &txn,
-        Entry { user_id, kind, amount: delta, tokens: 0, subscription_id: None, reason: &reason, actor_user_id: actor },
+        conn,
+        Entry {
+            user_id,
+            kind: change.kind,
+            amount: delta,
+            tokens: 0,
+            subscription_id: None,
+            reason: &reason,
+            actor_user_id: change.actor,
+        },
     )
     .await?;
-    audit::record(
-        &txn,
+    audit::record_from(
+        conn,
         audit::Entry {
-            actor_user_id: actor,
+            actor_user_id: change.actor,
             action: "balance.adjust",
             target_type: "user",
             target_id: user_id.to_string(),
             before: Some(json!({ "balance": format_amount(before) })),
-            after: Some(json!({ "balance": format_amount(after), "delta": format_amount(delta), "kind": kind, "reason": reason })),
+            after: Some(json!({
+                "balance": format_amount(after),
+                "delta": format_amount(delta),
+                "kind": change.kind,
+                "reason": reason,
+            })),
         },
+        change.ip.as_deref(),
     )
     .await?;
+    Ok(Applied { before, after })
+}
+
+/// `apply` in a transaction of its own. Returns the new balance.
+pub async fn adjust(db: &Db, user_id: i64, delta: i64, kind: &str, reason: &str, actor: Option<i64>) -> Result<i64> {
+    let txn = db.begin().await?;
+    let applied = apply(&txn, Change { user_id, delta, kind, reason, actor, ip: None }).await?;
     txn.commit().await?;
-    Ok(after)
+    Ok(applied.after)
 }

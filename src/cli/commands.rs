@@ -12,18 +12,19 @@ use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::json;
 
-use super::{Cli, Command, KeyCommand, ModelCommand, SubscriptionCommand, UserCommand};
+use super::{AuditCommand, Cli, Command, KeyCommand, ModelCommand, PageArgs, SubscriptionCommand, UserCommand};
 use crate::accounts::{self, NewUser, ROLE_ADMIN, ROLE_USER, password};
 use crate::app::{Application, build_cache};
+use crate::audit::Actor;
 use crate::billing::{balance, ledger};
 use crate::cache::Cache;
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::db::entities::{api_keys, subscriptions as subs};
 use crate::db::{Backend, Db};
-use crate::gateway::{auth, catalog};
+
 use crate::money::{format_amount, parse_amount};
-use crate::{jobs, keys, subscriptions};
+use crate::{admin, jobs, keys, models, subscriptions};
 
 fn out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -142,6 +143,13 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Audit(cmd) => {
+            announce(&config);
+            let db = open(&config, create).await?;
+            let result = audit(&db, cmd).await;
+            db.close().await;
+            result
+        }
         Command::Subscription(cmd) => {
             announce(&config);
             let db = open(&config, create).await?;
@@ -188,7 +196,7 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
                 bail!("--amount: must be greater than zero");
             }
             let user = accounts::require_by_email(&db.read, &email).await?;
-            let after = ledger::adjust(db, user.id, micros, "topup", &reason, None).await?;
+            let after = ledger::adjust(db, user.id, micros, ledger::TOPUP, &reason, None).await?;
             out(&format!(
                 "topped up {} by {}; balance is now {}",
                 user.email,
@@ -196,17 +204,57 @@ async fn user(db: &Db, cache: &Cache, cmd: UserCommand) -> anyhow::Result<()> {
                 format_amount(after)
             ))
         }
+        UserCommand::Adjust { email, amount, reason } => {
+            let delta = admin::parse_delta(&amount).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+            let user = accounts::require_by_email(&db.read, &email).await?;
+            let kind = if delta > 0 { ledger::TOPUP } else { ledger::ADJUSTMENT };
+            let after = ledger::adjust(db, user.id, delta, kind, &reason, None).await?;
+            out(&format!(
+                "adjusted {} by {}; balance is now {}",
+                user.email,
+                format_amount(delta),
+                format_amount(after)
+            ))
+        }
+        UserCommand::List { q, role, status, page, json } => {
+            let query = admin::users::UserQuery { q, role, status, paging: paging(&page)? };
+            let found = admin::users::search(db, &query).await?;
+            if json {
+                let rows: Vec<_> = found.rows.iter().map(admin::views::summary_json).collect();
+                return out(&serde_json::to_string_pretty(&rows)?);
+            }
+            let mut text = format!(
+                "{:<6} {:<32} {:<6} {:<8} {:>14} {:>12} {:>5} {:>12}  {}",
+                "ID", "EMAIL", "ROLE", "STATUS", "BALANCE", "SUB TOKENS", "KEYS", "SPEND 30D", "LAST ACTIVE"
+            );
+            for r in &found.rows {
+                text.push_str(&format!(
+                    "\n{:<6} {:<32} {:<6} {:<8} {:>14} {:>12} {:>5} {:>12}  {}",
+                    r.user.id,
+                    r.user.email,
+                    r.user.role,
+                    if r.user.disabled { "disabled" } else { "active" },
+                    format_amount(r.balance),
+                    r.subscription_tokens,
+                    r.keys,
+                    format_amount(r.spend_recent),
+                    r.last_active.map_or_else(|| "-".to_owned(), rfc3339)
+                ));
+            }
+            text.push_str(&format!("\n{} of {} user(s), page {}", found.rows.len(), found.total, found.paging.page));
+            out(&text)
+        }
         UserCommand::Disable { email } => {
-            let user = accounts::set_disabled(db, &email, true, None).await?;
-            auth::forget_user_keys(db, cache, user.id).await?;
-            let sessions = crate::auth::sessions::end_all(db, user.id).await?;
+            let user = accounts::require_by_email(&db.read, &email).await?;
+            let (user, sessions) = accounts::set_disabled(db, cache, user.id, true, &Actor::system()).await?;
             out(&format!(
                 "disabled {}; their keys stop working within 5 seconds and {sessions} sign-in session(s) ended",
                 user.email
             ))
         }
         UserCommand::Enable { email } => {
-            let user = accounts::set_disabled(db, &email, false, None).await?;
+            let user = accounts::require_by_email(&db.read, &email).await?;
+            let (user, _) = accounts::set_disabled(db, cache, user.id, false, &Actor::system()).await?;
             out(&format!("enabled {}", user.email))
         }
     }
@@ -282,6 +330,39 @@ async fn show_user(db: &Db, email: &str, as_json: bool) -> anyhow::Result<()> {
 
 async fn key(db: &Db, cache: &Cache, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
+        KeyCommand::List { email, json } => {
+            let user = accounts::require_by_email(&db.read, &email).await?;
+            let query = admin::keys::KeyQuery {
+                user: Some(user.id.to_string()),
+                q: None,
+                paging: admin::Paging { page: 1, page_size: keys::MAX_KEYS_PER_USER * 100 },
+            };
+            let found = admin::keys::list(db, &query).await?;
+            if json {
+                let rows: Vec<_> = found.rows.iter().map(admin::views::key_row_json).collect();
+                return out(&serde_json::to_string_pretty(&rows)?);
+            }
+            let mut text = format!("{:<6} {:<24} {:<14} {:<9} {}", "ID", "NAME", "KEY", "STATE", "LAST USED");
+            for r in &found.rows {
+                let k = &r.key;
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if k.disabled {
+                    "disabled"
+                } else {
+                    "active"
+                };
+                text.push_str(&format!(
+                    "\n{:<6} {:<24} {:<14} {:<9} {}",
+                    k.id,
+                    k.name,
+                    format!("{}…{}", k.prefix, k.last4),
+                    state,
+                    k.last_used_at.map_or_else(|| "never".to_owned(), rfc3339)
+                ));
+            }
+            out(&text)
+        }
         KeyCommand::Create { email, name } => {
             let user = accounts::require_by_email(&db.read, &email).await?;
             let (row, plaintext) = keys::create(&db.write, user.id, name.as_deref()).await?;
@@ -332,6 +413,37 @@ async fn subscription(db: &Db, cmd: SubscriptionCommand) -> anyhow::Result<()> {
     }
 }
 
+fn paging(page: &PageArgs) -> anyhow::Result<admin::Paging> {
+    Ok(admin::Paging::parse(Some(&page.page.to_string()), Some(&page.page_size.to_string()))?)
+}
+
+async fn audit(db: &Db, cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::List { actor, action, target, page, json } => {
+            let query = admin::audit_log::AuditQuery { actor, action, target, paging: paging(&page)? };
+            let found = admin::audit_log::list(db, &query).await?;
+            if json {
+                let rows: Vec<_> = found.rows.iter().map(admin::views::audit_json).collect();
+                return out(&serde_json::to_string_pretty(&rows)?);
+            }
+            let mut text = format!("{:<24} {:<24} {:<20} {:<16} {}", "WHEN", "ACTOR", "ACTION", "TARGET", "AFTER");
+            for r in &found.rows {
+                let e = &r.entry;
+                text.push_str(&format!(
+                    "\n{:<24} {:<24} {:<20} {:<16} {}",
+                    rfc3339(e.created_at),
+                    r.actor_email.as_deref().unwrap_or("system"),
+                    e.action,
+                    format!("{}:{}", e.target_type, e.target_id),
+                    e.after.as_deref().unwrap_or("-")
+                ));
+            }
+            text.push_str(&format!("\n{} of {} entr(ies), page {}", found.rows.len(), found.total, found.paging.page));
+            out(&text)
+        }
+    }
+}
+
 fn price(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
     value.map(|v| parse_amount(&v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
 }
@@ -339,7 +451,7 @@ fn price(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
 async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::List { json } => {
-            let models = catalog::all(&db.read).await?;
+            let models = models::all(&db.read).await?;
             if json {
                 let list: Vec<_> = models
                     .iter()
@@ -386,7 +498,8 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             enabled,
             cap_field,
         } => {
-            let change = catalog::ModelChange {
+            let change = models::ModelChange {
+                name: None,
                 upstream_model,
                 input_price: price("--input-price", input_price)?,
                 output_price: price("--output-price", output_price)?,
@@ -395,7 +508,7 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 enabled,
                 cap_field,
             };
-            let m = catalog::set(db, cache, &name, change, None).await?;
+            let m = models::set(db, cache, &name, change, None).await?;
             out(&format!(
                 "{}: input {} / output {} per 1M tokens, max output {}, context {}, {}",
                 m.name,
@@ -405,6 +518,11 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 m.context_window,
                 if m.enabled { "enabled" } else { "disabled" }
             ))
+        }
+        ModelCommand::Delete { name } => {
+            let m = models::find_by_name(&db.read, &name).await?;
+            models::delete(db, cache, m.id, &Actor::system()).await?;
+            out(&format!("deleted model {}", m.name))
         }
     }
 }

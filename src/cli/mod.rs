@@ -41,6 +41,9 @@ pub enum Command {
     /// Manage the model catalogue and prices.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Ask the server on LISTEN_ADDR for /healthz; exit 0 when it answers 200 (the container's
     /// health check: the image has no curl).
     Healthcheck {
@@ -83,6 +86,41 @@ pub enum ModelCommand {
         #[arg(long)]
         cap_field: Option<String>,
     },
+    /// Delete a model that was never used (one with usage is refused: disable it instead).
+    Delete {
+        /// The model's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit entries, newest first.
+    List {
+        /// A user id, an email, or `system` for the command line and jobs.
+        #[arg(long)]
+        actor: Option<String>,
+        /// An action (`balance.adjust`) or a family (`model`).
+        #[arg(long)]
+        action: Option<String>,
+        /// `type:id` (`user:12`), a type, or an id.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which page of a list to print.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    #[arg(long, default_value_t = 1)]
+    pub page: u64,
+    #[arg(long, default_value_t = 50)]
+    pub page_size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +167,34 @@ pub enum UserCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Add to or take from a user's balance (`--amount -3.00` corrects); never below zero.
+    Adjust {
+        #[arg(long)]
+        email: String,
+        /// Signed amount in currency units, such as 12.50 or -3.00 (at most 6 decimals).
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        /// Why, for the ledger and the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List users, newest first, with balance, subscription tokens, keys and recent spend.
+    List {
+        /// Part of the email or name.
+        #[arg(long)]
+        q: Option<String>,
+        /// `user` or `admin`.
+        #[arg(long)]
+        role: Option<String>,
+        /// `active` or `disabled`.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Disable a user: their keys stop working within seconds.
     Disable {
         #[arg(long)]
@@ -143,6 +209,14 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
+    /// List a user's keys (revoked ones included); never a plaintext.
+    List {
+        #[arg(long)]
+        email: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a key and print only its plaintext on stdout (shown once, never stored).
     Create {
         #[arg(long)]

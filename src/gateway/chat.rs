@@ -10,7 +10,6 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::auth::{self, ApiKey};
-use super::catalog;
 use super::exchange::{Exchange, Head};
 use super::refusals::Refusal;
 use super::settle::Settler;
@@ -19,6 +18,7 @@ use crate::app::AppState;
 use crate::billing::{ReserveRequest, reserve};
 use crate::error::Error;
 use crate::http::ApiError;
+use crate::models;
 use crate::observability::{self, RequestRecord, UNKNOWN_MODEL};
 
 pub fn new_request_id() -> String {
@@ -138,7 +138,7 @@ async fn handle(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
     };
-    let model = catalog::lookup(&state.db, &state.cache, &model_name).await.map_err(fail)?;
+    let model = models::lookup(&state.db, &state.cache, &model_name).await.map_err(fail)?;
     // From here on the model is in the catalogue: its name may label metrics.
     let fail = |error: Error| Failure {
         error,
@@ -250,7 +250,7 @@ async fn reserve_detached(
     state: &AppState,
     request_id: &str,
     key: ApiKey,
-    model: &catalog::ModelConfig,
+    model: &models::ModelConfig,
     stream: bool,
     started: Instant,
     (prompt, max_out, estimate): (i64, i64, i64),
@@ -331,7 +331,7 @@ fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
 fn output_caps(request: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
     let mut fields = Vec::new();
     let mut smallest: Option<i64> = None;
-    for field in catalog::CAP_FIELDS {
+    for field in models::CAP_FIELDS {
         match request.get(field) {
             None | Some(Value::Null) => continue,
             Some(Value::Number(n)) => {
@@ -384,7 +384,7 @@ pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> R
     let result = match auth::authenticate(&state.db, &state.cache, &state.tasks, &headers).await {
         Ok(k) => {
             key = Some(k);
-            catalog::enabled(&state.db.read).await
+            models::enabled(&state.db.read).await
         }
         Err(err) => Err(err),
     };

@@ -2,7 +2,6 @@
 //! client, the SSE relay and token counting; the chat apps' billing endpoints.
 
 pub mod auth;
-pub mod catalog;
 pub mod chat;
 pub mod chat_apps;
 mod chunks;

@@ -32,6 +32,7 @@ impl ApiError {
             Error::ModelNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict_error"),
             Error::InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
+            Error::BalanceTooLow { .. } => (StatusCode::CONFLICT, "conflict_error"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
             Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error"),
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
@@ -65,7 +66,11 @@ impl IntoResponse for ApiError {
             Error::ModelNotFound(_) => "model_not_found",
             other => other.label(),
         };
-        let body = json!({ "error": { "message": message, "type": kind, "code": code } });
+        let mut body = json!({ "error": { "message": message, "type": kind, "code": code } });
+        if let Error::BalanceTooLow { balance, .. } = &self.0 {
+            // The caller needs the current balance to correct by at most that much.
+            body["error"]["balance"] = json!(crate::money::format_amount(*balance));
+        }
         let mut res = (status, Json(body)).into_response();
         if let Error::RateLimited { retry_after_secs, .. } = &self.0 {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

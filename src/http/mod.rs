@@ -1,5 +1,6 @@
 //! The route table: paths to handlers, nothing else.
 
+pub mod admin;
 mod body_limits;
 pub mod client_ip;
 mod cron;
@@ -52,6 +53,8 @@ fn api_router(state: AppState) -> Router {
         .route("/api/internal/usage", get(internal::usage))
         .route("/api/internal/usage/daily", get(usage_stats::daily))
         .route("/api/internal/usage/export", get(internal::export))
+        // The back office's JSON API (role admin on every route).
+        .merge(admin::routes())
         .layer(from_fn(session::json_refusals))
         .layer(from_fn_with_state(state.clone(), session::reject_cross_site))
         .layer(crate::auth::sessions::layer(&state.config, &state.db));

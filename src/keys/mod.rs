@@ -6,7 +6,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Pagin
 
 use serde_json::{Value, json};
 
-use crate::audit::{self, Entry};
+use crate::audit::{self, Actor, Entry};
 use crate::cache::{self, Cache};
 use crate::clock::now_ms;
 use crate::crypto;
@@ -232,6 +232,17 @@ pub async fn set_disabled(
 /// the revoked row, or `NotFound` when the key does not exist, belongs to someone else or is
 /// already revoked.
 pub async fn revoke(db: &Db, cache: &Cache, owner: Option<i64>, key_id: i64) -> Result<api_keys::Model> {
+    revoke_as(db, cache, owner, key_id, &Actor { user_id: owner, ip: None }).await
+}
+
+/// `revoke`, audited as `actor` (an administrator revoking a customer's key, from an address).
+pub async fn revoke_as(
+    db: &Db,
+    cache: &Cache,
+    owner: Option<i64>,
+    key_id: i64,
+    actor: &Actor,
+) -> Result<api_keys::Model> {
     let txn = db.begin().await?;
     let key = find_active(&txn, owner, key_id).await?;
     let now = now_ms();
@@ -241,8 +252,14 @@ pub async fn revoke(db: &Db, cache: &Cache, owner: Option<i64>, key_id: i64) -> 
         .filter(api_keys::Column::Id.eq(key.id))
         .exec(&txn)
         .await?;
-    let entry = key_entry(owner, "key.revoke", &key, json!({ "revokedAt": null }), json!({ "revokedAt": now }));
-    audit::record(&txn, entry).await?;
+    let entry = key_entry(
+        actor.user_id,
+        "key.revoke",
+        &key,
+        json!({ "userId": key.user_id, "revokedAt": null }),
+        json!({ "userId": key.user_id, "revokedAt": now }),
+    );
+    audit::record_from(&txn, entry, actor.ip.as_deref()).await?;
     txn.commit().await?;
     forget_revoked(cache, &key.key_hash).await;
     Ok(api_keys::Model { revoked_at: Some(now), updated_at: now, ..key })

@@ -151,11 +151,11 @@ async fn one_model_by_id(backend: Backend) {
     let app = &g.app;
     let (_, key) = app.customer("models@example.com", 0).await;
     add_model_named(&app.db, "org/with-slash").await;
-    tollgate::gateway::catalog::set(
+    tollgate::models::set(
         &app.db,
         &tollgate::cache::Cache::in_process(),
         "switched-off",
-        tollgate::gateway::catalog::ModelChange {
+        tollgate::models::ModelChange {
             upstream_model: Some("upstream-model".into()),
             input_price: Some(1),
             output_price: Some(1),

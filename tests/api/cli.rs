@@ -27,7 +27,7 @@ fn stdout(o: &Output) -> String {
 async fn migrate_creates_every_table_once(backend: Backend) {
     let (url, _dir) = empty_db_url(backend).await;
     let first = stdout(&tollgate(&url, &["migrate"]));
-    assert!(first.contains("applied 3 migration(s)"), "{first}");
+    assert!(first.contains("applied 4 migration(s)"), "{first}");
     let second = stdout(&tollgate(&url, &["migrate"]));
     assert!(second.contains("nothing to apply"), "{second}");
     let db = Db::connect(&url, 2).await.unwrap();
@@ -193,6 +193,11 @@ async fn models_keys_and_users_are_managed_from_the_command_line() {
         let o = tollgate(&url, bad);
         assert!(!o.status.success() && !o.stderr.is_empty(), "{bad:?}");
     }
+    // Never used: it can be deleted, once.
+    let out = stdout(&tollgate(&url, &["model", "delete", "house-model"]));
+    assert!(out.contains("deleted model house-model"), "{out}");
+    assert!(!stdout(&tollgate(&url, &["model", "list"])).contains("house-model"));
+    assert!(!tollgate(&url, &["model", "delete", "house-model"]).status.success(), "already deleted");
 
     stdout(&tollgate(&url, &["user", "create", "--email", "cli@example.com"]));
     let key = stdout(&tollgate(&url, &["key", "create", "--email", "cli@example.com"]));
@@ -319,3 +324,69 @@ async fn healthcheck_command_reports_the_server_state() {
     assert!(!o.status.success(), "nothing listens any more");
     assert!(!o.stderr.is_empty());
 }
+
+/// The back office from the command line: the same service functions as the admin API.
+async fn back_office_commands_share_the_admin_functions(backend: Backend) {
+    let (url, _dir) = empty_db_url(backend).await;
+    stdout(&tollgate(&url, &["migrate"]));
+    stdout(&tollgate(&url, &["user", "create", "--email", "ann@example.com", "--name", "Ann"]));
+    stdout(&tollgate(&url, &["user", "create", "--email", "ops@example.com", "--admin"]));
+    let key = stdout(&tollgate(&url, &["key", "create", "--email", "ann@example.com", "--name", "laptop"]));
+
+    let out = stdout(&tollgate(
+        &url,
+        &["user", "adjust", "--email", "ann@example.com", "--amount", "5", "--reason", "credit"],
+    ));
+    assert!(out.contains("balance is now 5.00"), "{out}");
+    let out = stdout(&tollgate(
+        &url,
+        &["user", "adjust", "--email", "ann@example.com", "--amount", "-3.00", "--reason", "fix"],
+    ));
+    assert!(out.contains("balance is now 2.00"), "{out}");
+    let refused =
+        tollgate(&url, &["user", "adjust", "--email", "ann@example.com", "--amount", "-2.01", "--reason", "x"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("the balance is 2.00"), "{}", stderr(&refused));
+    assert!(
+        !tollgate(&url, &["user", "adjust", "--email", "ann@example.com", "--amount", "0", "--reason", "x"])
+            .status
+            .success()
+    );
+
+    let users: serde_json::Value = serde_json::from_str(&stdout(&tollgate(&url, &["user", "list", "--json"]))).unwrap();
+    let ann = users.as_array().unwrap().iter().find(|u| u["email"] == "ann@example.com").unwrap();
+    assert_eq!(
+        (ann["balance"].as_str(), ann["keys"].as_i64(), ann["name"].as_str()),
+        (Some("2.00"), Some(1), Some("Ann"))
+    );
+    let admins: serde_json::Value =
+        serde_json::from_str(&stdout(&tollgate(&url, &["user", "list", "--role", "admin", "--json"]))).unwrap();
+    assert_eq!(admins.as_array().unwrap().len(), 1);
+    let table = stdout(&tollgate(&url, &["user", "list", "--q", "ann"]));
+    assert!(table.contains("ann@example.com") && !table.contains("ops@example.com"), "{table}");
+    assert!(!tollgate(&url, &["user", "list", "--status", "gone"]).status.success());
+
+    let keys: serde_json::Value =
+        serde_json::from_str(&stdout(&tollgate(&url, &["key", "list", "--email", "ann@example.com", "--json"])))
+            .unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["name"], "laptop");
+    assert!(!keys.to_string().contains(key.trim()), "never the plaintext");
+    let table = stdout(&tollgate(&url, &["key", "list", "--email", "ann@example.com"]));
+    assert!(table.contains("laptop") && table.contains("active"), "{table}");
+
+    let log: serde_json::Value = serde_json::from_str(&stdout(&tollgate(&url, &["audit", "list", "--json"]))).unwrap();
+    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["balance.adjust", "balance.adjust"], "newest first; the refused change left nothing");
+    assert_eq!(log[0]["after"]["balance"], "2.00");
+    assert_eq!(log[0]["before"]["balance"], "5.00");
+    assert!(log[0]["actorUserId"].is_null(), "the command line acts as the system");
+    let table = stdout(&tollgate(&url, &["audit", "list", "--action", "balance"]));
+    assert!(table.contains("balance.adjust") && table.contains("system"), "{table}");
+
+    let db = Db::connect(&url, 2).await.unwrap();
+    let user = tollgate::accounts::require_by_email(&db.read, "ann@example.com").await.unwrap();
+    crate::helpers::assert_books_balance(&db, user.id).await;
+}
+
+on_all_backends!(back_office_commands_share_the_admin_functions);

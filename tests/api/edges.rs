@@ -21,8 +21,8 @@ async fn reservation(app: &TestApp, user: i64) -> reservations::Model {
 
 /// Configures the test model for an upstream that knows `max_tokens`, not OpenAI's field.
 async fn upstream_obeys_max_tokens(app: &TestApp) {
-    let change = tollgate::gateway::catalog::ModelChange { cap_field: Some("max_tokens".into()), ..Default::default() };
-    tollgate::gateway::catalog::set(&app.db, &app.cache(), MODEL, change, None).await.unwrap();
+    let change = tollgate::models::ModelChange { cap_field: Some("max_tokens".into()), ..Default::default() };
+    tollgate::models::set(&app.db, &app.cache(), MODEL, change, None).await.unwrap();
 }
 
 async fn every_choice_is_reserved_and_billed(backend: Backend) {
@@ -172,11 +172,11 @@ fn png(width: u32, height: u32) -> String {
 
 async fn inline_images_are_reserved_by_their_size(backend: Backend) {
     let g = spawn_gateway(backend, Mode::Normal, &[]).await;
-    tollgate::gateway::catalog::set(
+    tollgate::models::set(
         &g.app.db,
         &g.app.cache(),
         "vision",
-        tollgate::gateway::catalog::ModelChange {
+        tollgate::models::ModelChange {
             upstream_model: Some("gpt-4.1-nano".into()),
             input_price: Some(1_000_000),
             output_price: Some(2_000_000),

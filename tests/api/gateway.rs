@@ -168,11 +168,11 @@ async fn bad_requests_get_clear_errors_and_cost_nothing(backend: Backend) {
     assert_books_balance(&g.app.db, user).await;
 
     // A disabled model is as unknown as a missing one.
-    tollgate::gateway::catalog::set(
+    tollgate::models::set(
         &g.app.db,
         &g.app.cache(),
         MODEL,
-        tollgate::gateway::catalog::ModelChange { enabled: Some(false), ..Default::default() },
+        tollgate::models::ModelChange { enabled: Some(false), ..Default::default() },
         None,
     )
     .await

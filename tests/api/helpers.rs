@@ -276,11 +276,11 @@ pub async fn add_test_model(app: &TestApp) {
 /// Adds the model `name`: upstream `upstream-model`, 1 micro-unit per prompt token, 2 per
 /// completion token, at most `MAX_OUT` out.
 pub async fn add_model_named(db: &Db, name: &str) {
-    tollgate::gateway::catalog::set(
+    tollgate::models::set(
         db,
         &tollgate::cache::Cache::in_process(),
         name,
-        tollgate::gateway::catalog::ModelChange {
+        tollgate::models::ModelChange {
             upstream_model: Some("upstream-model".into()),
             input_price: Some(1_000_000),
             output_price: Some(2_000_000),

@@ -81,8 +81,10 @@ async fn revocation_reaches_every_instance(backend: Backend, redis: Option<Strin
 
     // Disable user B.
     let email = "b@example.com";
-    tollgate::accounts::set_disabled(&g.app.db, email, true, None).await.unwrap();
-    tollgate::gateway::auth::forget_user_keys(&g.app.db, &g.app.cache(), user_b).await.unwrap();
+    assert_eq!(tollgate::accounts::require_by_email(&g.app.db.read, email).await.unwrap().id, user_b);
+    tollgate::accounts::set_disabled(&g.app.db, &g.app.cache(), user_b, true, &tollgate::audit::Actor::system())
+        .await
+        .unwrap();
     assert_eq!(g.app.chat(&key_b, &chat_body(false)).await.status(), 401);
     eventually(within, "the other instance refuses the disabled user's key", || async {
         other.chat(&key_b, &chat_body(false)).await.status() == 401

@@ -5,6 +5,8 @@
 mod helpers;
 
 mod accounts;
+mod admin;
+mod back_office;
 mod billing;
 mod browser;
 mod chat_apps;
@@ -22,6 +24,7 @@ mod health;
 mod hygiene;
 mod key_edits;
 mod keys;
+mod models;
 mod multi_instance;
 mod observability;
 mod process;

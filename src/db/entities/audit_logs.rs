@@ -15,6 +15,8 @@ pub struct Model {
     pub before: Option<String>,
     pub after: Option<String>,
     pub created_at: i64,
+    /// The client address of the request that made the change (admin API only).
+    pub ip: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit_logs;
 pub mod balances;
 pub mod credit_transactions;
+pub mod idempotency_keys;
 pub mod models;
 pub mod oauth_states;
 pub mod reservations;

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_starter_models;
 mod m0003_edges;
+mod m0004_back_office;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_starter_models::Migration),
             Box::new(m0003_edges::Migration),
+            Box::new(m0004_back_office::Migration),
         ]
     }
 }

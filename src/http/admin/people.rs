@@ -1,0 +1,276 @@
+//! `/api/admin/users`, `/api/admin/keys` and subscriptions: finding people, their balance,
+//! role and access, for support.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AdminUser, bad_query, page_json, path_id};
+use crate::accounts;
+use crate::admin::users::UserQuery;
+use crate::admin::views::{key_json, summary_json};
+use crate::admin::{self, Paging, idempotency};
+use crate::app::AppState;
+use crate::billing::ledger;
+use crate::cache;
+use crate::clock::rfc3339;
+use crate::db::entities::{credit_transactions, subscriptions as subs, usage_logs};
+use crate::error::Error;
+use crate::http::ApiError;
+use crate::http::internal::ApiJson;
+use crate::money::format_amount;
+use crate::{keys, subscriptions};
+
+fn subscription_json(s: &subs::Model) -> Value {
+    json!({
+        "id": s.id,
+        "userId": s.user_id,
+        "name": s.name,
+        "tokensTotal": s.tokens_total,
+        "tokensRemaining": s.tokens_remaining,
+        "startsAt": rfc3339(s.starts_at),
+        "expiresAt": rfc3339(s.expires_at),
+        "active": s.expires_at > crate::clock::now_ms() && s.tokens_remaining > 0,
+    })
+}
+
+fn usage_json(r: &usage_logs::Model) -> Value {
+    json!({
+        "id": r.id,
+        "requestId": r.request_id,
+        "keyId": r.key_id,
+        "model": r.model,
+        "statusCode": r.status_code,
+        "promptTokens": r.prompt_tokens,
+        "completionTokens": r.completion_tokens,
+        "totalTokens": r.total_tokens,
+        "cost": format_amount(r.cost),
+        "subscriptionTokens": r.subscription_tokens,
+        "requestCount": r.request_count,
+        "createdAt": rfc3339(r.created_at),
+    })
+}
+
+fn ledger_json(t: &credit_transactions::Model) -> Value {
+    json!({
+        "id": t.id,
+        "kind": t.kind,
+        "amount": format_amount(t.amount),
+        "tokens": t.tokens,
+        "subscriptionId": t.subscription_id,
+        "reason": t.reason,
+        "actorUserId": t.actor_user_id,
+        "createdAt": rfc3339(t.created_at),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserListQuery {
+    q: Option<String>,
+    role: Option<String>,
+    status: Option<String>,
+    page: Option<String>,
+    page_size: Option<String>,
+}
+
+/// `GET /api/admin/users?q=&role=&status=&page=&pageSize=`.
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    query: Result<Query<UserListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_query(&e))?;
+    let paging = Paging::parse(q.page.as_deref(), q.page_size.as_deref())?;
+    let found = admin::users::search(&state.db, &UserQuery { q: q.q, role: q.role, status: q.status, paging }).await?;
+    Ok(Json(page_json(&found, summary_json)))
+}
+
+/// `GET /api/admin/users/{id}`: the user with keys, subscriptions, recent usage and ledger.
+pub async fn detail(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = admin::users::detail(&state.db, path_id(&id, "user")?).await?;
+    let mut value = summary_json(&d.summary);
+    value["apiKeys"] = d.keys.iter().map(key_json).collect();
+    value["subscriptions"] = d.subscriptions.iter().map(subscription_json).collect();
+    value["recentUsage"] = d.usage.iter().map(usage_json).collect();
+    value["ledger"] = d.ledger.iter().map(ledger_json).collect();
+    Ok(Json(value))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserPatch {
+    role: Option<String>,
+    disabled: Option<bool>,
+}
+
+/// `PATCH /api/admin/users/{id}` `{role?, disabled?}`. Disabling ends the user's sessions and
+/// stops their keys at once. An admin cannot lock themselves out.
+pub async fn update(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UserPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id, "user")?;
+    if body.role.is_none() && body.disabled.is_none() {
+        return Err(ApiError(Error::BadRequest("nothing to change: send role and/or disabled".into())));
+    }
+    accounts::require(&state.db.read, id).await?;
+    if id == admin.user.id && (body.disabled == Some(true) || body.role.as_deref().is_some_and(|r| r != "admin")) {
+        return Err(ApiError(Error::BadRequest("you cannot disable yourself or remove your own admin role".into())));
+    }
+    if let Some(role) = body.role.as_deref() {
+        accounts::set_role(&state.db, id, role, &admin.actor).await?;
+    }
+    if let Some(disabled) = body.disabled {
+        let (_, ended) = accounts::set_disabled(&state.db, &state.cache, id, disabled, &admin.actor).await?;
+        if ended > 0 {
+            tracing::info!(user.id = id, sessions = ended, "user disabled; sessions ended");
+        }
+    }
+    let d = admin::users::detail(&state.db, id).await?;
+    Ok(Json(summary_json(&d.summary)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceBody {
+    amount: String,
+    reason: String,
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// `POST /api/admin/users/{id}/balance` `{"amount": "12.50", "reason": "..."}`: a top-up
+/// (positive) or a correction (negative), never below zero (409 with the current balance).
+/// With `Idempotency-Key`, a retry answers the first result and changes nothing.
+pub async fn balance(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<BalanceBody>,
+) -> Result<Response, ApiError> {
+    let user_id = path_id(&id, "user")?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            idempotency::check_key(v.to_str().map_err(|_| Error::BadRequest("bad Idempotency-Key".into()))?)?
+                .to_owned(),
+        ),
+    };
+    let delta = admin::parse_delta(&body.amount)?;
+    let reason = ledger::normalize_reason(&body.reason)?;
+    accounts::require(&state.db.read, user_id).await?;
+    let request = idempotency::fingerprint(&["balance", &user_id.to_string(), &delta.to_string(), &reason]);
+    let actor = admin.actor.clone();
+    let answer = idempotency::once(&state.db, admin.user.id, key.as_deref(), &request, move |txn| {
+        Box::pin(async move {
+            let kind = if delta > 0 { ledger::TOPUP } else { ledger::ADJUSTMENT };
+            let applied = ledger::apply(
+                txn,
+                ledger::Change { user_id, delta, kind, reason: &reason, actor: actor.user_id, ip: actor.ip.clone() },
+            )
+            .await?;
+            let body = json!({
+                "userId": user_id,
+                "kind": kind,
+                "amount": format_amount(delta),
+                "balanceBefore": format_amount(applied.before),
+                "balance": format_amount(applied.after),
+            });
+            Ok((200, body))
+        })
+    })
+    .await?;
+    state.cache.delete(&cache::user_balance(user_id)).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut res = (status, Json(answer.body)).into_response();
+    if answer.replayed {
+        res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    name: Option<String>,
+    tokens: i64,
+    days: i64,
+}
+
+/// `POST /api/admin/users/{id}/subscriptions` `{"tokens", "days", "name"?}`: grants a package.
+pub async fn grant(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<GrantBody>,
+) -> Result<Response, ApiError> {
+    let user_id = path_id(&id, "user")?;
+    accounts::require(&state.db.read, user_id).await?;
+    let name = body.name.as_deref().unwrap_or("subscription");
+    let sub = subscriptions::grant(&state.db, user_id, name, body.tokens, body.days, Some(admin.user.id)).await?;
+    Ok((StatusCode::CREATED, Json(subscription_json(&sub))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    days: i64,
+    tokens: Option<i64>,
+}
+
+/// `POST /api/admin/subscriptions/{id}/renew` `{"days", "tokens"?}`.
+pub async fn renew(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RenewBody>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id, "subscription")?;
+    let sub = subscriptions::renew(&state.db, id, body.days, body.tokens.unwrap_or(0), Some(admin.user.id)).await?;
+    Ok(Json(subscription_json(&sub)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyListQuery {
+    user: Option<String>,
+    q: Option<String>,
+    page: Option<String>,
+    page_size: Option<String>,
+}
+
+/// `GET /api/admin/keys?user=&q=`: every key (revoked ones included), never a plaintext.
+pub async fn keys(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    query: Result<Query<KeyListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_query(&e))?;
+    let paging = Paging::parse(q.page.as_deref(), q.page_size.as_deref())?;
+    let found = admin::keys::list(&state.db, &admin::keys::KeyQuery { user: q.user, q: q.q, paging }).await?;
+    Ok(Json(page_json(&found, crate::admin::views::key_row_json)))
+}
+
+/// `DELETE /api/admin/keys/{id}`: revokes any user's key, audited, refused everywhere at once.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = path_id(&id, "active key")?;
+    let row = keys::revoke_as(&state.db, &state.cache, None, id, &admin.actor).await?;
+    tracing::info!(key.id = row.id, user.id = row.user_id, "key revoked by an administrator");
+    Ok(StatusCode::NO_CONTENT)
+}
