@@ -2,6 +2,8 @@
 // string catalogue, times in the browser's time zone, copy buttons and the JSON API helper.
 const STRINGS = JSON.parse(document.getElementById('strings').textContent);
 const LANG = document.documentElement.lang || 'en';
+// The currency: {currency, symbol}.
+const SITE = JSON.parse(document.getElementById('site').textContent);
 
 function T(key, vars) {
   let text = STRINGS[key] || key;

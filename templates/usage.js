@@ -1,6 +1,6 @@
 // /dashboard/usage: a 30-day chart (inline SVG), the per-model breakdown and the call history
 // with filters, paging and a CSV export of the same filters.
-const SYMBOL = JSON.parse(document.getElementById('currency').textContent).symbol;
+const SYMBOL = SITE.symbol;
 const PAGE_SIZE = 20;
 let page = 1;
 let series = [];

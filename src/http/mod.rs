@@ -1,6 +1,7 @@
 //! The route table: paths to handlers, nothing else.
 
 pub mod admin;
+mod admin_pages;
 mod body_limits;
 pub mod client_ip;
 mod cron;
@@ -43,6 +44,12 @@ fn api_router(state: AppState) -> Router {
         .route("/dashboard/keys", get(pages::keys_page))
         .route("/dashboard/usage", get(pages::usage_page))
         .route("/pricing", get(pages::pricing))
+        .route("/admin", get(admin_pages::home))
+        .route("/admin/models", get(admin_pages::models))
+        .route("/admin/users", get(admin_pages::users))
+        .route("/admin/users/{id}", get(admin_pages::user))
+        .route("/admin/revenue", get(admin_pages::revenue))
+        .route("/admin/audit", get(admin_pages::audit))
         .route("/api/auth/signin/password", post(signin::password_signin))
         .route("/api/auth/signin/{provider}", get(signin::start))
         .route("/api/auth/callback/{provider}", get(signin::callback))

@@ -16,6 +16,7 @@ use super::ApiError;
 use super::internal::cached_balance;
 use super::session::{CurrentUser, safe_next};
 use super::signin::NEW_KEY_COOKIE;
+use crate::accounts::ROLE_ADMIN;
 use crate::app::AppState;
 use crate::auth::sessions::USER_ID;
 use crate::clock::{day_of, now_ms, rfc3339};
@@ -41,18 +42,33 @@ pub struct Chrome {
     pub admin: bool,
     /// The navigation entry to mark: `overview`, `keys`, `usage`, `pricing` or empty.
     pub current: &'static str,
+    /// A back-office page: the navigation bar shows the back office's sections.
+    pub admin_area: bool,
     /// This page's path and query, for the language switch to come back to.
     pub here: String,
     pub languages: Vec<LangLink>,
+    pub currency: String,
+    /// `{"currency", "symbol"}` for the pages' scripts (`<` escaped).
+    pub site_json: String,
 }
 
 impl Chrome {
-    fn new(state: &AppState, t: Tr, user: Option<&users::Model>, current: &'static str, here: &OriginalUri) -> Self {
+    pub fn new(
+        state: &AppState,
+        t: Tr,
+        user: Option<&users::Model>,
+        current: &'static str,
+        here: &OriginalUri,
+    ) -> Self {
+        let site = serde_json::json!({ "currency": state.config.currency, "symbol": state.config.currency_symbol });
         Self {
             site_name: state.config.site_name.clone(),
             email: user.map(|u| u.email.clone()),
-            admin: user.is_some_and(|u| u.role == "admin"),
+            admin: user.is_some_and(|u| u.role == ROLE_ADMIN),
             current,
+            admin_area: current.starts_with("admin"),
+            currency: state.config.currency.clone(),
+            site_json: site.to_string().replace('<', "\\u003c"),
             here: here.0.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
             languages: Lang::ALL
                 .iter()
@@ -63,7 +79,7 @@ impl Chrome {
 }
 
 /// A page that may show someone's data: never stored by the browser or a proxy.
-fn private(page: impl IntoResponse) -> Response {
+pub fn private(page: impl IntoResponse) -> Response {
     let mut res = page.into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::VARY, HeaderValue::from_static("Cookie, Accept-Language"));
@@ -241,8 +257,6 @@ pub async fn keys_page(
 pub struct UsagePage {
     t: Tr,
     c: Chrome,
-    currency: String,
-    currency_symbol_json: String,
     /// Every model name in the catalogue, for the filter.
     models: Vec<String>,
     /// (id, label) of every key the user ever had, for the filter.
@@ -273,12 +287,9 @@ pub async fn usage_page(
             (k.id, label)
         })
         .collect();
-    let symbol = serde_json::to_string(&state.config.currency_symbol).unwrap_or_else(|_| "\"\"".into());
     let page = UsagePage {
         c: Chrome::new(&state, t, Some(&me.user), "usage", &uri),
         t,
-        currency: state.config.currency.clone(),
-        currency_symbol_json: symbol.replace('<', "\\u003c"),
         models,
         keys,
         base_url: base_url(&state),
@@ -381,11 +392,12 @@ pub async fn root() -> Redirect {
 const ASSET_CACHE: &str = "public, max-age=300";
 
 /// The pages' styles and scripts (files, so the CSP needs no inline style or script).
-const ASSETS: [(&str, &str, &str); 4] = [
+const ASSETS: [(&str, &str, &str); 5] = [
     ("app.css", "text/css; charset=utf-8", include_str!("../../templates/app.css")),
     ("pages.js", "text/javascript; charset=utf-8", include_str!("../../templates/pages.js")),
     ("keys.js", "text/javascript; charset=utf-8", include_str!("../../templates/keys.js")),
     ("usage.js", "text/javascript; charset=utf-8", include_str!("../../templates/usage.js")),
+    ("admin.js", "text/javascript; charset=utf-8", include_str!("../../templates/admin.js")),
 ];
 
 /// `GET /assets/{file}`.

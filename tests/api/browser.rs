@@ -7,7 +7,7 @@
 
 use sea_orm::EntityTrait;
 use serde_json::Value;
-use tollgate::db::entities::{api_keys, usage_logs};
+use tollgate::db::entities::{api_keys, audit_logs, usage_logs};
 
 use crate::fake_oauth::{FakeOAuth, person};
 use crate::helpers::{Backend, FakeUpstream, Mode, UPSTREAM_KEY, add_model_named, spawn_app_with};
@@ -81,4 +81,51 @@ async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_brow
         }
     }
     assert_eq!(summary["secondId"], second.id.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(tollgate_test_browser), ignore = "Chromium or tests/browser/node_modules is missing")]
+async fn an_operator_prices_a_model_tops_up_a_customer_and_reads_the_audit_log_in_a_real_browser() {
+    let Some(chromium) = chromium() else { return };
+    let app = spawn_app_with(Backend::Sqlite, &[]).await;
+    let admin = crate::helpers::password_user(&app.db, "admin@example.com", "admin").await;
+    let customer = crate::helpers::password_user(&app.db, "customer@example.com", "user").await;
+    let screenshots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/admin.mjs");
+    let address = app.address.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .env("TOLLGATE_URL", address)
+            .env("CHROMIUM", chromium)
+            .env("SCREENSHOT_DIR", screenshots)
+            .env("ADMIN_EMAIL", "admin@example.com")
+            .env("CUSTOMER_EMAIL", "customer@example.com")
+            .env("PASSWORD", crate::helpers::PASSWORD)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
+    assert!(output.status.success() && summary["ok"] == true, "the browser run failed: {stdout}");
+
+    // What the browser did is in the database: the model, priced; the top-up, audited as the admin.
+    let model = tollgate::models::find_by_name(&app.db.read, "browser-model").await.unwrap();
+    assert_eq!((model.input_price, model.output_price, model.max_output_tokens), (1_250_000, 5_000_000, 2048));
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, customer.id).await.unwrap(), 12_500_000);
+    let entries = audit_logs::Entity::find().all(&app.db.read).await.unwrap();
+    let topup = entries.iter().find(|e| e.action == "balance.adjust").expect("an audit entry for the top-up");
+    assert_eq!(topup.actor_user_id, Some(admin.id));
+    assert_eq!(topup.target_id, customer.id.to_string());
+    crate::helpers::assert_books_balance(&app.db, customer.id).await;
+    for page in ["admin", "admin-models", "admin-users", "admin-user", "admin-audit", "admin-revenue"] {
+        for suffix in ["", "-phone"] {
+            let shot = format!("{screenshots}/{page}{suffix}.png");
+            assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot {shot}");
+        }
+    }
 }

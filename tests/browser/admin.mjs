@@ -1,0 +1,132 @@
+// An operator runs the station from the browser: a customer is refused the back office (403);
+// the admin signs in, creates and prices a model, finds the customer, tops them up, is refused a
+// correction below zero, sees the audit entry and the revenue chart. Every back-office page is
+// photographed at 1280 px and 375 px (no sideways scrolling); nothing may be blocked by the
+// content security policy. Prints a JSON summary on the last line.
+// Environment: TOLLGATE_URL, CHROMIUM, SCREENSHOT_DIR, ADMIN_EMAIL, CUSTOMER_EMAIL, PASSWORD.
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const base = process.env.TOLLGATE_URL;
+const shots = process.env.SCREENSHOT_DIR || '/tmp/tollgate-screenshots';
+mkdirSync(shots, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+});
+const fail = async (message) => { console.log(JSON.stringify({ ok: false, message })); await browser.close(); process.exit(1); };
+const check = async (condition, message) => { if (!condition) await fail(message); };
+const violations = [];
+const watch = (page) => {
+  page.on('console', (msg) => { if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text()); });
+  page.on('pageerror', (error) => violations.push(String(error)));
+};
+const text = async (page, selector) => (await page.textContent(selector)).trim();
+const photograph = async (page, name) => {
+  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  await page.setViewportSize({ width: 375, height: 812 });
+  await page.waitForTimeout(250);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: `${shots}/${name}-phone.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await check(overflow <= 0, `${name} scrolls sideways at 375 px by ${overflow} px`);
+};
+const signIn = async (page, email) => {
+  await page.goto(`${base}/login`);
+  await page.fill('#email', email);
+  await page.fill('#password', process.env.PASSWORD);
+  await page.click('#signin-password');
+  await page.waitForURL(`${base}/dashboard`);
+};
+
+try {
+  // A customer is refused, on the server.
+  const customerContext = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 800 } });
+  const customer = await customerContext.newPage();
+  watch(customer);
+  await signIn(customer, process.env.CUSTOMER_EMAIL);
+  await check(await customer.locator('#nav-admin').count() === 0, 'a customer sees the back-office link');
+  const refused = await customer.goto(`${base}/admin`);
+  await check(refused.status() === 403, `a customer opening /admin got ${refused.status()}`);
+  await check(await customer.locator('#forbidden').count() === 1, 'no 403 page for a customer');
+  const api = await customer.evaluate(async () => (await fetch('/api/admin/users')).status);
+  await check(api === 403, `a customer calling /api/admin/users got ${api}`);
+  await customerContext.close();
+
+  const context = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  watch(page);
+  await signIn(page, process.env.ADMIN_EMAIL);
+  await page.click('#nav-admin');
+  await page.waitForURL(`${base}/admin`);
+  await page.waitForFunction(() => document.getElementById('charged-month').textContent !== '–');
+  await photograph(page, 'admin');
+
+  // A new model, priced.
+  await page.click('#nav-admin-models');
+  await page.waitForURL(`${base}/admin/models`);
+  await page.waitForSelector('#models tbody tr');
+  await page.fill('#m-name', 'browser-model');
+  await page.fill('#m-input', '1.25');
+  await page.fill('#m-output', '5.00');
+  await page.fill('#m-max-output', '2048');
+  await page.fill('#m-context', '64000');
+  await page.click('#m-save');
+  await page.waitForSelector('#models tr[data-model="browser-model"]');
+  const modelRow = await page.locator('#models tr[data-model="browser-model"] td').allTextContents();
+  await check(modelRow[2] === '$1.25' && modelRow[3] === '$5.00', `the new model's prices: ${modelRow}`);
+  await photograph(page, 'admin-models');
+
+  // Find the customer and top them up.
+  await page.click('#nav-admin-users');
+  await page.waitForURL(`${base}/admin/users`);
+  await page.fill('#u-q', 'customer');
+  await page.waitForFunction(() => document.querySelectorAll('#users tbody tr a').length === 1);
+  await photograph(page, 'admin-users');
+  await page.click('#users tbody tr a');
+  await page.waitForURL(/\/admin\/users\/\d+$/);
+  await page.waitForFunction(() => document.getElementById('u-balance').textContent !== '–');
+  await page.fill('#b-amount', '12.50');
+  await page.fill('#b-reason', 'welcome credit');
+  await page.click('#b-submit');
+  await page.waitForSelector('#balance-done:not([hidden])');
+  await page.waitForFunction(() => document.getElementById('u-balance').textContent === '$12.50');
+  // A correction below zero is refused with the balance.
+  await page.fill('#b-amount', '-100');
+  await page.fill('#b-reason', 'too much');
+  await page.click('#b-submit');
+  await page.waitForSelector('#admin-error:not([hidden])');
+  const refusal = await text(page, '#admin-error');
+  await check(refusal.includes('$12.50'), `the refusal does not say the balance: ${refusal}`);
+  await check(await text(page, '#u-balance') === '$12.50', 'the refused correction changed the balance');
+  await check((await page.locator('#u-ledger tbody tr').count()) === 1, 'the ledger does not show exactly the top-up');
+  await photograph(page, 'admin-user');
+
+  // The audit log shows who did it.
+  await page.click('#nav-admin-audit');
+  await page.waitForURL(`${base}/admin/audit`);
+  await page.fill('#a-action', 'balance.adjust');
+  await page.waitForFunction(() => document.querySelectorAll('#audit tbody tr').length === 1 && document.querySelector('#audit tbody tr td:nth-child(3)').textContent === 'balance.adjust');
+  const entry = await page.locator('#audit tbody tr td').allTextContents();
+  await check(entry[1] === process.env.ADMIN_EMAIL, `the audit entry's actor: ${entry}`);
+  await photograph(page, 'admin-audit');
+
+  // Revenue: a chart and a table, by day and by month.
+  await page.click('#nav-admin-revenue');
+  await page.waitForURL(`${base}/admin/revenue`);
+  await page.waitForSelector('#revenue-chart svg polyline', { state: 'attached' });
+  const today = new Date().toISOString().slice(0, 10);
+  await page.waitForSelector(`#revenue-chart circle[data-point="${today}"]`, { state: "attached" });
+  await check(await text(page, '#r-total-topups') === '$12.50', `top-ups over 30 days: ${await text(page, '#r-total-topups')}`);
+  await photograph(page, 'admin-revenue');
+  await page.selectOption('#r-granularity', 'month');
+  await page.waitForSelector(`#revenue-chart circle[data-point="${today.slice(0, 7)}"]`, { state: "attached" });
+
+  await check(violations.length === 0, `blocked or failed in the page: ${violations.join(' | ')}`);
+  console.log(JSON.stringify({ ok: true }));
+  await browser.close();
+} catch (error) {
+  await fail(String(error && error.stack || error));
+}
