@@ -142,3 +142,51 @@ async fn pages_forbid_framing_and_inline_code_and_nothing_is_sniffed() {
         assert_eq!(res.headers().get("x-content-type-options").map(|v| v.to_str().unwrap()), Some("nosniff"), "{path}");
     }
 }
+
+/// The back office's pages: an administrator gets every one, under the same policy and without
+/// inline code; a customer gets a 403 page on each; an anonymous visitor is sent to sign in.
+#[tokio::test]
+async fn back_office_pages_are_for_administrators_only() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let pages = ["/admin", "/admin/models", "/admin/users", "/admin/users/1", "/admin/revenue", "/admin/audit"];
+    let sign_in = |email: &'static str| {
+        let app = &app;
+        async move {
+            let browser = Browser::new();
+            let form = [("email", email), ("password", crate::helpers::PASSWORD)];
+            browser.post_form(&format!("{}/api/auth/signin/password", app.address), &form, None).await;
+            browser
+        }
+    };
+    crate::helpers::password_user(&app.db, "boss@example.com", "admin").await;
+    crate::helpers::password_user(&app.db, "client@example.com", "user").await;
+    let admin = sign_in("boss@example.com").await;
+    let customer = sign_in("client@example.com").await;
+    let anonymous = Browser::new();
+    for path in pages {
+        let url = format!("{}{path}", app.address);
+        let res = admin.get(&url).await;
+        assert_eq!(res.status(), 200, "{path} for an admin");
+        assert_eq!(res.headers()["cache-control"], "no-store", "{path}");
+        let page = res.text().await.unwrap();
+        assert!(page.contains("id=\"nav-admin-users\"") && page.contains("/assets/admin.js"), "{path}");
+        assert!(
+            !page.contains("<script>") && !page.contains("<style") && !page.contains("style="),
+            "inline code on {path}"
+        );
+
+        let res = customer.get(&url).await;
+        assert_eq!(res.status(), 403, "{path} for a customer");
+        let page = res.text().await.unwrap();
+        assert!(page.contains("id=\"forbidden\"") && !page.contains("/assets/admin.js"), "{path}");
+
+        let res = anonymous.get(&url).await;
+        assert_eq!(res.status(), 303, "{path} for a visitor");
+        assert!(res.headers()["location"].to_str().unwrap().starts_with("/login?next="), "{path}");
+    }
+    // The back-office link is in the header for admins only.
+    let dashboard = format!("{}/dashboard", app.address);
+    assert!(admin.get(&dashboard).await.text().await.unwrap().contains("id=\"nav-admin\""));
+    assert!(!customer.get(&dashboard).await.text().await.unwrap().contains("id=\"nav-admin\""));
+    assert_eq!(admin.get(&format!("{}/admin/users/abc", app.address)).await.status(), 404);
+}
