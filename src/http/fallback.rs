@@ -26,7 +26,8 @@ enum Surface {
 fn surface(uri: &Uri) -> Surface {
     let path = uri.path();
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
-    if under("/v1") || under("/api/v1") {
+    // Chat apps call `/dashboard/billing/…` without a prefix: it is OpenAI's surface too.
+    if under("/v1") || under("/api/v1") || under("/dashboard/billing") {
         Surface::OpenAi
     } else if under("/api") {
         Surface::Api

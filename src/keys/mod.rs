@@ -137,13 +137,25 @@ pub struct KeyChange {
     pub disabled: Option<bool>,
 }
 
-/// The key `key_id`, not revoked, of `owner` when given (`None`: any owner, for operators).
-async fn find_active(conn: &impl ConnectionTrait, owner: Option<i64>, key_id: i64) -> Result<api_keys::Model> {
-    let mut find = api_keys::Entity::find_by_id(key_id).filter(api_keys::Column::RevokedAt.is_null());
+/// Locks the key `key_id`, not revoked, of `owner` when given (`None`: any owner, for
+/// operators) for the rest of `txn`, and returns it. The first statement writes the row (its
+/// `updated_at`), so on MySQL/MariaDB and PostgreSQL a concurrent change to the same key waits
+/// for this transaction and then finds the key as it left it (revoked: not found); SQLite runs
+/// one write transaction at a time.
+async fn lock_active(txn: &impl ConnectionTrait, owner: Option<i64>, key_id: i64, now: i64) -> Result<api_keys::Model> {
+    let not_found = || Error::NotFound(format!("no active key with id {key_id}"));
+    let mut lock = api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::UpdatedAt, Expr::value(now))
+        .filter(api_keys::Column::Id.eq(key_id))
+        .filter(api_keys::Column::RevokedAt.is_null());
     if let Some(uid) = owner {
-        find = find.filter(api_keys::Column::UserId.eq(uid));
+        lock = lock.filter(api_keys::Column::UserId.eq(uid));
     }
-    find.one(conn).await?.ok_or_else(|| Error::NotFound(format!("no active key with id {key_id}")))
+    // `updated_at` is in the SET, so MySQL's matched-rows count agrees with the others.
+    if lock.exec(txn).await?.rows_affected != 1 {
+        return Err(not_found());
+    }
+    api_keys::Entity::find_by_id(key_id).one(txn).await?.ok_or_else(not_found)
 }
 
 /// An audit entry for a key; the actor is the owner who asked (`None` for the command line).
@@ -179,8 +191,8 @@ pub async fn update(
         None => None,
     };
     let txn = db.begin().await?;
-    let key = find_active(&txn, owner, key_id).await?;
     let now = now_ms();
+    let key = lock_active(&txn, owner, key_id, now).await?;
     let mut update = api_keys::Entity::update_many().col_expr(api_keys::Column::UpdatedAt, Expr::value(now));
     if let Some(n) = &name {
         update = update.col_expr(api_keys::Column::Name, Expr::value(n.clone()));
@@ -207,7 +219,7 @@ pub async fn update(
     if disabled {
         cache.delete(&cache::key_cache(&key.key_hash)).await;
     }
-    Ok(api_keys::Model { name: name.unwrap_or(key.name), disabled, updated_at: now, ..key })
+    Ok(api_keys::Model { name: name.unwrap_or(key.name), disabled, ..key })
 }
 
 /// Renames a key of `owner` (any owner when `None`); see `update`.
@@ -244,8 +256,8 @@ pub async fn revoke_as(
     actor: &Actor,
 ) -> Result<api_keys::Model> {
     let txn = db.begin().await?;
-    let key = find_active(&txn, owner, key_id).await?;
     let now = now_ms();
+    let key = lock_active(&txn, owner, key_id, now).await?;
     api_keys::Entity::update_many()
         .col_expr(api_keys::Column::RevokedAt, Expr::value(now))
         .col_expr(api_keys::Column::UpdatedAt, Expr::value(now))
@@ -262,7 +274,7 @@ pub async fn revoke_as(
     audit::record_from(&txn, entry, actor.ip.as_deref()).await?;
     txn.commit().await?;
     forget_revoked(cache, &key.key_hash).await;
-    Ok(api_keys::Model { revoked_at: Some(now), updated_at: now, ..key })
+    Ok(api_keys::Model { revoked_at: Some(now), ..key })
 }
 
 /// Makes a revoked key fail everywhere at once, before any database lookup.

@@ -144,6 +144,15 @@ async fn usage_is_the_spend_in_cents_over_the_dates(backend: Backend) {
     }
     let (status, _) = get(app, None, &format!("/v1/dashboard/billing/usage{q}")).await;
     assert_eq!(status, 401);
+    // Wrong methods and unknown paths here answer in OpenAI's shape, with or without `/v1`.
+    for path in ["/dashboard/billing/usage", "/v1/dashboard/billing/subscription"] {
+        let res = app.client.post(format!("{}{path}", app.address)).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(res.status(), 405, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "request.method_not_allowed", "{path}");
+    }
+    let (status, body) = get(app, Some(&key), "/dashboard/billing/credit_grants").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("request.not_found")));
 }
 
 async fn one_model_by_id(backend: Backend) {

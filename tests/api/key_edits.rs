@@ -134,4 +134,36 @@ async fn keys_are_renamed_disabled_and_enabled_by_their_owner_only(backend: Back
     assert_books_balance(&app.db, me).await;
 }
 
-on_all_backends!(keys_are_renamed_disabled_and_enabled_by_their_owner_only);
+/// Ten revocations of one key and ten edits racing them: one revocation wins, it is audited
+/// once, and no edit lands on the revoked key.
+async fn racing_changes_to_one_key_revoke_it_once(backend: Backend) {
+    let app = crate::helpers::spawn_app(backend).await;
+    let (me, _) = signed_in(&app, "racer@example.com").await;
+    let (key, _) = tollgate::keys::create(&app.db.write, me, Some("contested")).await.unwrap();
+    let cache = app.cache();
+    let revokes = (0..10).map(|_| tollgate::keys::revoke(&app.db, &cache, Some(me), key.id));
+    let names: Vec<String> = (0..10).map(|i| format!("edit {i}")).collect();
+    let edits = names.iter().map(|n| tollgate::keys::rename(&app.db, &cache, Some(me), key.id, n));
+    let (revoked, edited) =
+        tokio::join!(futures_util::future::join_all(revokes), futures_util::future::join_all(edits));
+    assert_eq!(revoked.iter().filter(|r| r.is_ok()).count(), 1, "{revoked:?}");
+    assert!(revoked.iter().chain(edited.iter()).all(|r| matches!(r, Ok(_) | Err(tollgate::error::Error::NotFound(_)))));
+    let row = stored(&app.db, key.id).await;
+    assert!(row.revoked_at.is_some());
+    let audit = audit_logs::Entity::find()
+        .filter(audit_logs::Column::TargetId.eq(key.id.to_string()))
+        .all(&app.db.read)
+        .await
+        .unwrap();
+    assert_eq!(audit.iter().filter(|a| a.action == "key.revoke").count(), 1);
+    let renames = edited.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(audit.iter().filter(|a| a.action == "key.rename").count(), renames, "one entry per rename that landed");
+    // Renames that landed did so before the revocation: the last of them is the stored name.
+    if renames > 0 {
+        assert!(row.name.starts_with("edit "), "{}", row.name);
+    } else {
+        assert_eq!(row.name, "contested");
+    }
+}
+
+on_all_backends!(keys_are_renamed_disabled_and_enabled_by_their_owner_only, racing_changes_to_one_key_revoke_it_once);
