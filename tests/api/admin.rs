@@ -671,3 +671,43 @@ async fn revenue_adds_up_by_day_and_by_month(backend: Backend) {
 }
 
 on_all_backends!(revenue_adds_up_by_day_and_by_month);
+
+/// `ADMIN_EMAILS` makes the listed accounts admins as they sign in, with GitHub or a password;
+/// others stay customers.
+async fn listed_accounts_become_admins_at_sign_in(backend: Backend) {
+    use crate::fake_oauth::{FakeOAuth, person};
+    let oauth = FakeOAuth::start().await;
+    let settings = oauth.settings();
+    let mut vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.push(("ADMIN_EMAILS", "Boss@Example.com, pw-boss@example.com"));
+    let app = crate::helpers::spawn_app_with(backend, &vars).await;
+
+    // OAuth: the first sign-in creates the user, who is an admin at once.
+    oauth.sign_in_as(person("77", "boss@example.com"));
+    let boss = Caller::anonymous(&app);
+    boss.browser.follow(&format!("{}/api/auth/signin/github?next=/dashboard", app.address)).await;
+    assert_eq!(boss.get("/api/admin/users").await.0, 200);
+    oauth.sign_in_as(person("78", "staff@example.com"));
+    let staff = Caller::anonymous(&app);
+    staff.browser.follow(&format!("{}/api/auth/signin/github?next=/dashboard", app.address)).await;
+    assert_eq!(staff.get("/api/admin/users").await.0, 403, "not listed");
+
+    // Password: an existing customer account that is listed is promoted at its next sign-in.
+    let (id, pw_boss) = Caller::signed_in(&app, "pw-boss@example.com", "user").await;
+    assert_eq!(pw_boss.get("/api/admin/users").await.0, 200);
+    let (_, other) = Caller::signed_in(&app, "pw-staff@example.com", "user").await;
+    assert_eq!(other.get("/api/admin/users").await.0, 403);
+
+    let (_, log) = boss.get("/api/admin/audit-logs?action=user.role").await;
+    assert_eq!(log["total"], 2, "{log}");
+    let entry = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["targetId"].as_str() == Some(id.to_string().as_str()))
+        .unwrap();
+    assert_eq!((entry["before"]["role"].as_str(), entry["after"]["role"].as_str()), (Some("user"), Some("admin")));
+    assert!(entry["actorUserId"].is_null(), "made by the settings, not by a person");
+}
+
+on_all_backends!(listed_accounts_become_admins_at_sign_in);
