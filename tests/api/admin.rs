@@ -363,6 +363,16 @@ async fn balance_changes_are_exact_idempotent_and_never_below_zero(backend: Back
         .call(Method::POST, &path, Some(&json!({ "amount": "1", "reason": "x" })), &[("Idempotency-Key", "")])
         .await;
     assert_eq!(res.status(), 400, "an empty key");
+    // A page on another site cannot make the admin's browser do it.
+    let res = admin
+        .call(
+            Method::POST,
+            &path,
+            Some(&json!({ "amount": "100", "reason": "x" })),
+            &[("Origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(res.status(), 403, "cross-site");
     let (status, _) =
         admin.send(Method::POST, "/api/admin/users/999999/balance", &json!({ "amount": "1", "reason": "x" })).await;
     assert_eq!(status, 404);
