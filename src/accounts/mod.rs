@@ -177,3 +177,14 @@ pub async fn set_role(db: &Db, user_id: i64, role: &str, actor: &audit::Actor) -
     txn.commit().await?;
     Ok(users::Model { role: role.to_owned(), ..user })
 }
+
+/// Makes the user an admin when their email is in `admin_emails` (`ADMIN_EMAILS`) and they are
+/// not one yet; called at every sign-in. The promotion is audited with no actor (the settings).
+pub async fn promote_if_listed(db: &Db, user: users::Model, admin_emails: &[String]) -> Result<users::Model> {
+    if user.role == ROLE_ADMIN || !admin_emails.contains(&user.email) {
+        return Ok(user);
+    }
+    let promoted = set_role(db, user.id, ROLE_ADMIN, &audit::Actor::system()).await?;
+    tracing::info!(user.id = promoted.id, "made an admin by ADMIN_EMAILS");
+    Ok(promoted)
+}

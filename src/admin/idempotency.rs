@@ -13,6 +13,9 @@ use crate::db::writer::BoxFuture;
 use crate::db::{Db, is_unique_violation};
 use crate::error::{Error, Result};
 
+/// How long a stored answer is kept: retries come within minutes, not weeks.
+pub const KEEP_MS: i64 = 7 * crate::clock::MS_PER_DAY;
+
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 128;
 
@@ -102,4 +105,13 @@ where
         .await?;
     txn.commit().await?;
     Ok(Answer { status, body, replayed: false })
+}
+
+/// Deletes stored answers older than `KEEP_MS`; returns how many.
+pub async fn purge(db: &Db) -> Result<u64> {
+    Ok(idempotency_keys::Entity::delete_many()
+        .filter(idempotency_keys::Column::CreatedAt.lt(now_ms() - KEEP_MS))
+        .exec(&db.write)
+        .await?
+        .rows_affected)
 }

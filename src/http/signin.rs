@@ -190,6 +190,11 @@ async fn begin_session(
     signed: &SignedIn,
     jar: PrivateCookieJar,
 ) -> Result<PrivateCookieJar, Response> {
+    // ADMIN_EMAILS: listed accounts become admins as they sign in, whichever way they do.
+    if let Err(err) = accounts::promote_if_listed(&state.db, signed.user.clone(), &state.config.admin_emails).await {
+        tracing::error!(error = %err, user.id = signed.user.id, "could not apply ADMIN_EMAILS");
+        return Err(login_with_error("sign-in failed; try again"));
+    }
     let ok = session.cycle_id().await.is_ok()
         && session.insert(USER_ID, signed.user.id).await.is_ok()
         && session.insert(SIGNED_IN_AT, now_ms()).await.is_ok();

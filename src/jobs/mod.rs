@@ -64,6 +64,11 @@ pub fn start(config: &Config, db: &Db, tracker: &TaskTracker, shutdown: &Cancell
                     Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
                     Err(err) => tracing::error!(error = %err, "expired-session cleanup failed"),
                 }
+                match crate::admin::idempotency::purge(&db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "old idempotency keys removed"),
+                    Err(err) => tracing::error!(error = %err, "idempotency-key cleanup failed"),
+                }
                 match crate::auth::oauth::purge_states(&db, crate::auth::oauth::STATE_TTL_MS).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "abandoned OAuth attempts removed"),

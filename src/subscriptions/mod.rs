@@ -35,6 +35,19 @@ pub async fn grant(
     days: i64,
     actor: Option<i64>,
 ) -> Result<subscriptions::Model> {
+    grant_by(db, user_id, name, tokens, days, &audit::Actor { user_id: actor, ip: None }).await
+}
+
+/// `grant`, audited with the admin's address.
+pub async fn grant_by(
+    db: &Db,
+    user_id: i64,
+    name: &str,
+    tokens: i64,
+    days: i64,
+    by: &audit::Actor,
+) -> Result<subscriptions::Model> {
+    let actor = by.user_id;
     check(tokens, days, false)?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 {
@@ -68,7 +81,7 @@ pub async fn grant(
         },
     )
     .await?;
-    audit::record(
+    audit::record_from(
         &txn,
         audit::Entry {
             actor_user_id: actor,
@@ -78,6 +91,7 @@ pub async fn grant(
             before: None,
             after: Some(json!({ "user_id": user_id, "tokens": tokens, "expires_at": rfc3339(sub.expires_at) })),
         },
+        by.ip.as_deref(),
     )
     .await?;
     txn.commit().await?;
@@ -94,6 +108,18 @@ pub async fn renew(
     extra_tokens: i64,
     actor: Option<i64>,
 ) -> Result<subscriptions::Model> {
+    renew_by(db, subscription_id, days, extra_tokens, &audit::Actor { user_id: actor, ip: None }).await
+}
+
+/// `renew`, audited with the admin's address.
+pub async fn renew_by(
+    db: &Db,
+    subscription_id: i64,
+    days: i64,
+    extra_tokens: i64,
+    by: &audit::Actor,
+) -> Result<subscriptions::Model> {
+    let actor = by.user_id;
     check(extra_tokens, days, true)?;
     let now = now_ms();
     let txn = db.begin().await?;
@@ -138,7 +164,7 @@ pub async fn renew(
         )
         .await?;
     }
-    audit::record(
+    audit::record_from(
         &txn,
         audit::Entry {
             actor_user_id: actor,
@@ -148,6 +174,7 @@ pub async fn renew(
             before: Some(json!({ "tokens_remaining": sub.tokens_remaining, "expires_at": rfc3339(sub.expires_at) })),
             after: Some(json!({ "tokens_remaining": sub.tokens_remaining - forfeited + extra_tokens, "expires_at": rfc3339(expires_at) })),
         },
+        by.ip.as_deref(),
     )
     .await?;
     txn.commit().await?;

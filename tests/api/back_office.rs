@@ -130,3 +130,30 @@ async fn disabling_a_user_drops_their_keys_and_sessions_at_once(backend: Backend
 }
 
 on_all_backends!(every_balance_change_is_one_ledger_operation, disabling_a_user_drops_their_keys_and_sessions_at_once);
+
+async fn old_idempotency_keys_are_purged(backend: Backend) {
+    use sea_orm::{ActiveModelTrait, Set};
+    use tollgate::db::entities::idempotency_keys;
+    let app = crate::helpers::spawn_app(backend).await;
+    let now = tollgate::clock::now_ms();
+    for (key, at) in [("old", now - tollgate::admin::idempotency::KEEP_MS - 1), ("recent", now - 1000)] {
+        idempotency_keys::ActiveModel {
+            actor_user_id: Set(1),
+            idem_key: Set(key.into()),
+            request_hash: Set("h".into()),
+            status_code: Set(200),
+            response: Set("{}".into()),
+            created_at: Set(at),
+            ..Default::default()
+        }
+        .insert(&app.db.write)
+        .await
+        .unwrap();
+    }
+    assert_eq!(tollgate::admin::idempotency::purge(&app.db).await.unwrap(), 1);
+    let left: Vec<String> =
+        idempotency_keys::Entity::find().all(&app.db.read).await.unwrap().into_iter().map(|r| r.idem_key).collect();
+    assert_eq!(left, ["recent"]);
+}
+
+on_all_backends!(old_idempotency_keys_are_purged);

@@ -39,6 +39,14 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_idempotency_created")
+                .table(IdempotencyKeys::Table)
+                .col(IdempotencyKeys::CreatedAt)
+                .to_owned(),
+        )
+        .await?;
         Ok(())
     }
 }

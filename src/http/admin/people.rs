@@ -219,7 +219,7 @@ pub async fn grant(
     let user_id = path_id(&id, "user")?;
     accounts::require(&state.db.read, user_id).await?;
     let name = body.name.as_deref().unwrap_or("subscription");
-    let sub = subscriptions::grant(&state.db, user_id, name, body.tokens, body.days, Some(admin.user.id)).await?;
+    let sub = subscriptions::grant_by(&state.db, user_id, name, body.tokens, body.days, &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(subscription_json(&sub))).into_response())
 }
 
@@ -238,7 +238,7 @@ pub async fn renew(
     ApiJson(body): ApiJson<RenewBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id, "subscription")?;
-    let sub = subscriptions::renew(&state.db, id, body.days, body.tokens.unwrap_or(0), Some(admin.user.id)).await?;
+    let sub = subscriptions::renew_by(&state.db, id, body.days, body.tokens.unwrap_or(0), &admin.actor).await?;
     Ok(Json(subscription_json(&sub)))
 }
 
