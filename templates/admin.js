@@ -305,7 +305,7 @@ function revenue() {
       const compact = (v) => SITE.symbol + Number(v.toPrecision(3)).toLocaleString(LANG, { maximumSignificantDigits: 3 });
       lineChart(document.getElementById('revenue-chart'), points,
         { values: r.periods.map((p) => Number(p.charged)), format: compact, cls: 'cost' },
-        { values: r.periods.map((p) => p.requests), format: (v) => number(Math.round(v)), cls: 'tokens' });
+        { values: r.periods.map((p) => p.requests), format: (v) => number(Math.round(v)), cls: 'tokens', integer: true });
       document.getElementById('r-total-charged').textContent = money(r.totals.charged);
       document.getElementById('r-total-topups').textContent = money(r.totals.topups);
       document.getElementById('r-total-requests').textContent = number(r.totals.requests);

@@ -136,12 +136,13 @@ function niceMax(v) {
 }
 
 // A line chart in inline SVG: `points` ({id, label, title}) along the x axis, the `left` line
-// on the left axis and the optional `right` line on the right one ({values, format, cls}).
+// on the left axis and the optional `right` line on the right one ({values, format, cls, integer}).
 // Points carry `data-point` (their id) and a `<title>` tooltip.
 function lineChart(box, points, left, right) {
   const width = Math.max(box.clientWidth, 280);
   const height = 220;
-  const axes = [left, right].filter(Boolean).map((a) => ({ ...a, max: niceMax(Math.max(0, ...a.values)) }));
+  // A count axis (`integer`) spans at least 0–4, so its five labels are whole and distinct.
+  const axes = [left, right].filter(Boolean).map((a) => ({ ...a, max: niceMax(Math.max(a.integer ? 4 : 0, ...a.values)) }));
   const label = (a, i) => a.format((a.max * (4 - i)) / 4);
   // Room for the longest label on each side (about 7 px a character at 11 px).
   const room = (a) => (a ? 12 + 7 * Math.max(...[0, 1, 2, 3, 4].map((i) => label(a, i).length)) : 16);

@@ -16,7 +16,7 @@ function drawChart() {
     title: `${d.day}: ${number(d.totalTokens)} ${T('usage.tokens')} · ${money(d.cost)} · ${number(d.requests)} ${T('usage.requests')}`,
   }));
   lineChart(document.getElementById('chart'), points,
-    { values: series.map((d) => d.totalTokens), format: (v) => number(Math.round(v)), cls: 'tokens' },
+    { values: series.map((d) => d.totalTokens), format: (v) => number(Math.round(v)), cls: 'tokens', integer: true },
     { values: series.map((d) => Number(d.cost)), format: compactMoney, cls: 'cost' });
 }
 

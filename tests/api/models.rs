@@ -55,11 +55,11 @@ async fn catalogue_changes_are_audited_and_seen_at_once(backend: Backend) {
     )
     .await
     .unwrap();
-    assert!(matches!(models::lookup(db, &cache, "fresh-model").await, Err(Error::NotFound(_))));
+    assert!(matches!(models::lookup(db, &cache, "fresh-model").await, Err(Error::ModelNotFound(_))));
     assert_eq!(models::lookup(db, &cache, "renamed-model").await.unwrap().id, m.id);
 
     models::set_enabled(db, &cache, m.id, false, &Actor::system()).await.unwrap();
-    assert!(matches!(models::lookup(db, &cache, "renamed-model").await, Err(Error::NotFound(_))));
+    assert!(matches!(models::lookup(db, &cache, "renamed-model").await, Err(Error::ModelNotFound(_))));
     models::set_enabled(db, &cache, m.id, true, &Actor::system()).await.unwrap();
     assert!(models::lookup(db, &cache, "renamed-model").await.is_ok());
 
@@ -76,7 +76,7 @@ async fn catalogue_changes_are_audited_and_seen_at_once(backend: Backend) {
 
     // Unused: deleted, and gone for the gateway at once.
     models::delete(db, &cache, m.id, &Actor::admin(7, None)).await.unwrap();
-    assert!(matches!(models::lookup(db, &cache, "renamed-model").await, Err(Error::NotFound(_))));
+    assert!(matches!(models::lookup(db, &cache, "renamed-model").await, Err(Error::ModelNotFound(_))));
     assert!(matches!(models::find(&db.read, m.id).await, Err(Error::NotFound(_))));
     for action in ["model.create", "model.update", "model.disable", "model.enable", "model.delete"] {
         assert!(audit_count(db, action).await >= 1, "{action} audited");
