@@ -23,6 +23,37 @@ fn chromium() -> Option<String> {
     None
 }
 
+/// Where the runs save their screenshots (CI keeps them as artifacts).
+const SCREENSHOTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+
+/// Runs `tests/browser/{script}` against the app and returns its summary; fails the test when the
+/// run failed.
+async fn run_script(script: &str, address: &str, chromium: &str, env: &[(&str, &str)]) -> Value {
+    let mut command = std::process::Command::new("node");
+    command
+        .arg(format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR")))
+        .env("TOLLGATE_URL", address)
+        .env("CHROMIUM", chromium)
+        .env("SCREENSHOT_DIR", SCREENSHOTS)
+        .envs(env.iter().copied());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
+    assert!(output.status.success() && summary["ok"] == true, "the {script} run failed: {stdout}");
+    summary
+}
+
+/// Every page named was photographed at both widths.
+fn assert_photographed(pages: &[&str]) {
+    for page in pages {
+        for suffix in ["", "-phone"] {
+            let shot = format!("{SCREENSHOTS}/{page}{suffix}.png");
+            assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot {shot}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[cfg_attr(not(tollgate_test_browser), ignore = "Chromium or tests/browser/node_modules is missing")]
 async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_browser() {
@@ -37,25 +68,8 @@ async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_brow
     let app = spawn_app_with(Backend::Sqlite, &vars).await;
     add_model_named(&app.db, "test-model").await;
     add_model_named(&app.db, "other-model").await;
-    let screenshots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/signin.mjs");
-    let address = app.address.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .env("TOLLGATE_URL", address)
-            .env("CHROMIUM", chromium)
-            .env("SCREENSHOT_DIR", screenshots)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
-    assert!(output.status.success() && summary["ok"] == true, "the browser run failed: {stdout}");
+    let summary = run_script("signin.mjs", &app.address, &chromium, &[]).await;
     assert_eq!(summary["balance"], "$2.00");
 
     // What the browser saw matches the database: two keys, the second renamed and revoked; three
@@ -74,12 +88,16 @@ async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_brow
     assert_eq!(answered.len(), 3, "{calls:?}");
     assert!(answered.iter().all(|r| r.cost > 0));
     assert_eq!(fake.calls(), 3, "refused calls must not reach the upstream");
-    for page in ["login", "dashboard", "keys", "usage", "usage-zh", "pricing-zh", "login-zh-signed-out"] {
-        for suffix in ["", "-phone"] {
-            let shot = format!("{screenshots}/{page}{suffix}.png");
-            assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot {shot}");
-        }
-    }
+    assert_photographed(&[
+        "login",
+        "dashboard",
+        "keys",
+        "usage",
+        "usage-zh",
+        "keys-zh",
+        "pricing-zh",
+        "login-zh-signed-out",
+    ]);
     assert_eq!(summary["secondId"], second.id.to_string());
 }
 
@@ -90,28 +108,13 @@ async fn an_operator_prices_a_model_tops_up_a_customer_and_reads_the_audit_log_i
     let app = spawn_app_with(Backend::Sqlite, &[]).await;
     let admin = crate::helpers::password_user(&app.db, "admin@example.com", "admin").await;
     let customer = crate::helpers::password_user(&app.db, "customer@example.com", "user").await;
-    let screenshots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/admin.mjs");
-    let address = app.address.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .env("TOLLGATE_URL", address)
-            .env("CHROMIUM", chromium)
-            .env("SCREENSHOT_DIR", screenshots)
-            .env("ADMIN_EMAIL", "admin@example.com")
-            .env("CUSTOMER_EMAIL", "customer@example.com")
-            .env("PASSWORD", crate::helpers::PASSWORD)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
-    assert!(output.status.success() && summary["ok"] == true, "the browser run failed: {stdout}");
+    let env = [
+        ("ADMIN_EMAIL", "admin@example.com"),
+        ("CUSTOMER_EMAIL", "customer@example.com"),
+        ("PASSWORD", crate::helpers::PASSWORD),
+    ];
+    run_script("admin.mjs", &app.address, &chromium, &env).await;
 
     // What the browser did is in the database: the model, priced; the top-up, audited as the admin.
     let model = tollgate::models::find_by_name(&app.db.read, "browser-model").await.unwrap();
@@ -122,10 +125,5 @@ async fn an_operator_prices_a_model_tops_up_a_customer_and_reads_the_audit_log_i
     assert_eq!(topup.actor_user_id, Some(admin.id));
     assert_eq!(topup.target_id, customer.id.to_string());
     crate::helpers::assert_books_balance(&app.db, customer.id).await;
-    for page in ["admin", "admin-models", "admin-users", "admin-user", "admin-audit", "admin-revenue"] {
-        for suffix in ["", "-phone"] {
-            let shot = format!("{screenshots}/{page}{suffix}.png");
-            assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot {shot}");
-        }
-    }
+    assert_photographed(&["admin", "admin-models", "admin-users", "admin-user", "admin-audit", "admin-revenue"]);
 }

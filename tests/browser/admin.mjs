@@ -3,36 +3,9 @@
 // correction below zero, sees the audit entry and the revenue chart. Every back-office page is
 // photographed at 1280 px and 375 px (no sideways scrolling); nothing may be blocked by the
 // content security policy. Prints a JSON summary on the last line.
-// Environment: TOLLGATE_URL, CHROMIUM, SCREENSHOT_DIR, ADMIN_EMAIL, CUSTOMER_EMAIL, PASSWORD.
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+// Environment: see harness.mjs, and ADMIN_EMAIL, CUSTOMER_EMAIL, PASSWORD.
+import { base, browser, check, fail, finish, photograph, text, watch } from './harness.mjs';
 
-const base = process.env.TOLLGATE_URL;
-const shots = process.env.SCREENSHOT_DIR || '/tmp/tollgate-screenshots';
-mkdirSync(shots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
-const fail = async (message) => { console.log(JSON.stringify({ ok: false, message })); await browser.close(); process.exit(1); };
-const check = async (condition, message) => { if (!condition) await fail(message); };
-const violations = [];
-const watch = (page) => {
-  page.on('console', (msg) => { if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text()); });
-  page.on('pageerror', (error) => violations.push(String(error)));
-};
-const text = async (page, selector) => (await page.textContent(selector)).trim();
-const photograph = async (page, name) => {
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-  await page.setViewportSize({ width: 375, height: 812 });
-  await page.waitForTimeout(250);
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  await page.screenshot({ path: `${shots}/${name}-phone.png`, fullPage: true });
-  await page.setViewportSize({ width: 1280, height: 800 });
-  await check(overflow <= 0, `${name} scrolls sideways at 375 px by ${overflow} px`);
-};
 const signIn = async (page, email) => {
   await page.goto(`${base}/login`);
   await page.fill('#email', email);
@@ -124,9 +97,7 @@ try {
   await page.selectOption('#r-granularity', 'month');
   await page.waitForSelector(`#revenue-chart circle[data-point="${today.slice(0, 7)}"]`, { state: "attached" });
 
-  await check(violations.length === 0, `blocked or failed in the page: ${violations.join(' | ')}`);
-  console.log(JSON.stringify({ ok: true }));
-  await browser.close();
+  await finish({});
 } catch (error) {
   await fail(String(error && error.stack || error));
 }

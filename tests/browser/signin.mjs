@@ -4,38 +4,8 @@
 // history, filters by model, exports the CSV, switches to Chinese, and logs out. Every page is
 // photographed at 1280 px and at 375 px, where nothing may scroll sideways; nothing may be
 // blocked by the content security policy. Prints a JSON summary on the last line.
-// Environment: TOLLGATE_URL (the app), CHROMIUM (the browser binary), SCREENSHOT_DIR.
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
-
-const base = process.env.TOLLGATE_URL;
-const shots = process.env.SCREENSHOT_DIR || '/tmp/tollgate-screenshots';
-mkdirSync(shots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
-const fail = async (message) => { console.log(JSON.stringify({ ok: false, message })); await browser.close(); process.exit(1); };
-const check = async (condition, message) => { if (!condition) await fail(message); };
-const violations = [];
-const watch = (page) => {
-  page.on('console', (msg) => { if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text()); });
-  page.on('pageerror', (error) => violations.push(String(error)));
-};
-const text = async (page, selector) => (await page.textContent(selector)).trim();
-
-// Photographs the page at desktop width and at phone width; fails if the phone view scrolls sideways.
-const photograph = async (page, name) => {
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-  await page.setViewportSize({ width: 375, height: 812 });
-  await page.waitForTimeout(250);
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  await page.screenshot({ path: `${shots}/${name}-phone.png`, fullPage: true });
-  await page.setViewportSize({ width: 1280, height: 800 });
-  await check(overflow <= 0, `${name} scrolls sideways at 375 px by ${overflow} px`);
-};
+// Environment: see harness.mjs.
+import { base, browser, check, fail, finish, photograph, text, watch } from './harness.mjs';
 
 // A call through the gateway with an API key, as any OpenAI client makes it.
 const call = async (key, model) => {
@@ -176,9 +146,7 @@ try {
   await page.goto(`${base}/dashboard`);
   await check(page.url().includes('/login'), `the dashboard is still open after logout: ${page.url()}`);
 
-  await check(violations.length === 0, `blocked or failed in the page: ${violations.join(' | ')}`);
-  console.log(JSON.stringify({ ok: true, firstKey, secondKey, secondId, balance }));
-  await browser.close();
+  await finish({ firstKey, secondKey, secondId, balance });
 } catch (error) {
   await fail(String(error && error.stack || error));
 }
