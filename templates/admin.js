@@ -249,7 +249,8 @@ function userDetail() {
       const body = await res.json();
       if (!res.ok) {
         const extra = body.error && body.error.balance ? ' ' + T('admin.user.current_balance', { balance: money(body.error.balance) }) : '';
-        throw new Error(T('common.failed', { message: body.error.message }) + extra);
+        const message = /[.。]$/.test(body.error.message) ? body.error.message : body.error.message + '.';
+        throw new Error(T('common.failed', { message }) + extra);
       }
       pendingKey = null;
       document.getElementById('b-amount').value = '';
