@@ -69,6 +69,10 @@ where
         txn.commit().await?;
         return Ok(Answer { status, body, replayed: false });
     };
+    // Stored as its SHA-256: keys then compare byte for byte on every engine (MySQL's default
+    // collation would treat `Batch-A` and `batch-a` as one key).
+    let hashed = sha256_hex(key);
+    let key = hashed.as_str();
     if let Some(answer) = stored(db, actor, key, request).await? {
         return Ok(answer);
     }

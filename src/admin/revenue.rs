@@ -74,9 +74,14 @@ pub struct Revenue {
     pub topups: i64,
 }
 
+/// A date of the years 2000 to 2200 (so no day arithmetic on it can overflow).
 fn parse_day(name: &str, raw: &str) -> Result<Date> {
     Date::parse(raw.trim(), format_description!("[year]-[month]-[day]"))
-        .map_err(|_| Error::BadRequest(format!("{name} must be a date (YYYY-MM-DD), not `{}`", raw.trim())))
+        .ok()
+        .filter(|d| (2000..=2200).contains(&d.year()))
+        .ok_or_else(|| {
+            Error::BadRequest(format!("{name} must be a date (YYYY-MM-DD) from 2000 to 2200, not `{}`", raw.trim()))
+        })
 }
 
 fn format_day(d: Date) -> String {

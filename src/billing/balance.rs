@@ -66,6 +66,23 @@ pub async fn credit(conn: &impl ConnectionTrait, user_id: i64, amount: i64) -> R
     Ok(())
 }
 
+/// Adds `amount` to the balance unless that would take it above `money::MAX_AMOUNT` (false:
+/// nothing changed). Top-ups use this, so no balance can reach the integer's limit (SQLite
+/// would silently turn it into a float).
+pub async fn credit_capped(conn: &impl ConnectionTrait, user_id: i64, amount: i64) -> Result<bool> {
+    if !(0..=crate::money::MAX_AMOUNT).contains(&amount) {
+        return Ok(false);
+    }
+    let res = balances::Entity::update_many()
+        .col_expr(balances::Column::Amount, Expr::col(balances::Column::Amount).add(amount))
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(balances::Column::UserId.eq(user_id))
+        .filter(balances::Column::Amount.lte(crate::money::MAX_AMOUNT - amount))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
 /// The current balance in micro-units (0 when the user has no balance row).
 pub async fn amount(conn: &impl ConnectionTrait, user_id: i64) -> Result<i64> {
     Ok(balances::Entity::find_by_id(user_id).one(conn).await?.map_or(0, |b| b.amount))

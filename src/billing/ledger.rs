@@ -97,7 +97,12 @@ pub async fn apply(conn: &impl ConnectionTrait, change: Change<'_>) -> Result<Ap
     // The conditional UPDATE comes first: it locks the row (MySQL, PostgreSQL) so the balance
     // read next is the one this change produced, even with reservations running concurrently.
     if delta > 0 {
-        balance::credit(conn, user_id, delta).await?;
+        if !balance::credit_capped(conn, user_id, delta).await? {
+            return Err(Error::Conflict(format!(
+                "the balance would exceed {}, the most one account can hold",
+                money::format_amount(money::MAX_AMOUNT)
+            )));
+        }
     } else if !balance::debit_if_covered(conn, user_id, -delta).await? {
         return Err(Error::BalanceTooLow { balance: balance::amount(conn, user_id).await?, delta });
     }

@@ -2,7 +2,9 @@
 //! change to an existing key is audited and reaches the key caches of every instance.
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
+};
 
 use serde_json::{Value, json};
 
@@ -11,7 +13,7 @@ use crate::cache::{self, Cache};
 use crate::clock::now_ms;
 use crate::crypto;
 use crate::db::Db;
-use crate::db::entities::{api_keys, users};
+use crate::db::entities::{api_keys, audit_logs, users};
 use crate::error::{Error, Result};
 
 /// Every key starts with this.
@@ -193,6 +195,13 @@ pub async fn update(
     let txn = db.begin().await?;
     let now = now_ms();
     let key = lock_active(&txn, owner, key_id, now).await?;
+    if let Some(owner) = owner
+        && change.disabled == Some(false)
+        && key.disabled
+        && !disabled_by(&txn, &key).await?.is_some_and(|actor| actor == owner)
+    {
+        return Err(Error::Forbidden("this key was disabled by the operator; only they can enable it again".into()));
+    }
     let mut update = api_keys::Entity::update_many().col_expr(api_keys::Column::UpdatedAt, Expr::value(now));
     if let Some(n) = &name {
         update = update.col_expr(api_keys::Column::Name, Expr::value(n.clone()));
@@ -220,6 +229,19 @@ pub async fn update(
         cache.delete(&cache::key_cache(&key.key_hash)).await;
     }
     Ok(api_keys::Model { name: name.unwrap_or(key.name), disabled, ..key })
+}
+
+/// Who disabled `key` last, from the audit log: the owner themselves, or `None` for the operator
+/// (the command line, or a key disabled before the log recorded it).
+async fn disabled_by(conn: &impl ConnectionTrait, key: &api_keys::Model) -> Result<Option<i64>> {
+    let last = audit_logs::Entity::find()
+        .filter(audit_logs::Column::TargetType.eq("key"))
+        .filter(audit_logs::Column::TargetId.eq(key.id.to_string()))
+        .filter(audit_logs::Column::Action.eq("key.disable"))
+        .order_by_desc(audit_logs::Column::Id)
+        .one(conn)
+        .await?;
+    Ok(last.and_then(|e| e.actor_user_id))
 }
 
 /// Renames a key of `owner` (any owner when `None`); see `update`.

@@ -166,4 +166,34 @@ async fn racing_changes_to_one_key_revoke_it_once(backend: Backend) {
     }
 }
 
-on_all_backends!(keys_are_renamed_disabled_and_enabled_by_their_owner_only, racing_changes_to_one_key_revoke_it_once);
+/// A key the operator disabled stays off for its owner: they may rename it, not enable it; the
+/// operator can. A key the owner disabled, the owner enables.
+async fn a_key_the_operator_disabled_only_the_operator_enables(backend: Backend) {
+    let app = crate::helpers::spawn_app(backend).await;
+    let (me, browser) = signed_in(&app, "fenced@example.com").await;
+    let (key, _) = tollgate::keys::create(&app.db.write, me, Some("shared")).await.unwrap();
+    let cache = app.cache();
+    tollgate::keys::set_disabled(&app.db, &cache, None, key.id, true).await.unwrap();
+    let url = format!("{}/api/internal/keys/{}", app.address, key.id);
+    let res = patch(&browser, &url, r#"{"disabled":false}"#).await;
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("operator"), "{body}");
+    assert!(stored(&app.db, key.id).await.disabled, "still disabled");
+    assert_eq!(patch(&browser, &url, r#"{"name":"renamed"}"#).await.status(), 200, "renaming is still theirs");
+    // Asking to disable it again changes nothing and does not make it theirs.
+    assert_eq!(patch(&browser, &url, r#"{"disabled":true}"#).await.status(), 200);
+    assert_eq!(patch(&browser, &url, r#"{"disabled":false}"#).await.status(), 403);
+    tollgate::keys::set_disabled(&app.db, &cache, None, key.id, false).await.unwrap();
+    assert!(!stored(&app.db, key.id).await.disabled, "the operator enables it");
+    // Disabled by its owner: the owner enables it.
+    assert_eq!(patch(&browser, &url, r#"{"disabled":true}"#).await.status(), 200);
+    assert_eq!(patch(&browser, &url, r#"{"disabled":false}"#).await.status(), 200);
+    assert!(!stored(&app.db, key.id).await.disabled);
+}
+
+on_all_backends!(
+    keys_are_renamed_disabled_and_enabled_by_their_owner_only,
+    racing_changes_to_one_key_revoke_it_once,
+    a_key_the_operator_disabled_only_the_operator_enables
+);
