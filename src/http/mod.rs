@@ -10,6 +10,7 @@ mod fallback;
 mod health;
 pub mod internal;
 mod pages;
+mod redeem;
 pub mod session;
 mod signin;
 mod usage_stats;
@@ -60,6 +61,7 @@ fn api_router(state: AppState) -> Router {
         .route("/api/internal/usage", get(internal::usage))
         .route("/api/internal/usage/daily", get(usage_stats::daily))
         .route("/api/internal/usage/export", get(internal::export))
+        .route("/api/internal/redeem", post(redeem::redeem))
         // The back office's JSON API (role admin on every route).
         .merge(admin::routes())
         .layer(from_fn(session::json_refusals))
