@@ -51,6 +51,7 @@ fn api_router(state: AppState) -> Router {
         .route("/admin/users/{id}", get(admin_pages::user))
         .route("/admin/revenue", get(admin_pages::revenue))
         .route("/admin/audit", get(admin_pages::audit))
+        .route("/admin/codes", get(admin_pages::codes))
         .route("/api/auth/signin/password", post(signin::password_signin))
         .route("/api/auth/signin/{provider}", get(signin::start))
         .route("/api/auth/callback/{provider}", get(signin::callback))
