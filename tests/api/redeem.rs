@@ -213,9 +213,13 @@ async fn failed_attempts_are_limited_per_user_and_per_address(backend: Backend) 
             assert_eq!(redeem(&c, &wrong()).await.0, 404);
         }
     }
-    // A fourth user from the same address is refused at once.
+    // A fourth user from the same address is refused at once, whatever address it claims: the
+    // peer is not a trusted proxy, so its `X-Forwarded-For` is not believed.
     let (fresh, c) = Caller::signed_in(&app, "fourth@example.com", "user").await;
     assert_eq!(redeem(&c, &codes[1]).await.0, 429);
+    let spoofed =
+        c.call(Method::POST, ROUTE, Some(&json!({ "code": codes[1] })), &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert_eq!(spoofed.status().as_u16(), 429);
     assert_eq!(app.balance(fresh).await, 0);
     let used = redemption_codes::Entity::find()
         .filter(redemption_codes::Column::RedeemedAt.is_not_null())
@@ -269,7 +273,42 @@ async fn batch_creation_checks_its_input_and_is_audited(backend: Backend) {
     assert!(codes.iter().all(|c| !audit.after.as_deref().unwrap_or_default().contains(&c[3..])));
 }
 
+/// Fifty different customers race for one code (as when a code leaks): one gets it, once.
+async fn fifty_customers_racing_for_one_code_credit_one_of_them(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut users = Vec::new();
+    for i in 0..50 {
+        users.push(crate::helpers::user_with_balance(&app.db, &format!("leak{i}@example.com"), 1_000_000).await);
+    }
+    for value in
+        [tollgate::redeem::Value::Money(3_000_000), tollgate::redeem::Value::Subscription { tokens: 700, days: 5 }]
+    {
+        let new = tollgate::redeem::NewBatch { count: 1, value, expires_in_days: Some(1), note: None };
+        let created = tollgate::redeem::create_batch(&app.db, &new, &tollgate::audit::Actor::system()).await.unwrap();
+        let code = created.codes[0].clone();
+        let attempts = users.iter().map(|u| tollgate::redeem::redeem(&app.db, *u, &code, Some("127.0.0.1")));
+        let results = futures::future::join_all(attempts).await;
+        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "{value:?}: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, tollgate::error::Error::Conflict(_)), "{e:?}");
+            }
+        }
+    }
+    let mut balances = 0;
+    for u in &users {
+        balances += app.balance(*u).await;
+        assert_books_balance(&app.db, *u).await;
+    }
+    assert_eq!(balances, 53_000_000, "one customer got the money, once");
+    let subs = tollgate::db::entities::subscriptions::Entity::find().all(&app.db.read).await.unwrap();
+    assert_eq!(subs.len(), 1, "one customer got the package, once");
+    assert_eq!(subs[0].tokens_total, 700);
+}
+
 on_all_backends!(
+    fifty_customers_racing_for_one_code_credit_one_of_them,
     fifty_concurrent_redeems_of_one_code_credit_it_once,
     subscription_codes_grant_tokens,
     unknown_used_and_expired_codes_are_refused_and_change_nothing,
