@@ -170,6 +170,9 @@ pub struct Config {
     /// `UPSTREAM_MAX_RETRY_WAIT_MS`: the longest upstream `Retry-After` waited out before a
     /// retry; a longer one is passed on to the client as a 429.
     pub upstream_max_retry_wait: Duration,
+    /// `REDEEM_FAILURE_LIMIT`: failed redemption-code attempts a user may make in 15 minutes
+    /// (an address may make three times as many); further attempts get 429.
+    pub redeem_failure_limit: usize,
 }
 
 /// The minimum length of a usable `CRON_SECRET`.
@@ -349,6 +352,10 @@ impl Config {
         if password_hash_concurrency == 0 {
             return Err(invalid("PASSWORD_HASH_CONCURRENCY", "must be at least 1"));
         }
+        let redeem_failure_limit: usize = parse(&get, "REDEEM_FAILURE_LIMIT", 10)?;
+        if !(1..=100_000).contains(&redeem_failure_limit) {
+            return Err(invalid("REDEEM_FAILURE_LIMIT", "must be between 1 and 100000"));
+        }
         let http2_keepalive_secs: u64 = parse(&get, "HTTP2_KEEPALIVE_SECS", 30)?;
         if http2_keepalive_secs == 0 {
             return Err(invalid("HTTP2_KEEPALIVE_SECS", "must be at least 1"));
@@ -406,6 +413,7 @@ impl Config {
             password_hash_concurrency,
             database_acquire_timeout: ms("DATABASE_ACQUIRE_TIMEOUT_MS", 2_000)?,
             upstream_max_retry_wait: ms("UPSTREAM_MAX_RETRY_WAIT_MS", 5_000)?,
+            redeem_failure_limit,
         })
     }
 

@@ -21,6 +21,9 @@ pub enum Error {
     /// The change would break a uniqueness rule (an email already in use, ...).
     #[error("{0}")]
     Conflict(String),
+    /// The thing asked for existed but is no longer usable (an expired redemption code).
+    #[error("{0}")]
+    Gone(String),
     /// The user cannot cover the worst case of the request.
     #[error("insufficient balance: this request needs up to {needed} and {available} is available")]
     InsufficientBalance { needed: String, available: String },
@@ -60,6 +63,7 @@ impl Error {
             Self::NotFound(_) => "request.not_found",
             Self::ModelNotFound(_) => "model.not_found",
             Self::Conflict(_) => "request.conflict",
+            Self::Gone(_) => "request.gone",
             Self::InsufficientBalance { .. } => "billing.insufficient_balance",
             Self::BalanceTooLow { .. } => "billing.balance_too_low",
             Self::PayloadTooLarge(_) => "request.too_large",

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod models;
 pub mod money;
 pub mod observability;
+pub mod redeem;
 pub mod server;
 pub mod subscriptions;
 pub mod telemetry;

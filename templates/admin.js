@@ -349,4 +349,62 @@ function audit() {
   list.refresh();
 }
 
-({ admin: home, 'admin-models': models, 'admin-users': users, 'admin-user': userDetail, 'admin-revenue': revenue, 'admin-audit': audit })[PAGE]();
+// --- /admin/codes ---------------------------------------------------------------------------
+// The codes exist in this page only once, in the answer to the create request: the CSV is
+// built here from that answer, never fetched again.
+function codesCsv(answer) {
+  const quote = (v) => (/[",\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v);
+  const fields = [answer.amount, String(answer.tokens), String(answer.days), answer.expiresAt || ''];
+  const lines = ['code,amount,tokens,days,expires_at'].concat(answer.codes.map((c) => [c].concat(fields).map(quote).join(',')));
+  return lines.join('\n') + '\n';
+}
+
+function codes() {
+  const kind = document.getElementById('c-kind');
+  const showKind = () => {
+    for (const el of document.querySelectorAll('[data-kind]')) el.hidden = el.dataset.kind !== kind.value;
+  };
+  kind.addEventListener('change', showKind);
+  showKind();
+  let download = null;
+  const list = pager(async (page) => {
+    const body = await api('GET', '/api/admin/redemption-codes?' + new URLSearchParams({ page, pageSize: 25 }));
+    const rows = body.data.map((b) => {
+      const value = b.kind === 'money' ? money(b.amount) : T('admin.codes.value_tokens', { tokens: number(b.tokens), days: number(b.days) });
+      const tr = row([`#${b.id}`, value, `${number(b.redeemed)} / ${number(b.count)}`,
+        b.expiresAt ? timeElement(b.expiresAt, 'date') : T('admin.codes.never'), b.note, timeElement(b.createdAt, 'datetime')]);
+      tr.dataset.batch = b.id;
+      return tr;
+    });
+    document.querySelector('#batches tbody').replaceChildren(...(rows.length ? rows : [emptyRow('batches', 6)]));
+    return body;
+  });
+  document.getElementById('code-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const int = (id) => { const v = document.getElementById(id).value.trim(); return v === '' ? undefined : Number(v); };
+    const body = { count: int('c-count') };
+    if (kind.value === 'money') body.amount = document.getElementById('c-amount').value.trim();
+    else { body.tokens = int('c-tokens'); body.days = int('c-days'); }
+    if (int('c-expires') !== undefined) body.expiresInDays = int('c-expires');
+    const note = document.getElementById('c-note').value.trim();
+    if (note) body.note = note;
+    try {
+      const answer = await api('POST', '/api/admin/redemption-codes', body);
+      if (download) URL.revokeObjectURL(download);
+      download = URL.createObjectURL(new Blob([codesCsv(answer)], { type: 'text/csv' }));
+      const link = document.getElementById('c-download');
+      link.href = download;
+      link.download = `redemption-codes-batch-${answer.batchId}.csv`;
+      document.getElementById('c-created-text').textContent = T('admin.codes.created', { id: answer.batchId, count: number(answer.codes.length) });
+      document.getElementById('c-codes').textContent = answer.codes.join('\n');
+      show('c-created', true);
+      await list.first();
+      fail(null);
+    } catch (e) {
+      fail(e);
+    }
+  });
+  list.refresh();
+}
+
+({ admin: home, 'admin-models': models, 'admin-users': users, 'admin-user': userDetail, 'admin-revenue': revenue, 'admin-audit': audit, 'admin-codes': codes })[PAGE]();

@@ -56,7 +56,7 @@ pub struct Period {
     pub figures: Figures,
     /// Users charged something in the period.
     pub paying_users: i64,
-    /// Money added by top-ups in the period.
+    /// Money added by top-ups and redemption codes in the period.
     pub topups: i64,
 }
 
@@ -182,7 +182,9 @@ pub async fn report(db: &Db, granularity: Granularity, start: Date, end: Date) -
         .select_only()
         .column_as(Expr::cust(epoch_day), "epoch_day")
         .column_as(int_expr(db.backend, "SUM(amount)"), "amount")
-        .filter(credit_transactions::Column::Kind.eq(crate::billing::ledger::TOPUP))
+        .filter(
+            credit_transactions::Column::Kind.is_in([crate::billing::ledger::TOPUP, crate::billing::ledger::REDEEM]),
+        )
         .filter(credit_transactions::Column::CreatedAt.gte(midnight_ms(start)))
         .filter(credit_transactions::Column::CreatedAt.lt(midnight_ms(end) + MS_PER_DAY))
         .group_by(Expr::cust(epoch_day))

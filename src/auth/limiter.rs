@@ -1,5 +1,5 @@
 //! Password attempts, limited per account and per client address, and the bound on password
-//! hashes computed at once.
+//! hashes computed at once; failed redemption-code attempts, limited per user and per address.
 //!
 //! An attempt takes its slot in both windows *before* the password is hashed, in one step under
 //! both locks: however many attempts arrive together, at most `PER_ACCOUNT` per account (and
@@ -30,6 +30,8 @@ pub struct Failures {
     by_address: Mutex<HashMap<IpAddr, Vec<Instant>>>,
     /// Argon2 takes ~19 MiB per hash: unbounded, concurrent attempts exhaust memory.
     hashing: std::sync::Arc<Semaphore>,
+    /// Redemption-code attempts.
+    pub redeem: RedeemAttempts,
 }
 
 impl Default for Failures {
@@ -79,6 +81,7 @@ impl Failures {
             by_account: Mutex::default(),
             by_address: Mutex::default(),
             hashing: std::sync::Arc::new(Semaphore::new(hash_concurrency.max(1))),
+            redeem: RedeemAttempts::default(),
         }
     }
 
@@ -133,6 +136,78 @@ impl Failures {
     }
 }
 
+/// Redemption-code attempts per user and per client address, in the same window as passwords.
+/// As with passwords, an attempt takes its slot before the code is looked up (so concurrent
+/// guesses cannot exceed the limit), a successful redemption gives its slot back, and a failure
+/// keeps it.
+#[derive(Debug, Default)]
+pub struct RedeemAttempts {
+    by_user: Mutex<HashMap<i64, Vec<Instant>>>,
+    by_address: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+}
+
+/// One redemption attempt's place in the windows.
+#[derive(Debug)]
+pub struct RedeemSlot {
+    user: i64,
+    address: Option<IpAddr>,
+    at: Instant,
+}
+
+/// Whole seconds until the oldest attempt in a full window leaves it (at least one).
+fn retry_after(list: &[Instant], now: Instant) -> u64 {
+    let oldest = list.iter().min().copied().unwrap_or(now);
+    let left = WINDOW.saturating_sub(now.duration_since(oldest));
+    u64::try_from(left.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedeemAttempts {
+    /// Takes a slot for `user` and `address`, unless `per_user` (or `per_address`) attempts are
+    /// already in the window; then the seconds until one leaves it.
+    pub fn take(
+        &self,
+        user: i64,
+        address: Option<IpAddr>,
+        per_user: usize,
+        per_address: usize,
+    ) -> Result<RedeemSlot, u64> {
+        let now = Instant::now();
+        // Both locks at once, always in this order, as for passwords.
+        let (Ok(mut users), Ok(mut addresses)) = (self.by_user.lock(), self.by_address.lock()) else {
+            return Err(1);
+        };
+        prune(&mut users, now);
+        prune(&mut addresses, now);
+        let user_list = users.entry(user).or_default();
+        if recent(user_list, now) >= per_user {
+            return Err(retry_after(user_list, now));
+        }
+        if let Some(a) = address {
+            let address_list = addresses.entry(a).or_default();
+            if recent(address_list, now) >= per_address {
+                return Err(retry_after(address_list, now));
+            }
+            address_list.push(now);
+        }
+        user_list.push(now);
+        Ok(RedeemSlot { user, address, at: now })
+    }
+
+    /// Gives the slot of a successful redemption (or of one the server failed) back.
+    pub fn release(&self, slot: RedeemSlot) {
+        if let Ok(mut users) = self.by_user.lock()
+            && let Some(list) = users.get_mut(&slot.user)
+        {
+            remove_one(list, slot.at);
+        }
+        if let (Some(a), Ok(mut addresses)) = (slot.address, self.by_address.lock())
+            && let Some(list) = addresses.get_mut(&a)
+        {
+            remove_one(list, slot.at);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +239,22 @@ mod tests {
             assert!(f.take("b@example.com", None).is_some());
         }
         assert!(f.take("b@example.com", None).is_none());
+    }
+
+    #[test]
+    fn redemption_attempts_are_limited_per_user_and_per_address() {
+        let f = Failures::new(1);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = f.redeem.take(1, Some(a), 3, 3).unwrap();
+        assert!(f.redeem.take(1, Some(a), 3, 3).is_ok());
+        assert!(f.redeem.take(1, Some(b), 3, 3).is_ok());
+        let wait = f.redeem.take(1, Some(b), 3, 3).unwrap_err();
+        assert!((1..=WINDOW.as_secs()).contains(&wait), "{wait}");
+        // Another user from the first address: the address has room for one more.
+        assert!(f.redeem.take(2, Some(a), 3, 3).is_ok());
+        assert!(f.redeem.take(3, Some(a), 3, 3).is_err());
+        f.redeem.release(first);
+        assert!(f.redeem.take(1, None, 3, 3).is_ok(), "a success gives its slot back");
+        assert!(f.redeem.take(1, None, 3, 3).is_err());
     }
 }

@@ -17,6 +17,8 @@ use crate::money::{self, format_amount};
 pub const TOPUP: &str = "topup";
 pub const ADJUSTMENT: &str = "adjustment";
 pub const SIGNUP_CREDIT: &str = "signup_credit";
+/// Money from a redemption code (`redeem`).
+pub const REDEEM: &str = "redeem";
 
 /// One ledger line: a money and/or token delta for a user.
 pub struct Entry<'a> {
@@ -65,7 +67,7 @@ pub struct Change<'a> {
     pub user_id: i64,
     /// Micro-units; negative to deduct.
     pub delta: i64,
-    /// `TOPUP`, `ADJUSTMENT` or `SIGNUP_CREDIT`.
+    /// `TOPUP`, `ADJUSTMENT`, `SIGNUP_CREDIT` or `REDEEM`.
     pub kind: &'a str,
     pub reason: &'a str,
     /// The admin who made it; `None` for the command line and sign-up.

@@ -12,7 +12,9 @@ use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::json;
 
-use super::{AuditCommand, Cli, Command, KeyCommand, ModelCommand, PageArgs, SubscriptionCommand, UserCommand};
+use super::{
+    AuditCommand, Cli, CodeCommand, Command, KeyCommand, ModelCommand, PageArgs, SubscriptionCommand, UserCommand,
+};
 use crate::accounts::{self, NewUser, ROLE_ADMIN, ROLE_USER, password};
 use crate::app::{Application, build_cache};
 use crate::audit::Actor;
@@ -24,7 +26,7 @@ use crate::db::entities::{api_keys, subscriptions as subs};
 use crate::db::{Backend, Db};
 
 use crate::money::{format_amount, parse_amount};
-use crate::{admin, jobs, keys, models, subscriptions};
+use crate::{admin, jobs, keys, models, redeem, subscriptions};
 
 fn out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -147,6 +149,13 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             announce(&config);
             let db = open(&config, create).await?;
             let result = audit(&db, cmd).await;
+            db.close().await;
+            result
+        }
+        Command::Code(cmd) => {
+            announce(&config);
+            let db = open(&config, create).await?;
+            let result = code(&db, cmd).await;
             db.close().await;
             result
         }
@@ -409,6 +418,79 @@ async fn subscription(db: &Db, cmd: SubscriptionCommand) -> anyhow::Result<()> {
         SubscriptionCommand::Expire => {
             let affected = jobs::run_expiry(db).await?;
             out(&format!("expired {affected} subscription(s)"))
+        }
+    }
+}
+
+async fn code(db: &Db, cmd: CodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        CodeCommand::Create { count, amount, tokens, days, expires_days, note } => {
+            let value = match (amount, tokens, days) {
+                (Some(a), None, None) => {
+                    redeem::Value::Money(parse_amount(&a).map_err(|e| anyhow::anyhow!("--amount: {e}"))?)
+                }
+                (None, Some(tokens), Some(days)) => redeem::Value::Subscription { tokens, days },
+                _ => bail!("give either --amount, or --tokens and --days"),
+            };
+            let new = redeem::NewBatch { count, value, expires_in_days: expires_days, note };
+            let created = redeem::create_batch(db, &new, &Actor::system()).await?;
+            let b = &created.batch;
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["code", "amount", "tokens", "days", "expires_at"])?;
+            let (amount, tokens, days) = (format_amount(b.amount), b.tokens.to_string(), b.days.to_string());
+            let expires = b.expires_at.map(rfc3339).unwrap_or_default();
+            for c in &created.codes {
+                w.write_record([c.as_str(), &amount, &tokens, &days, &expires])?;
+            }
+            let text = String::from_utf8(w.into_inner()?)?;
+            eprintln!("batch {}: {} code(s); they are not shown again", b.id, created.codes.len());
+            out(text.trim_end())
+        }
+        CodeCommand::List { page, json } => {
+            let found = redeem::list_batches(db, paging(&page)?).await?;
+            if json {
+                let rows: Vec<_> = found
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let b = &r.batch;
+                        json!({
+                            "id": b.id,
+                            "kind": b.kind,
+                            "amount": format_amount(b.amount),
+                            "tokens": b.tokens,
+                            "days": b.days,
+                            "count": b.code_count,
+                            "redeemed": r.redeemed,
+                            "expires_at": b.expires_at.map(rfc3339),
+                            "note": b.note,
+                            "created_at": rfc3339(b.created_at),
+                        })
+                    })
+                    .collect();
+                return out(&serde_json::to_string_pretty(&rows)?);
+            }
+            let mut text = format!(
+                "{:<6} {:<12} {:>14} {:>12} {:>5} {:>7} {:>8}  {:<24} {}",
+                "BATCH", "KIND", "AMOUNT", "TOKENS", "DAYS", "CODES", "REDEEMED", "EXPIRES", "NOTE"
+            );
+            for r in &found.rows {
+                let b = &r.batch;
+                text.push_str(&format!(
+                    "\n{:<6} {:<12} {:>14} {:>12} {:>5} {:>7} {:>8}  {:<24} {}",
+                    b.id,
+                    b.kind,
+                    format_amount(b.amount),
+                    b.tokens,
+                    b.days,
+                    b.code_count,
+                    r.redeemed,
+                    b.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
+                    b.note
+                ));
+            }
+            text.push_str(&format!("\n{} of {} batch(es), page {}", found.rows.len(), found.total, found.paging.page));
+            out(&text)
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Make and list redemption codes.
+    #[command(subcommand)]
+    Code(CodeCommand),
     /// Ask the server on LISTEN_ADDR for /healthz; exit 0 when it answers 200 (the container's
     /// health check: the image has no curl).
     Healthcheck {
@@ -106,6 +109,40 @@ pub enum AuditCommand {
         /// `type:id` (`user:12`), a type, or an id.
         #[arg(long)]
         target: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CodeCommand {
+    /// Create a batch of codes and print them as CSV on stdout
+    /// (`code,amount,tokens,days,expires_at`): the only time they are shown.
+    Create {
+        /// How many codes (1 to 1000).
+        #[arg(long, allow_hyphen_values = true)]
+        count: i64,
+        /// Money each code adds to a balance, in currency units (such as 10.00).
+        #[arg(long, conflicts_with_all = ["tokens", "days"], required_unless_present = "tokens")]
+        amount: Option<String>,
+        /// Subscription tokens each code grants (with --days).
+        #[arg(long, requires = "days", allow_hyphen_values = true)]
+        tokens: Option<i64>,
+        /// Days the granted subscription lasts from redemption (with --tokens).
+        #[arg(long, requires = "tokens", allow_hyphen_values = true)]
+        days: Option<i64>,
+        /// The codes stop working this many days from now.
+        #[arg(long, allow_hyphen_values = true)]
+        expires_days: Option<i64>,
+        /// What the batch is for (sold to whom, which campaign).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List batches, newest first, with how many of their codes were redeemed.
+    List {
         #[command(flatten)]
         page: PageArgs,
         /// Print JSON instead of a table.

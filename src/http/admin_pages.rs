@@ -64,6 +64,13 @@ struct AuditPage {
     c: Chrome,
 }
 
+#[derive(Template, WebTemplate)]
+#[template(path = "admin_codes.html")]
+struct CodesPage {
+    t: Tr,
+    c: Chrome,
+}
+
 /// Renders `page` for an administrator; anyone else signed in gets the 403 page.
 fn for_admin(
     state: &AppState,
@@ -119,4 +126,10 @@ pub async fn revenue(State(state): State<AppState>, me: CurrentUser, headers: He
 /// `GET /admin/audit`.
 pub async fn audit(State(state): State<AppState>, me: CurrentUser, headers: HeaderMap, uri: OriginalUri) -> Response {
     for_admin(&state, &me, &headers, &uri, "admin-audit", |t, c| AuditPage { t, c }.into_response())
+}
+
+/// `GET /admin/codes`: create a batch of redemption codes (downloaded as CSV at once) and list
+/// batches.
+pub async fn codes(State(state): State<AppState>, me: CurrentUser, headers: HeaderMap, uri: OriginalUri) -> Response {
+    for_admin(&state, &me, &headers, &uri, "admin-codes", |t, c| CodesPage { t, c }.into_response())
 }

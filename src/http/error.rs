@@ -31,6 +31,7 @@ impl ApiError {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             Error::ModelNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict_error"),
+            Error::Gone(_) => (StatusCode::GONE, "invalid_request_error"),
             Error::InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
             Error::BalanceTooLow { .. } => (StatusCode::CONFLICT, "conflict_error"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),

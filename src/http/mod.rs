@@ -10,6 +10,7 @@ mod fallback;
 mod health;
 pub mod internal;
 mod pages;
+mod redeem;
 pub mod session;
 mod signin;
 mod usage_stats;
@@ -50,6 +51,7 @@ fn api_router(state: AppState) -> Router {
         .route("/admin/users/{id}", get(admin_pages::user))
         .route("/admin/revenue", get(admin_pages::revenue))
         .route("/admin/audit", get(admin_pages::audit))
+        .route("/admin/codes", get(admin_pages::codes))
         .route("/api/auth/signin/password", post(signin::password_signin))
         .route("/api/auth/signin/{provider}", get(signin::start))
         .route("/api/auth/callback/{provider}", get(signin::callback))
@@ -60,6 +62,7 @@ fn api_router(state: AppState) -> Router {
         .route("/api/internal/usage", get(internal::usage))
         .route("/api/internal/usage/daily", get(usage_stats::daily))
         .route("/api/internal/usage/export", get(internal::export))
+        .route("/api/internal/redeem", post(redeem::redeem))
         // The back office's JSON API (role admin on every route).
         .merge(admin::routes())
         .layer(from_fn(session::json_refusals))

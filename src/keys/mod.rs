@@ -198,7 +198,7 @@ pub async fn update(
     if let Some(owner) = owner
         && change.disabled == Some(false)
         && key.disabled
-        && !disabled_by(&txn, &key).await?.is_some_and(|actor| actor == owner)
+        && disabled_by(&txn, &key).await?.is_none_or(|actor| actor != owner)
     {
         return Err(Error::Forbidden("this key was disabled by the operator; only they can enable it again".into()));
     }

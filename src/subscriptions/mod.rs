@@ -47,6 +47,22 @@ pub async fn grant_by(
     days: i64,
     by: &audit::Actor,
 ) -> Result<subscriptions::Model> {
+    let txn = db.begin().await?;
+    let sub = grant_in(&txn, user_id, name, tokens, days, by).await?;
+    txn.commit().await?;
+    Ok(sub)
+}
+
+/// `grant_by` on `conn`, which must be a transaction (the caller commits): the subscription,
+/// its ledger entry and its audit entry.
+pub async fn grant_in(
+    conn: &impl ConnectionTrait,
+    user_id: i64,
+    name: &str,
+    tokens: i64,
+    days: i64,
+    by: &audit::Actor,
+) -> Result<subscriptions::Model> {
     let actor = by.user_id;
     check(tokens, days, false)?;
     let name = name.trim();
@@ -54,7 +70,6 @@ pub async fn grant_by(
         return Err(Error::BadRequest("subscription names are 1 to 64 characters".into()));
     }
     let now = now_ms();
-    let txn = db.begin().await?;
     let sub = subscriptions::ActiveModel {
         user_id: Set(user_id),
         name: Set(name.to_owned()),
@@ -66,10 +81,10 @@ pub async fn grant_by(
         updated_at: Set(now),
         ..Default::default()
     }
-    .insert(&txn)
+    .insert(conn)
     .await?;
     ledger::entry(
-        &txn,
+        conn,
         ledger::Entry {
             user_id,
             kind: "grant",
@@ -82,7 +97,7 @@ pub async fn grant_by(
     )
     .await?;
     audit::record_from(
-        &txn,
+        conn,
         audit::Entry {
             actor_user_id: actor,
             action: "subscription.grant",
@@ -94,7 +109,6 @@ pub async fn grant_by(
         by.ip.as_deref(),
     )
     .await?;
-    txn.commit().await?;
     Ok(sub)
 }
 

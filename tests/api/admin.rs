@@ -144,6 +144,14 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
         (Method::DELETE, "/api/admin/keys/{id}", format!("/api/admin/keys/{}", key.id), None, 204),
         (Method::GET, "/api/admin/audit-logs", "/api/admin/audit-logs".into(), None, 200),
         (Method::GET, "/api/admin/revenue", "/api/admin/revenue".into(), None, 200),
+        (Method::GET, "/api/admin/redemption-codes", "/api/admin/redemption-codes".into(), None, 200),
+        (
+            Method::POST,
+            "/api/admin/redemption-codes",
+            "/api/admin/redemption-codes".into(),
+            Some(json!({ "count": 2, "amount": "1.00" })),
+            201,
+        ),
     ];
     let listed: BTreeSet<(String, String)> = rows.iter().map(|r| (r.0.to_string(), r.1.to_owned())).collect();
     let routed: BTreeSet<(String, String)> =
@@ -161,6 +169,8 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
     }
     // Nothing the refused callers sent changed anything.
     assert_eq!(audit_logs::Entity::find().count(&app.db.read).await.unwrap(), audits);
+    let batches = tollgate::db::entities::redemption_batches::Entity::find().count(&app.db.read).await.unwrap();
+    assert_eq!(batches, 0, "no codes were made by refused callers");
     assert_eq!(tollgate::billing::balance::amount(&app.db.read, target).await.unwrap(), 5_000_000);
 
     for (method, _, path, body, admin_status) in &rows {
@@ -183,6 +193,7 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
         "subscription.grant",
         "subscription.renew",
         "key.revoke",
+        "redemption_codes.create",
     ] {
         assert!(actions.contains(action), "{action} audited: {actions:?}");
     }
@@ -378,6 +389,8 @@ async fn balance_changes_are_exact_idempotent_and_never_below_zero(backend: Back
     assert_eq!(status, 404);
     assert_eq!(ledger_rows(&app, user).await, before);
     assert_eq!(audit_logs::Entity::find().count(&app.db.read).await.unwrap(), audits);
+    let batches = tollgate::db::entities::redemption_batches::Entity::find().count(&app.db.read).await.unwrap();
+    assert_eq!(batches, 0, "no codes were made by refused callers");
     // The refused request stored nothing: once covered, the same key works.
     post(json!({ "amount": "5", "reason": "cover" }), None).await;
     let (status, body, replayed) = post(json!({ "amount": "-10.26", "reason": "too much" }), Some("k-low")).await;

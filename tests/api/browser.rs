@@ -119,11 +119,23 @@ async fn an_operator_prices_a_model_tops_up_a_customer_and_reads_the_audit_log_i
     // What the browser did is in the database: the model, priced; the top-up, audited as the admin.
     let model = tollgate::models::find_by_name(&app.db.read, "browser-model").await.unwrap();
     assert_eq!((model.input_price, model.output_price, model.max_output_tokens), (1_250_000, 5_000_000, 2048));
-    assert_eq!(tollgate::billing::balance::amount(&app.db.read, customer.id).await.unwrap(), 12_500_000);
+    // The top-up and one $5.00 code redeemed on the dashboard.
+    assert_eq!(tollgate::billing::balance::amount(&app.db.read, customer.id).await.unwrap(), 17_500_000);
+    let codes = tollgate::db::entities::redemption_codes::Entity::find().all(&app.db.read).await.unwrap();
+    assert_eq!(codes.len(), 2);
+    assert_eq!(codes.iter().filter(|c| c.redeemed_by == Some(customer.id)).count(), 1);
     let entries = audit_logs::Entity::find().all(&app.db.read).await.unwrap();
     let topup = entries.iter().find(|e| e.action == "balance.adjust").expect("an audit entry for the top-up");
     assert_eq!(topup.actor_user_id, Some(admin.id));
     assert_eq!(topup.target_id, customer.id.to_string());
     crate::helpers::assert_books_balance(&app.db, customer.id).await;
-    assert_photographed(&["admin", "admin-models", "admin-users", "admin-user", "admin-audit", "admin-revenue"]);
+    assert_photographed(&[
+        "admin",
+        "admin-models",
+        "admin-users",
+        "admin-user",
+        "admin-audit",
+        "admin-revenue",
+        "admin-codes",
+    ]);
 }

@@ -148,7 +148,8 @@ async fn pages_forbid_framing_and_inline_code_and_nothing_is_sniffed() {
 #[tokio::test]
 async fn back_office_pages_are_for_administrators_only() {
     let app = spawn_app(Backend::Sqlite).await;
-    let pages = ["/admin", "/admin/models", "/admin/users", "/admin/users/1", "/admin/revenue", "/admin/audit"];
+    let pages =
+        ["/admin", "/admin/models", "/admin/users", "/admin/users/1", "/admin/revenue", "/admin/audit", "/admin/codes"];
     let sign_in = |email: &'static str| {
         let app = &app;
         async move {

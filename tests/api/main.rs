@@ -29,6 +29,7 @@ mod multi_instance;
 mod observability;
 mod process;
 mod properties;
+mod redeem;
 mod storage_story;
 mod streaming;
 mod subscriptions;

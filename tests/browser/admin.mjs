@@ -1,9 +1,11 @@
 // An operator runs the station from the browser: a customer is refused the back office (403);
 // the admin signs in, creates and prices a model, finds the customer, tops them up, is refused a
-// correction below zero, sees the audit entry and the revenue chart. Every back-office page is
+// correction below zero, sees the audit entry and the revenue chart, and makes redemption codes
+// that the customer redeems on the dashboard. Every back-office page is
 // photographed at 1280 px and 375 px (no sideways scrolling); nothing may be blocked by the
 // content security policy. Prints a JSON summary on the last line.
 // Environment: see harness.mjs, and ADMIN_EMAIL, CUSTOMER_EMAIL, PASSWORD.
+import { readFileSync } from 'node:fs';
 import { base, browser, check, fail, finish, photograph, text, watch } from './harness.mjs';
 
 const signIn = async (page, email) => {
@@ -96,6 +98,43 @@ try {
   await photograph(page, 'admin-revenue');
   await page.selectOption('#r-granularity', 'month');
   await page.waitForSelector(`#revenue-chart circle[data-point="${today.slice(0, 7)}"]`, { state: "attached" });
+
+  // Redemption codes: a batch of two, downloaded as CSV from the one answer that holds them.
+  await page.click('#nav-admin-codes');
+  await page.waitForURL(`${base}/admin/codes`);
+  await page.waitForSelector('#batches tbody tr');
+  await page.fill('#c-count', '2');
+  await page.fill('#c-amount', '5.00');
+  await page.fill('#c-note', 'browser batch');
+  await page.click('#c-create');
+  await page.waitForSelector('#c-created:not([hidden])');
+  await page.waitForSelector('#batches tbody tr[data-batch]');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#c-download')]);
+  const csv = readFileSync(await download.path(), 'utf8').trim().split('\n');
+  await check(csv.length === 3 && csv[0] === 'code,amount,tokens,days,expires_at', `the CSV: ${csv.join(' / ')}`);
+  const code = csv[1].split(',')[0];
+  await check(/^TG-[0-9A-Z]{4}(-[0-9A-Z]{4}){3}$/.test(code) && csv[1].endsWith(',5.00,0,0,'), `a CSV row: ${csv[1]}`);
+  const batchRow = await page.locator('#batches tbody tr[data-batch] td').allTextContents();
+  await check(batchRow[1] === '$5.00' && batchRow[2] === '0 / 2', `the batch row: ${batchRow}`);
+  await photograph(page, 'admin-codes');
+
+  // The customer redeems it on the dashboard: the balance changes in place; a second try is refused.
+  const redeemContext = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 800 } });
+  const redeemer = await redeemContext.newPage();
+  watch(redeemer);
+  await signIn(redeemer, process.env.CUSTOMER_EMAIL);
+  await check(await text(redeemer, '#balance') === '$12.50', `the dashboard balance: ${await text(redeemer, '#balance')}`);
+  await redeemer.fill('#redeem-code', code.toLowerCase());
+  await redeemer.click('#redeem-submit');
+  await redeemer.waitForSelector('#redeem-done:not([hidden])');
+  await redeemer.waitForFunction(() => document.getElementById('balance').textContent === '$17.50');
+  await redeemer.fill('#redeem-code', code);
+  await redeemer.click('#redeem-submit');
+  await redeemer.waitForSelector('#redeem-error:not([hidden])');
+  const used = await text(redeemer, '#redeem-error');
+  await check(used.includes('already been used'), `a used code: ${used}`);
+  await check(await text(redeemer, '#balance') === '$17.50', 'a refused code changed the balance');
+  await redeemContext.close();
 
   await finish({});
 } catch (error) {

@@ -8,6 +8,8 @@ pub mod credit_transactions;
 pub mod idempotency_keys;
 pub mod models;
 pub mod oauth_states;
+pub mod redemption_batches;
+pub mod redemption_codes;
 pub mod reservations;
 pub mod sessions;
 pub mod subscriptions;

@@ -6,6 +6,7 @@ mod m0001_initial;
 mod m0002_starter_models;
 mod m0003_edges;
 mod m0004_back_office;
+mod m0005_redemption_codes;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_starter_models::Migration),
             Box::new(m0003_edges::Migration),
             Box::new(m0004_back_office::Migration),
+            Box::new(m0005_redemption_codes::Migration),
         ]
     }
 }

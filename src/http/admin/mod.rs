@@ -3,6 +3,7 @@
 //! Amounts are decimal strings, times RFC 3339, keys camelCase.
 
 mod catalogue;
+mod codes;
 mod people;
 mod reports;
 
@@ -65,6 +66,8 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("DELETE", "/api/admin/keys/{id}", delete(people::revoke_key)),
         ("GET", "/api/admin/audit-logs", get(reports::audit_logs)),
         ("GET", "/api/admin/revenue", get(reports::revenue)),
+        ("GET", "/api/admin/redemption-codes", get(codes::list)),
+        ("POST", "/api/admin/redemption-codes", post(codes::create)),
     ]
 }
 
