@@ -268,12 +268,20 @@ function userDetail() {
     const role = user.role === 'admin' ? 'user' : 'admin';
     confirmThen(T('admin.user.role_confirm', { email: user.email, role: T('admin.role.' + role) }), () => run(() => api('PATCH', `/api/admin/users/${id}`, { role })));
   });
+  // The same for grants: a double click or a retried submit grants one package.
+  let grantKey = null;
+  document.getElementById('grant-form').addEventListener('input', () => { grantKey = null; });
   document.getElementById('grant-form').addEventListener('submit', (event) => {
     event.preventDefault();
+    grantKey = grantKey || crypto.randomUUID();
     const name = document.getElementById('g-name').value.trim();
     const body = { tokens: Number(document.getElementById('g-tokens').value), days: Number(document.getElementById('g-days').value) };
     if (name) body.name = name;
-    run(async () => { await api('POST', `/api/admin/users/${id}/subscriptions`, body); document.getElementById('grant-form').reset(); });
+    run(async () => {
+      await api('POST', `/api/admin/users/${id}/subscriptions`, body, { 'idempotency-key': grantKey });
+      grantKey = null;
+      document.getElementById('grant-form').reset();
+    });
   });
   document.getElementById('user-detail').addEventListener('click', (event) => {
     const b = event.target.closest('button');
@@ -283,7 +291,8 @@ function userDetail() {
     }
     if (b.dataset.renew) {
       const days = Number(prompt(T('admin.user.renew_days'), '30'));
-      if (days > 0) run(() => api('POST', `/api/admin/subscriptions/${b.dataset.renew}/renew`, { days }));
+      const once = { 'idempotency-key': crypto.randomUUID() };
+      if (days > 0) run(() => api('POST', `/api/admin/subscriptions/${b.dataset.renew}/renew`, { days }, once));
     }
   });
   load().catch(fail);

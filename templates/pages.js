@@ -76,12 +76,12 @@ function showError(id, message) {
 }
 
 // Calls the dashboard's JSON API; resolves to the body, rejects with a message for the page.
-async function api(method, path, body) {
+async function api(method, path, body, headers) {
   let res;
   try {
     res = await fetch(path, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(headers || {}) },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {

@@ -133,12 +133,26 @@ pub async fn renew_by(
     extra_tokens: i64,
     by: &audit::Actor,
 ) -> Result<subscriptions::Model> {
+    let txn = db.begin().await?;
+    let sub = renew_in(&txn, subscription_id, days, extra_tokens, by).await?;
+    txn.commit().await?;
+    Ok(sub)
+}
+
+/// `renew_by` on `txn` (the caller commits): the new end date and tokens, their ledger entries
+/// and the audit entry.
+pub async fn renew_in(
+    txn: &impl ConnectionTrait,
+    subscription_id: i64,
+    days: i64,
+    extra_tokens: i64,
+    by: &audit::Actor,
+) -> Result<subscriptions::Model> {
     let actor = by.user_id;
     check(extra_tokens, days, true)?;
     let now = now_ms();
-    let txn = db.begin().await?;
     let sub = subscriptions::Entity::find_by_id(subscription_id)
-        .one(&txn)
+        .one(txn)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no subscription with id {subscription_id}")))?;
     let ended = sub.expires_at <= now;
@@ -155,17 +169,17 @@ pub async fn renew_by(
         .filter(subscriptions::Column::Id.eq(sub.id))
         .filter(subscriptions::Column::ExpiresAt.eq(sub.expires_at))
         .filter(subscriptions::Column::TokensRemaining.eq(sub.tokens_remaining))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     if res.rows_affected != 1 {
         return Err(Error::Conflict("the subscription changed meanwhile; try again".into()));
     }
     if forfeited > 0 {
-        ledger::entry(&txn, expire_entry(sub.user_id, sub.id, forfeited)).await?;
+        ledger::entry(txn, expire_entry(sub.user_id, sub.id, forfeited)).await?;
     }
     if extra_tokens > 0 {
         ledger::entry(
-            &txn,
+            txn,
             ledger::Entry {
                 user_id: sub.user_id,
                 kind: "renew",
@@ -179,7 +193,7 @@ pub async fn renew_by(
         .await?;
     }
     audit::record_from(
-        &txn,
+        txn,
         audit::Entry {
             actor_user_id: actor,
             action: "subscription.renew",
@@ -191,7 +205,6 @@ pub async fn renew_by(
         by.ip.as_deref(),
     )
     .await?;
-    txn.commit().await?;
     Ok(subscriptions::Model {
         tokens_total: sub.tokens_total + extra_tokens,
         tokens_remaining: sub.tokens_remaining - forfeited + extra_tokens,

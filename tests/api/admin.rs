@@ -532,6 +532,37 @@ async fn support_finds_users_and_keys_and_acts_on_them(backend: Backend) {
         )
         .await;
     assert_eq!((status, renewed["tokensTotal"].as_i64()), (200, Some(1500)), "{renewed}");
+    // With an Idempotency-Key, a retried grant or renewal is answered again and changes nothing.
+    let grant_path = format!("/api/admin/users/{bob}/subscriptions");
+    let grant = json!({ "tokens": 200, "days": 3, "name": "bonus" });
+    let mut granted = Vec::new();
+    for _ in 0..2 {
+        let res = admin.call(Method::POST, &grant_path, Some(&grant), &[("idempotency-key", "grant-once")]).await;
+        let replayed = res.headers().get("idempotent-replayed").is_some();
+        granted.push((res.status().as_u16(), replayed, res.json::<Value>().await.unwrap()["id"].clone()));
+    }
+    assert_eq!((granted[0].0, granted[0].1, granted[1].0, granted[1].1), (201, false, 201, true), "{granted:?}");
+    assert_eq!(granted[0].2, granted[1].2, "one package");
+    let renew_path = format!("/api/admin/subscriptions/{}/renew", granted[0].2);
+    for _ in 0..2 {
+        let res = admin
+            .call(
+                Method::POST,
+                &renew_path,
+                Some(&json!({ "days": 1, "tokens": 50 })),
+                &[("idempotency-key", "renew-once")],
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let (_, detail) = admin.get(&format!("/api/admin/users/{bob}")).await;
+    let bonus: Vec<&Value> =
+        detail["subscriptions"].as_array().unwrap().iter().filter(|s| s["name"] == "bonus").collect();
+    assert_eq!(bonus.len(), 1, "{detail}");
+    assert_eq!(bonus[0]["tokensTotal"], 250, "renewed once");
+    let res =
+        admin.call(Method::POST, &renew_path, Some(&json!({ "days": 2 })), &[("idempotency-key", "renew-once")]).await;
+    assert_eq!(res.status(), 409, "the same key for another request");
     for (path, bad) in [
         (format!("/api/admin/users/{bob}/subscriptions"), json!({ "tokens": 0, "days": 7 })),
         (format!("/api/admin/users/{bob}/subscriptions"), json!({ "tokens": 10, "days": 7, "price": "1" })),
@@ -545,7 +576,9 @@ async fn support_finds_users_and_keys_and_acts_on_them(backend: Backend) {
     );
     assert_eq!(admin.send(Method::POST, "/api/admin/subscriptions/999999/renew", &json!({ "days": 1 })).await.0, 404);
     let (_, detail) = admin.get(&format!("/api/admin/users/{bob}")).await;
-    assert_eq!(detail["subscriptions"][0]["tokensRemaining"], 1500);
+    let trial: Vec<&Value> =
+        detail["subscriptions"].as_array().unwrap().iter().filter(|s| s["name"] == "trial").collect();
+    assert_eq!(trial[0]["tokensRemaining"], 1500);
     assert_eq!(detail["apiKeys"].as_array().unwrap().len(), 1);
 
     // The audit log filters by actor, action family and target, newest first.
@@ -553,7 +586,7 @@ async fn support_finds_users_and_keys_and_acts_on_them(backend: Backend) {
     let actions: Vec<&str> = log["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["user.role", "user.disable"]);
     let (_, log) = admin.get("/api/admin/audit-logs?action=subscription&actor=ops@example.com").await;
-    assert_eq!(log["total"], 2);
+    assert_eq!(log["total"], 4, "grant and renew, once each with their keys");
     let (_, log) = admin.get("/api/admin/audit-logs?actor=system&action=subscription.grant").await;
     assert_eq!(log["total"], 1, "the grant made without an admin");
     let (_, log) = admin.get("/api/admin/audit-logs?pageSize=1&page=2").await;

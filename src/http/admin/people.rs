@@ -161,13 +161,7 @@ pub async fn balance(
     ApiJson(body): ApiJson<BalanceBody>,
 ) -> Result<Response, ApiError> {
     let user_id = path_id(&id, "user")?;
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => Some(
-            idempotency::check_key(v.to_str().map_err(|_| Error::BadRequest("bad Idempotency-Key".into()))?)?
-                .to_owned(),
-        ),
-    };
+    let key = idempotency_key(&headers)?;
     let delta = admin::parse_delta(&body.amount)?;
     let reason = ledger::normalize_reason(&body.reason)?;
     accounts::require(&state.db.read, user_id).await?;
@@ -193,12 +187,28 @@ pub async fn balance(
     })
     .await?;
     state.cache.delete(&cache::user_balance(user_id)).await;
+    Ok(respond(answer))
+}
+
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            let raw = v.to_str().map_err(|_| Error::BadRequest("bad Idempotency-Key".into()))?;
+            Ok(idempotency::check_key(raw)?.to_owned())
+        })
+        .transpose()
+}
+
+/// An answer of `idempotency::once`, marked when it is a replay.
+fn respond(answer: idempotency::Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut res = (status, Json(answer.body)).into_response();
     if answer.replayed {
         res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(res)
+    res
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,17 +220,30 @@ pub struct GrantBody {
 }
 
 /// `POST /api/admin/users/{id}/subscriptions` `{"tokens", "days", "name"?}`: grants a package.
+/// With `Idempotency-Key`, a retry answers the first result and grants nothing more.
 pub async fn grant(
     State(state): State<AppState>,
     admin: AdminUser,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> Result<Response, ApiError> {
     let user_id = path_id(&id, "user")?;
+    let key = idempotency_key(&headers)?;
     accounts::require(&state.db.read, user_id).await?;
-    let name = body.name.as_deref().unwrap_or("subscription");
-    let sub = subscriptions::grant_by(&state.db, user_id, name, body.tokens, body.days, &admin.actor).await?;
-    Ok((StatusCode::CREATED, Json(subscription_json(&sub))).into_response())
+    let name = body.name.unwrap_or_else(|| "subscription".to_owned());
+    let (tokens, days) = (body.tokens, body.days);
+    let request =
+        idempotency::fingerprint(&["grant", &user_id.to_string(), &tokens.to_string(), &days.to_string(), &name]);
+    let actor = admin.actor.clone();
+    let answer = idempotency::once(&state.db, admin.user.id, key.as_deref(), &request, move |txn| {
+        Box::pin(async move {
+            let sub = subscriptions::grant_in(txn, user_id, &name, tokens, days, &actor).await?;
+            Ok((201, subscription_json(&sub)))
+        })
+    })
+    .await?;
+    Ok(respond(answer))
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,16 +253,28 @@ pub struct RenewBody {
     tokens: Option<i64>,
 }
 
-/// `POST /api/admin/subscriptions/{id}/renew` `{"days", "tokens"?}`.
+/// `POST /api/admin/subscriptions/{id}/renew` `{"days", "tokens"?}`; `Idempotency-Key` as for
+/// grants.
 pub async fn renew(
     State(state): State<AppState>,
     admin: AdminUser,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RenewBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = path_id(&id, "subscription")?;
-    let sub = subscriptions::renew_by(&state.db, id, body.days, body.tokens.unwrap_or(0), &admin.actor).await?;
-    Ok(Json(subscription_json(&sub)))
+    let key = idempotency_key(&headers)?;
+    let (days, tokens) = (body.days, body.tokens.unwrap_or(0));
+    let request = idempotency::fingerprint(&["renew", &id.to_string(), &days.to_string(), &tokens.to_string()]);
+    let actor = admin.actor.clone();
+    let answer = idempotency::once(&state.db, admin.user.id, key.as_deref(), &request, move |txn| {
+        Box::pin(async move {
+            let sub = subscriptions::renew_in(txn, id, days, tokens, &actor).await?;
+            Ok((200, subscription_json(&sub)))
+        })
+    })
+    .await?;
+    Ok(respond(answer))
 }
 
 #[derive(Debug, Default, Deserialize)]
