@@ -237,7 +237,20 @@ async fn forget(cache: &Cache, names: &[&str]) {
     for name in names {
         cache.delete(&cache::model_config(name)).await;
     }
+    // A request that read the old row just before the change committed may put it back in the
+    // cache just after this delete; a second delete a moment later removes that stale copy, so
+    // an old price or a disabled model is served for at most about a second.
+    let (cache, keys): (Cache, Vec<String>) = (cache.clone(), names.iter().map(|n| cache::model_config(n)).collect());
+    tokio::spawn(async move {
+        tokio::time::sleep(STALE_COPY_WINDOW).await;
+        for key in keys {
+            cache.delete(&key).await;
+        }
+    });
 }
+
+/// How long after a catalogue change a stale copy of the old row can still be written back.
+const STALE_COPY_WINDOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Creates a model named `name`; both prices are required. A name in use is a `Conflict`.
 pub async fn create(

@@ -99,4 +99,35 @@ async fn catalogue_changes_are_audited_and_seen_at_once(backend: Backend) {
     assert!(models::lookup(db, &cache, crate::helpers::MODEL).await.is_ok());
 }
 
-on_all_backends!(catalogue_changes_are_audited_and_seen_at_once);
+/// A request that read the old row just before a change committed writes it back into the cache
+/// just after the change dropped it: the stale copy is gone again within about a second, not
+/// served for the cache's full minute.
+async fn a_stale_copy_written_back_after_a_change_does_not_last(backend: Backend) {
+    let g = spawn_gateway(backend, Mode::Normal, &[]).await;
+    let (db, cache) = (&g.app.db, g.app.cache());
+    let m = models::create(db, &cache, "raced-model", priced(1_000_000, 2_000_000), &Actor::system()).await.unwrap();
+    assert_eq!(models::lookup(db, &cache, "raced-model").await.unwrap().input_price, 1_000_000);
+    let key = tollgate::cache::model_config("raced-model");
+    let old = cache.get(&key).await.expect("the lookup cached the configuration");
+    models::update(
+        db,
+        &cache,
+        m.id,
+        ModelChange { input_price: Some(5_000_000), ..Default::default() },
+        &Actor::system(),
+    )
+    .await
+    .unwrap();
+    // The racing request's write lands after the change's delete.
+    cache.set(&key, &old, tollgate::cache::MODEL_TTL).await;
+    assert_eq!(models::lookup(db, &cache, "raced-model").await.unwrap().input_price, 1_000_000, "the stale copy");
+    crate::helpers::eventually(5, "the stale copy is dropped", || async {
+        models::lookup(db, &cache, "raced-model").await.unwrap().input_price == 5_000_000
+    })
+    .await;
+}
+
+on_all_backends!(
+    a_stale_copy_written_back_after_a_change_does_not_last,
+    catalogue_changes_are_audited_and_seen_at_once
+);
