@@ -68,6 +68,9 @@ pub struct Provider {
 pub enum OAuthError {
     #[error("{0}")]
     Refused(String),
+    /// The provider's account has no verified email address.
+    #[error("{0}")]
+    Unverified(String),
     #[error("the sign-in provider could not be reached or answered in an unexpected way")]
     Provider(String),
 }
@@ -178,10 +181,9 @@ impl Provider {
         let base = api_base(&self.api_url);
         let user: User = Self::get_json(http, join(&base, "user")?, access).await?;
         let emails: Vec<Email> = Self::get_json(http, join(&base, "user/emails")?, access).await?;
-        let email =
-            emails.into_iter().find(|e| e.primary && e.verified).map(|e| e.email).ok_or_else(|| {
-                OAuthError::Refused("your GitHub account has no verified primary email address".into())
-            })?;
+        let email = emails.into_iter().find(|e| e.primary && e.verified).map(|e| e.email).ok_or_else(|| {
+            OAuthError::Unverified("your GitHub account has no verified primary email address".into())
+        })?;
         Ok(Identity { provider: "github", account_id: user.id.to_string(), email, name: user.name.or(user.login) })
     }
 
@@ -198,7 +200,7 @@ impl Provider {
         let email = info
             .email
             .filter(|_| info.email_verified)
-            .ok_or_else(|| OAuthError::Refused("your Google account has no verified email address".into()))?;
+            .ok_or_else(|| OAuthError::Unverified("your Google account has no verified email address".into()))?;
         Ok(Identity { provider: "google", account_id: info.sub, email, name: info.name })
     }
 }

@@ -125,12 +125,13 @@ pub async fn login(
     let t = Tr::from_headers(&headers);
     let providers =
         state.auth.providers.iter().map(|p| ProviderLink { name: p.kind.name(), label: p.kind.label() }).collect();
-    // A known code is shown in the visitor's language; a provider's own message as it is.
+    // Only our own codes are shown, in the visitor's language: anything else reads as a failed
+    // sign-in (no text of a link's choosing appears on this page).
     let error = q.error.map(|e| {
         let key = format!("login.error.{e}");
         match t.get(&key) {
             text if text != key => text.to_owned(),
-            _ => e.chars().take(300).collect(),
+            _ => t.get("login.error.failed").to_owned(),
         }
     });
     let page = LoginPage {

@@ -40,10 +40,11 @@ struct Attempt {
     expires_at: i64,
 }
 
-/// Back to the login page with an error: a code the page shows in the visitor's language
-/// (`login.error.{code}` in the catalogues), or a provider's own message, shown as it is.
-fn login_with_error(message: &str) -> Response {
-    Redirect::to(&format!("/login?error={}", urlencoding(message))).into_response()
+/// Back to the login page with an error code, which the page shows in the visitor's language
+/// (`login.error.{code}` in the catalogues). Never free text: a link to the login page cannot
+/// put words of its own on it.
+fn login_with_error(code: &str) -> Response {
+    Redirect::to(&format!("/login?error={}", urlencoding(code))).into_response()
 }
 
 fn cookie(
@@ -128,12 +129,11 @@ pub async fn callback(
     };
 
     if let Some(error) = q.error {
-        let message = if error == "access_denied" {
-            "sign-in was cancelled".to_owned()
-        } else {
-            format!("the provider refused the sign-in ({error})")
-        };
-        return fail(jar, &message);
+        if error == "access_denied" {
+            return fail(jar, "cancelled");
+        }
+        tracing::info!(provider, error = %error.chars().take(100).collect::<String>(), "the provider refused a sign-in");
+        return fail(jar, "provider_refused");
     }
     let Some(attempt) = attempt else { return fail(jar, "expired") };
     let valid = attempt.provider == provider
@@ -160,10 +160,17 @@ pub async fn callback(
     };
     let identity = match p.finish(&state.auth.http, &code, &attempt.verifier).await {
         Ok(i) => i,
-        Err(OAuthError::Refused(message)) => return fail(jar, &message),
+        Err(OAuthError::Unverified(message)) => {
+            tracing::info!(provider, reason = %message, "sign-in refused");
+            return fail(jar, "no_verified_email");
+        }
+        Err(OAuthError::Refused(message)) => {
+            tracing::info!(provider, reason = %message, "sign-in refused");
+            return fail(jar, "provider_refused");
+        }
         Err(OAuthError::Provider(detail)) => {
             tracing::warn!(provider, error = %detail, "OAuth provider error");
-            return fail(jar, &OAuthError::Provider(String::new()).to_string());
+            return fail(jar, "provider_unreachable");
         }
     };
     match signin::sign_in(&state.db, &identity, state.config.signup_credit).await {
@@ -174,7 +181,8 @@ pub async fn callback(
             };
             (jar, Redirect::to(&attempt.next)).into_response()
         }
-        Err(Error::Conflict(message) | Error::Forbidden(message)) => fail(jar, &message),
+        Err(Error::Conflict(_)) => fail(jar, "email_taken"),
+        Err(Error::Forbidden(_)) => fail(jar, "disabled"),
         Err(err) => {
             tracing::error!(error = %err, "sign-in failed");
             fail(jar, "failed")

@@ -119,7 +119,7 @@ async fn google_needs_a_verified_email_and_accounts_are_never_linked_by_email() 
     s.oauth.sign_in_as(p);
     let browser = Browser::new();
     let (_, url) = s.sign_in(&browser, "google", "/dashboard").await;
-    assert!(error_on_login_page(&url).contains("no verified email"), "{url}");
+    assert_eq!(error_on_login_page(&url), "no_verified_email", "{url}");
     assert_eq!(s.user_count().await, 0);
 
     s.oauth.sign_in_as(person("g-1", "grace@example.com"));
@@ -129,7 +129,7 @@ async fn google_needs_a_verified_email_and_accounts_are_never_linked_by_email() 
     // The same address at GitHub is another account: refused, not linked.
     s.oauth.sign_in_as(person("777", "grace@example.com"));
     let (_, url) = s.sign_in(&Browser::new(), "github", "/dashboard").await;
-    assert!(error_on_login_page(&url).contains("already registered"), "{url}");
+    assert_eq!(error_on_login_page(&url), "email_taken", "{url}");
     assert_eq!(s.user_count().await, 1);
     assert_eq!(accounts::Entity::find().count(&s.app.db.read).await.unwrap(), 1);
 
@@ -138,7 +138,7 @@ async fn google_needs_a_verified_email_and_accounts_are_never_linked_by_email() 
     p.primary = false;
     s.oauth.sign_in_as(p);
     let (_, url) = s.sign_in(&Browser::new(), "github", "/dashboard").await;
-    assert!(error_on_login_page(&url).contains("verified primary email"), "{url}");
+    assert_eq!(error_on_login_page(&url), "no_verified_email", "{url}");
     assert_eq!(s.user_count().await, 1);
 }
 
@@ -190,7 +190,7 @@ async fn oauth_state_must_match_once() {
     let state: String = forged.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     let res = browser.get(&s.url(&format!("/api/auth/callback/github?code=expired-code&state={state}"))).await;
     let location = res.headers()["location"].to_str().unwrap().to_owned();
-    assert!(error_on_login_page(&format!("http://x{location}")).contains("invalid_grant"), "{location}");
+    assert_eq!(error_on_login_page(&format!("http://x{location}")), "provider_refused", "{location}");
     assert_eq!(s.user_count().await, 0);
 
     // A clean attempt works, and its callback cannot be replayed.

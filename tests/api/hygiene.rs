@@ -86,6 +86,11 @@ async fn sign_in_refusals_are_json() {
     let res = send(&app, reqwest::Method::GET, "/login?error=a&error=b").await;
     assert_eq!(res.status(), 200);
     assert!(content_type(&res).starts_with("text/html"));
+    // A link cannot put words of its own on the login page: unknown codes read as a failed sign-in.
+    let page = send(&app, reqwest::Method::GET, "/login?error=Your+account+is+suspended.+Call+555-0100").await;
+    let page = page.text().await.unwrap();
+    assert!(page.contains(r#"id="error">Sign-in failed. Try again.</div>"#), "{page}");
+    assert!(!page.contains("Call 555-0100"), "{page}");
 
     // Signed in, a path the route cannot read is JSON too.
     crate::helpers::password_user(&app.db, "paths@example.com", "user").await;
