@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::PrivateCookieJar;
 use axum_extra::extract::cookie::Cookie;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Deserialize;
 
 use super::ApiError;
@@ -20,7 +20,7 @@ use crate::accounts::ROLE_ADMIN;
 use crate::app::AppState;
 use crate::auth::sessions::USER_ID;
 use crate::clock::{day_of, now_ms, rfc3339};
-use crate::db::entities::{api_keys, users};
+use crate::db::entities::{api_keys, usage_logs, users};
 use crate::error::Error;
 use crate::i18n::{LANG_COOKIE, Lang, Tr};
 use crate::models as catalog;
@@ -258,7 +258,7 @@ pub async fn keys_page(
 pub struct UsagePage {
     t: Tr,
     c: Chrome,
-    /// Every model name in the catalogue, for the filter.
+    /// The models for the filter: those on offer and those the user called.
     models: Vec<String>,
     /// (id, label) of every key the user ever had, for the filter.
     keys: Vec<(i64, String)>,
@@ -275,7 +275,21 @@ pub async fn usage_page(
     uri: OriginalUri,
 ) -> Result<Response, ApiError> {
     let t = Tr::from_headers(&headers);
-    let models = catalog::all(&state.db.read).await?.into_iter().map(|m| m.name).collect();
+    // The models on offer and those this user called (never a disabled model nobody used here).
+    let mut models: Vec<String> = catalog::enabled(&state.db.read).await?.into_iter().map(|m| m.name).collect();
+    let used: Vec<String> = usage_logs::Entity::find()
+        .select_only()
+        .column(usage_logs::Column::Model)
+        .distinct()
+        .filter(usage_logs::Column::UserId.eq(me.user.id))
+        .filter(usage_logs::Column::Model.ne(""))
+        .into_tuple()
+        .all(&state.db.read)
+        .await
+        .map_err(Error::from)?;
+    models.extend(used);
+    models.sort();
+    models.dedup();
     let keys = api_keys::Entity::find()
         .filter(api_keys::Column::UserId.eq(me.user.id))
         .order_by_asc(api_keys::Column::Id)

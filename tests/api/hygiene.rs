@@ -196,3 +196,26 @@ async fn back_office_pages_are_for_administrators_only() {
     assert!(!customer.get(&dashboard).await.text().await.unwrap().contains("id=\"nav-admin\""));
     assert_eq!(admin.get(&format!("{}/admin/users/abc", app.address)).await.status(), 404);
 }
+
+/// The usage page's model filter offers the models on sale and those the customer called, never
+/// a model the operator has not released.
+#[tokio::test]
+async fn the_usage_filter_does_not_reveal_unreleased_models() {
+    let app = spawn_app(Backend::Sqlite).await;
+    crate::helpers::add_model_named(&app.db, "released-model").await;
+    let change = tollgate::models::ModelChange {
+        upstream_model: Some("secret-upstream".into()),
+        input_price: Some(1),
+        output_price: Some(1),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    tollgate::models::set(&app.db, &app.cache(), "unreleased-model", change, None).await.unwrap();
+    crate::helpers::password_user(&app.db, "filter@example.com", "user").await;
+    let browser = Browser::new();
+    let form = [("email", "filter@example.com"), ("password", crate::helpers::PASSWORD)];
+    browser.post_form(&format!("{}/api/auth/signin/password", app.address), &form, None).await;
+    let page = browser.get(&format!("{}/dashboard/usage", app.address)).await.text().await.unwrap();
+    assert!(page.contains(r#"<option value="released-model">"#), "{page}");
+    assert!(!page.contains("unreleased-model"), "an unreleased model is named on the page");
+}
