@@ -183,7 +183,13 @@ pub async fn report(db: &Db, granularity: Granularity, start: Date, end: Date) -
         .column_as(Expr::cust(epoch_day), "epoch_day")
         .column_as(int_expr(db.backend, "SUM(amount)"), "amount")
         .filter(
-            credit_transactions::Column::Kind.is_in([crate::billing::ledger::TOPUP, crate::billing::ledger::REDEEM]),
+            // Money customers put in: admin top-ups and redeemed codes, net of the corrections
+            // that took some back (sign-up credits are not revenue).
+            credit_transactions::Column::Kind.is_in([
+                crate::billing::ledger::TOPUP,
+                crate::billing::ledger::REDEEM,
+                crate::billing::ledger::ADJUSTMENT,
+            ]),
         )
         .filter(credit_transactions::Column::CreatedAt.gte(midnight_ms(start)))
         .filter(credit_transactions::Column::CreatedAt.lt(midnight_ms(end) + MS_PER_DAY))

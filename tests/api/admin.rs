@@ -663,6 +663,27 @@ async fn revenue_adds_up_by_day_and_by_month(backend: Backend) {
         .unwrap();
         topups.push((day_of(at), amount));
     }
+    // A correction counts against the top-ups; a sign-up credit is not revenue at all.
+    for (kind, amount, counted) in [("adjustment", -400_000, true), ("signup_credit", 9_000_000, false)] {
+        let at = OCT_30 + 7;
+        credit_transactions::ActiveModel {
+            user_id: Set(users[0]),
+            kind: Set(kind.into()),
+            amount: Set(amount),
+            tokens: Set(0),
+            subscription_id: Set(None),
+            reason: Set("revenue test".into()),
+            actor_user_id: Set(None),
+            created_at: Set(at),
+            ..Default::default()
+        }
+        .insert(&app.db.write)
+        .await
+        .unwrap();
+        if counted {
+            topups.push((day_of(at), amount));
+        }
+    }
 
     // The first row falls a millisecond before the range (2025-10-29) and is left out.
     assert_eq!(rows[0].day, "2025-10-29");
