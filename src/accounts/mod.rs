@@ -4,7 +4,7 @@
 pub mod password;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
 use serde_json::json;
 
 use crate::audit;
@@ -112,7 +112,11 @@ pub async fn set_disabled(
     actor: &audit::Actor,
 ) -> Result<(users::Model, u64)> {
     let txn = db.begin().await?;
+    lock_admins(&txn).await?;
     let user = require(&txn, user_id).await?;
+    if disabled {
+        keep_an_admin(&txn, &user).await?;
+    }
     users::Entity::update_many()
         .col_expr(users::Column::Disabled, Expr::value(disabled))
         .col_expr(users::Column::UpdatedAt, Expr::value(now_ms()))
@@ -144,13 +148,47 @@ pub async fn set_disabled(
     Ok((users::Model { disabled, ..user }, ended))
 }
 
+/// Locks the enabled administrators' rows (an UPDATE that changes nothing), so two admins
+/// demoting or disabling each other at once are decided one after the other. Call it first in
+/// the transaction, before any read (MySQL's snapshot then sees the other's change).
+async fn lock_admins(txn: &impl ConnectionTrait) -> Result<()> {
+    users::Entity::update_many()
+        .col_expr(users::Column::Role, Expr::col(users::Column::Role))
+        .filter(users::Column::Role.eq(ROLE_ADMIN))
+        .filter(users::Column::Disabled.eq(false))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// Refuses a change that stops `user` being an enabled administrator when no other one is left.
+async fn keep_an_admin(txn: &impl ConnectionTrait, user: &users::Model) -> Result<()> {
+    if user.role != ROLE_ADMIN || user.disabled {
+        return Ok(());
+    }
+    let others = users::Entity::find()
+        .filter(users::Column::Role.eq(ROLE_ADMIN))
+        .filter(users::Column::Disabled.eq(false))
+        .filter(users::Column::Id.ne(user.id))
+        .count(txn)
+        .await?;
+    if others == 0 {
+        return Err(Error::Conflict("this is the last enabled administrator; make another one first".into()));
+    }
+    Ok(())
+}
+
 /// Changes a user's role (`user` or `admin`), with an audit entry.
 pub async fn set_role(db: &Db, user_id: i64, role: &str, actor: &audit::Actor) -> Result<users::Model> {
     if role != ROLE_USER && role != ROLE_ADMIN {
         return Err(Error::BadRequest(format!("the role must be `{ROLE_USER}` or `{ROLE_ADMIN}`")));
     }
     let txn = db.begin().await?;
+    lock_admins(&txn).await?;
     let user = require(&txn, user_id).await?;
+    if role != ROLE_ADMIN {
+        keep_an_admin(&txn, &user).await?;
+    }
     if user.role == role {
         txn.commit().await?;
         return Ok(user);

@@ -157,3 +157,37 @@ async fn old_idempotency_keys_are_purged(backend: Backend) {
 }
 
 on_all_backends!(old_idempotency_keys_are_purged);
+
+/// The station always keeps an enabled administrator: the last one cannot be demoted or
+/// disabled, and two admins demoting each other at once leave one of them in place.
+async fn the_last_administrator_stays(backend: Backend) {
+    use tollgate::accounts::{ROLE_ADMIN, ROLE_USER, set_disabled, set_role};
+    use tollgate::audit::Actor;
+    let app = crate::helpers::spawn_app(backend).await;
+    let cache = app.cache();
+    let ops = Actor::system();
+    let a = crate::helpers::password_user(&app.db, "a@example.com", ROLE_ADMIN).await;
+    let b = crate::helpers::password_user(&app.db, "b@example.com", ROLE_ADMIN).await;
+    let customer = crate::helpers::password_user(&app.db, "c@example.com", ROLE_USER).await;
+
+    // Racing demotions: exactly one lands.
+    let (ra, rb) = tokio::join!(set_role(&app.db, a.id, ROLE_USER, &ops), set_role(&app.db, b.id, ROLE_USER, &ops));
+    assert_eq!(u8::from(ra.is_ok()) + u8::from(rb.is_ok()), 1, "{ra:?} {rb:?}");
+    let last = if ra.is_ok() { &b } else { &a };
+    assert!(matches!(set_role(&app.db, last.id, ROLE_USER, &ops).await, Err(Error::Conflict(_))));
+    assert!(matches!(set_disabled(&app.db, &cache, last.id, true, &ops).await, Err(Error::Conflict(_))));
+    let admins = tollgate::db::entities::users::Entity::find()
+        .filter(tollgate::db::entities::users::Column::Role.eq(ROLE_ADMIN))
+        .filter(tollgate::db::entities::users::Column::Disabled.eq(false))
+        .count(&app.db.read)
+        .await
+        .unwrap();
+    assert_eq!(admins, 1);
+    // Customers are unaffected, and with a second admin the first may go.
+    set_disabled(&app.db, &cache, customer.id, true, &ops).await.unwrap();
+    set_role(&app.db, customer.id, ROLE_ADMIN, &ops).await.unwrap();
+    set_disabled(&app.db, &cache, customer.id, false, &ops).await.unwrap();
+    set_role(&app.db, last.id, ROLE_USER, &ops).await.unwrap();
+}
+
+on_all_backends!(the_last_administrator_stays);

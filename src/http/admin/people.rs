@@ -129,6 +129,13 @@ pub async fn update(
         return Err(ApiError(Error::BadRequest("you cannot disable yourself or remove your own admin role".into())));
     }
     if let Some(role) = body.role.as_deref() {
+        let target = accounts::require(&state.db.read, id).await?;
+        if role != accounts::ROLE_ADMIN && state.config.admin_emails.contains(&target.email) {
+            return Err(ApiError(Error::Conflict(format!(
+                "{} is listed in ADMIN_EMAILS and would be made an admin again at their next sign-in; remove it there first",
+                target.email
+            ))));
+        }
         accounts::set_role(&state.db, id, role, &admin.actor).await?;
     }
     if let Some(disabled) = body.disabled {
