@@ -23,6 +23,7 @@ pub mod models;
 pub mod money;
 pub mod observability;
 pub mod server;
+pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod usage;

@@ -14,12 +14,12 @@ use super::exchange::{Exchange, Head};
 use super::refusals::Refusal;
 use super::settle::Settler;
 use super::tokens;
-use crate::app::AppState;
 use crate::billing::{ReserveRequest, reserve};
 use crate::error::Error;
 use crate::http::ApiError;
 use crate::models;
 use crate::observability::{self, RequestRecord, UNKNOWN_MODEL};
+use crate::state::AppState;
 
 pub fn new_request_id() -> String {
     format!("req_{}", crate::crypto::random_token(12))
@@ -200,7 +200,8 @@ async fn handle(
     // The upstream exchange runs in a tracked task of its own: a client that leaves does not
     // stop it, so the request is settled on what the upstream reports, never on less.
     let exchange = Exchange {
-        state: state.clone(),
+        gateway: state.gateway.clone(),
+        hard_stop: state.hard_stop.clone(),
         settler,
         body: upstream_body,
         stream,

@@ -20,13 +20,13 @@ use time::{Date, OffsetDateTime};
 
 use super::auth::{self, ApiKey};
 use super::chat::{new_request_id, with_request_id};
-use crate::app::AppState;
 use crate::clock::{MS_PER_DAY, now_ms};
 use crate::db::entities::models;
 use crate::error::Error;
 use crate::http::ApiError;
 use crate::money::format_amount;
 use crate::observability::RequestRecord;
+use crate::state::AppState;
 use crate::{billing, usage};
 
 /// `access_until` when access does not end: 2100-01-01T00:00:00Z (a balance does not expire).

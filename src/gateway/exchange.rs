@@ -2,17 +2,19 @@
 //! that leaves (the upstream is still read, so the request is billed what the upstream reports)
 //! and ends, settled, when shutdown's grace period runs out.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
+use super::Gateway;
 use super::chunks::Chunk;
 use super::limits::Slot;
 use super::relay::Relay;
 use super::settle::{Ending, Settler};
 use super::upstream::{UpstreamFailure, error_message};
-use crate::app::AppState;
 use crate::error::Error;
 use crate::http::ApiError;
 
@@ -31,7 +33,9 @@ pub enum Head {
 
 /// One upstream call and its settlement, independent of the client's connection.
 pub struct Exchange {
-    pub state: AppState,
+    pub gateway: Arc<Gateway>,
+    /// Cancelled when shutdown's grace period has run out.
+    pub hard_stop: CancellationToken,
     pub settler: Settler,
     pub body: Bytes,
     pub stream: bool,
@@ -47,12 +51,12 @@ const FRAME_BUFFER: usize = 32;
 
 impl Exchange {
     pub async fn run(self, head: tokio::sync::oneshot::Sender<Head>) {
-        let Self { state, mut settler, body, stream, beta, client_wants_usage, deadline, slot } = self;
-        let upstream = &state.gateway.upstream;
+        let Self { gateway, hard_stop, mut settler, body, stream, beta, client_wants_usage, deadline, slot } = self;
+        let upstream = &gateway.upstream;
         settler.upstream_called = true;
         let sent = tokio::select! {
             r = upstream.send(body, stream, beta.as_ref(), deadline, &mut settler.attempts) => r,
-            () = state.hard_stop.cancelled() => {
+            () = hard_stop.cancelled() => {
                 // Cut by shutdown while the upstream works: bill what was delivered (the prompt).
                 settler.error = Some("server.shutdown");
                 settler.finish(Ending::Delivered { status: 503 });
@@ -94,7 +98,7 @@ impl Exchange {
                 client_wants_usage,
                 upstream.timeouts.idle,
                 deadline,
-                state.hard_stop.clone(),
+                hard_stop.clone(),
                 slot,
             );
             relay.run(tx).await;
@@ -103,7 +107,7 @@ impl Exchange {
 
         let read = tokio::select! {
             r = read_body(response, upstream.timeouts.idle, deadline, &mut settler) => r,
-            () = state.hard_stop.cancelled() => Err(Error::Upstream {
+            () = hard_stop.cancelled() => Err(Error::Upstream {
                 status: 503,
                 message: "the server is shutting down".into(),
                 label: "server.shutdown",

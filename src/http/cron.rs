@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiError;
-use crate::app::AppState;
 use crate::crypto::constant_time_eq;
 use crate::error::Error;
 use crate::jobs;
+use crate::state::AppState;
 
 pub async fn expire_subscriptions(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(secret) = state.config.usable_cron_secret() else {

@@ -18,8 +18,8 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 
-use crate::app::AppState;
 use crate::gateway::{chat, chat_apps};
+use crate::state::AppState;
 
 pub use error::ApiError;
 

@@ -10,11 +10,11 @@ use sea_orm::EntityTrait;
 use tower_sessions::Session;
 
 use super::ApiError;
-use crate::app::AppState;
 use crate::auth::sessions::{SIGNED_IN_AT, USER_ID};
 use crate::clock::now_ms;
 use crate::db::entities::users;
 use crate::error::Error;
+use crate::state::AppState;
 
 /// The signed-in user. API routes reject with 401 JSON; pages redirect to the login page.
 pub struct CurrentUser {
