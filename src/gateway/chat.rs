@@ -39,19 +39,18 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     let res = match handle(&state, &headers, body, &request_id, started).await {
         Ok(res) => res,
         Err(Failure { error, key, model, label, settled }) => {
-            let err = ApiError(error);
             if !settled {
-                let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), err.status().as_u16());
-                record.error = Some(err.0.label());
+                let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), error.status());
+                record.error = Some(error.label());
                 record.model = label;
                 record.key_id = key.map(|k| k.key_id);
                 record.user_id = key.map(|k| k.user_id);
                 record.emit();
             }
             if let Some(key) = key {
-                log_failure(&state, &request_id, key, model, err.status().as_u16(), started);
+                log_failure(&state, &request_id, key, model, error.status(), started);
             }
-            err.into_response()
+            ApiError(error).into_response()
         }
     };
     with_request_id(res, &request_id)

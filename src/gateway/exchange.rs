@@ -16,7 +16,6 @@ use super::relay::Relay;
 use super::settle::{Ending, Settler};
 use super::upstream::{UpstreamFailure, error_message};
 use crate::error::Error;
-use crate::http::ApiError;
 
 /// The largest upstream body read for a non-streamed response.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -80,10 +79,10 @@ impl Exchange {
             }
             Err(failure) => {
                 // Nothing was delivered: a full refund. The settlement writes the usage log.
-                let error = ApiError(upstream_error(failure));
-                settler.error = Some(error.0.label());
-                settler.finish(Ending::Nothing { status: i32::from(error.status().as_u16()) });
-                let _ = head.send(Head::Failed(error.0));
+                let error = upstream_error(failure);
+                settler.error = Some(error.label());
+                settler.finish(Ending::Nothing { status: i32::from(error.status()) });
+                let _ = head.send(Head::Failed(error));
                 return;
             }
         };
@@ -140,10 +139,9 @@ impl Exchange {
             }
             Err(error) => {
                 // Part of the answer may have been generated: bill the estimate (the prompt).
-                let error = ApiError(error);
-                settler.error = Some(error.0.label());
-                settler.finish(Ending::Delivered { status: i32::from(error.status().as_u16()) });
-                let _ = head.send(Head::Failed(error.0));
+                settler.error = Some(error.label());
+                settler.finish(Ending::Delivered { status: i32::from(error.status()) });
+                let _ = head.send(Head::Failed(error));
             }
         }
     }
