@@ -1,9 +1,7 @@
-//! The hot path: `/v1/chat/completions` and `/v1/models`, key authentication, the upstream
-//! client, the SSE relay and token counting; the chat apps' billing endpoints.
+//! The gateway core: key authentication, in-flight limits, the upstream client and exchange,
+//! the SSE relay, token counting and settlement. The OpenAI edge (`http::openai`) calls it.
 
 pub mod auth;
-pub mod chat;
-pub mod chat_apps;
 mod chunks;
 pub mod exchange;
 pub mod limits;

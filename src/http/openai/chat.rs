@@ -4,34 +4,23 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::auth::{self, ApiKey};
-use super::exchange::{Exchange, Head};
-use super::refusals::Refusal;
-use super::settle::Settler;
-use super::tokens;
+use super::{new_request_id, with_request_id};
 use crate::billing::{ReserveRequest, reserve};
 use crate::error::Error;
+use crate::gateway::auth::{self, ApiKey};
+use crate::gateway::exchange::{Exchange, Head};
+use crate::gateway::refusals::Refusal;
+use crate::gateway::settle::Settler;
+use crate::gateway::tokens;
 use crate::http::ApiError;
 use crate::models;
 use crate::observability::{self, RequestRecord, UNKNOWN_MODEL};
 use crate::state::AppState;
-
-pub fn new_request_id() -> String {
-    format!("req_{}", crate::crypto::random_token(12))
-}
-
-/// Answers with the request id on every response, success or not.
-pub(crate) fn with_request_id(mut res: Response, request_id: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        res.headers_mut().insert("x-request-id", v);
-    }
-    res
-}
 
 pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
@@ -111,10 +100,10 @@ async fn handle(
         Ok(Err(_)) => return Err(fail(too_large(), "")),
         Ok(Ok(b)) => b,
     };
-    let mut request: Map<String, Value> = serde_json::from_slice(&bytes)
+    let mut wire: Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| fail(bad(format!("We could not parse the JSON body of your request: {e}")), ""))?;
 
-    let model_name = match request.get("model") {
+    let model_name = match wire.get("model") {
         Some(Value::String(m)) => m.clone(),
         _ => return Err(fail(bad("`model` is required and must be a string"), "")),
     };
@@ -128,11 +117,11 @@ async fn handle(
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
     };
-    match request.get("messages") {
+    match wire.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => {}
         _ => return Err(fail(bad("`messages` is required and must be a non-empty array"))),
     }
-    let stream = match request.get("stream") {
+    let stream = match wire.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
@@ -146,9 +135,9 @@ async fn handle(
         label: model.name.clone(),
         settled: false,
     };
-    let choices = choices(&request, state.config.max_choices).map_err(fail)?;
-    refuse_unpriced(&request).map_err(fail)?;
-    let (cap_fields, requested_cap) = output_caps(&request).map_err(fail)?;
+    let choices = choices(&wire, state.config.max_choices).map_err(fail)?;
+    refuse_unpriced(&wire).map_err(fail)?;
+    let (cap_fields, requested_cap) = output_caps(&wire).map_err(fail)?;
 
     let Some(slot) = state.gateway.inflight.try_acquire(key.user_id).await else {
         observability::rate_limited("concurrency");
@@ -158,7 +147,7 @@ async fn handle(
         }));
     };
 
-    let prompt = tokens::count_prompt_parts(&model.upstream_model, &request);
+    let prompt = tokens::count_prompt_parts(&model.upstream_model, &wire);
     if prompt.text >= model.context_window {
         return Err(fail(bad(format!(
             "this model's maximum context length is {} tokens; the messages use about {}",
@@ -173,21 +162,21 @@ async fn handle(
     // The upstream body: our model name; the reserved cap in the field this model's upstream
     // honours — and in no other, whatever the client sent — so the upstream cannot produce
     // more than was reserved; usage requested for streams.
-    request.insert("model".into(), Value::String(model.upstream_model.clone()));
+    wire.insert("model".into(), Value::String(model.upstream_model.clone()));
     for field in cap_fields {
-        request.remove(field);
+        wire.remove(field);
     }
-    request.insert(model.cap_field.clone(), Value::from(max_out));
+    wire.insert(model.cap_field.clone(), Value::from(max_out));
     let mut client_wants_usage = false;
     if stream {
-        let options = request.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+        let options = wire.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if !options.is_object() {
             return Err(fail(bad("`stream_options` must be an object")));
         }
         client_wants_usage = options.get("include_usage").and_then(Value::as_bool).unwrap_or(false);
         options["include_usage"] = Value::Bool(true);
     }
-    let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(|e| fail(Error::Internal(e.into())))?);
+    let upstream_body = Bytes::from(serde_json::to_vec(&wire).map_err(|e| fail(Error::Internal(e.into())))?);
 
     // The worst case: the prompt (media included) and the cap for every choice.
     let reserved_prompt = prompt.reserved(model.context_window);
@@ -286,8 +275,8 @@ async fn reserve_detached(
 }
 
 /// The number of choices asked for (`n`): 1 when absent; 400 beyond `max`.
-fn choices(request: &Map<String, Value>, max: u32) -> Result<u32, Error> {
-    match request.get("n") {
+fn choices(wire: &Map<String, Value>, max: u32) -> Result<u32, Error> {
+    match wire.get("n") {
         None | Some(Value::Null) => Ok(1),
         Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
             Some(v) if (1..=max).contains(&v) => Ok(v),
@@ -300,26 +289,26 @@ fn choices(request: &Map<String, Value>, max: u32) -> Result<u32, Error> {
 /// Refuses what the upstream would bill outside the model's two token prices — audio in or
 /// out, web search calls, and service tiers that cost more — so nothing is served below its
 /// cost.
-fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
-    let audio_out = request.get("audio").is_some_and(|v| !v.is_null())
-        || request.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
+fn refuse_unpriced(wire: &Map<String, Value>) -> Result<(), Error> {
+    let audio_out = wire.get("audio").is_some_and(|v| !v.is_null())
+        || wire.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
     if audio_out {
         return Err(bad("audio output is not offered on this service"));
     }
-    let audio_in = request.get("messages").and_then(Value::as_array).is_some_and(|messages| {
+    let audio_in = wire.get("messages").and_then(Value::as_array).is_some_and(|messages| {
         messages
             .iter()
             .filter_map(|m| m.get("content").and_then(Value::as_array))
             .flatten()
-            .any(|part| matches!(part.get("type").and_then(Value::as_str), Some("input_audio" | "audio")))
+            .any(|piece| matches!(piece.get("type").and_then(Value::as_str), Some("input_audio" | "audio")))
     });
     if audio_in {
         return Err(bad("audio input is not offered on this service"));
     }
-    if request.get("web_search_options").is_some_and(|v| !v.is_null()) {
+    if wire.get("web_search_options").is_some_and(|v| !v.is_null()) {
         return Err(bad("web search is not offered on this service"));
     }
-    match request.get("service_tier") {
+    match wire.get("service_tier") {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(t)) if matches!(t.as_str(), "auto" | "default" | "flex") => Ok(()),
         Some(other) => Err(bad(format!("service_tier {other} is not offered; use auto, default or flex"))),
@@ -328,11 +317,11 @@ fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
 
 /// The output-cap fields the client sent, and the smallest cap among them (`None` when it
 /// sent none). Every one of them is sent upstream set to the reserved cap.
-fn output_caps(request: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
+fn output_caps(wire: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
     let mut fields = Vec::new();
     let mut smallest: Option<i64> = None;
     for field in models::CAP_FIELDS {
-        match request.get(field) {
+        match wire.get(field) {
             None | Some(Value::Null) => continue,
             Some(Value::Number(n)) => {
                 let value = if let Some(v) = n.as_i64() {
@@ -374,34 +363,4 @@ fn log_failure(state: &AppState, request_id: &str, key: ApiKey, model: String, s
             latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         },
     );
-}
-
-/// `GET /v1/models`: the enabled models, in OpenAI's list shape.
-pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
-    let request_id = new_request_id();
-    let mut key = None;
-    let result = match auth::authenticate(&state.db, &state.cache, &state.tasks, &headers).await {
-        Ok(k) => {
-            key = Some(k);
-            models::enabled(&state.db.read).await
-        }
-        Err(err) => Err(err),
-    };
-    let (res, error) = match result {
-        Ok(models) => {
-            let data: Vec<Value> = models.into_iter().map(|m| super::chat_apps::model_entry(&m)).collect();
-            ((StatusCode::OK, axum::Json(serde_json::json!({ "object": "list", "data": data }))).into_response(), None)
-        }
-        Err(err) => {
-            let label = err.label();
-            (ApiError(err).into_response(), Some(label))
-        }
-    };
-    let mut record = RequestRecord::local(&request_id, "models", started.elapsed(), res.status().as_u16());
-    record.error = error;
-    record.key_id = key.map(|k| k.key_id);
-    record.user_id = key.map(|k| k.user_id);
-    record.emit();
-    with_request_id(res, &request_id)
 }
