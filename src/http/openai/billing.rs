@@ -8,13 +8,12 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::json;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
-use super::with_key;
+use super::{Authenticated, Route};
 use crate::clock::{MS_PER_DAY, now_ms};
 use crate::error::Error;
 use crate::money::format_amount;
@@ -47,12 +46,12 @@ fn month_start_ms(ms: i64) -> i64 {
 
 /// `GET /v1/dashboard/billing/subscription`: the limit is the balance plus what was spent this
 /// UTC month, so that limit − usage (what chat apps show as "remaining") is the balance.
-pub async fn subscription(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let db = &state.db;
-    with_key(&state, &headers, "billing_subscription", |key| async move {
+pub async fn subscription(State(state): State<AppState>, auth: Authenticated<Subscription>) -> Response {
+    let (db, user_id) = (&state.db, auth.key.user_id);
+    let result = async {
         let now = now_ms();
-        let balance = billing::balance::amount(&db.read, key.user_id).await?;
-        let spent = usage::spent(db, key.user_id, month_start_ms(now), None).await?;
+        let balance = billing::balance::amount(&db.read, user_id).await?;
+        let spent = usage::spent(db, user_id, month_start_ms(now), None).await?;
         let limit = units(balance.saturating_add(spent));
         Ok(json!({
             "object": "billing_subscription",
@@ -63,8 +62,13 @@ pub async fn subscription(State(state): State<AppState>, headers: HeaderMap) -> 
             "access_until": ACCESS_UNTIL_FOREVER,
             "plan": { "title": "Pay as you go", "id": "payg" },
         }))
-    })
-    .await
+    };
+    auth.reply(result.await)
+}
+
+pub struct Subscription;
+impl Route for Subscription {
+    const NAME: &'static str = "billing_subscription";
 }
 
 /// The query of `billing/usage`. Other parameters are ignored, as OpenAI did.
@@ -100,17 +104,22 @@ fn usage_range(range: &UsageRange) -> Result<(i64, i64), Error> {
 /// from `start_date` (included) to `end_date` (excluded), in cents.
 pub async fn billing_usage(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    auth: Authenticated<Usage>,
     query: Result<Query<UsageRange>, QueryRejection>,
 ) -> Response {
-    let db = &state.db;
-    with_key(&state, &headers, "billing_usage", |key| async move {
+    let (db, user_id) = (&state.db, auth.key.user_id);
+    let result = async {
         let Query(range) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
         let (start, end) = usage_range(&range)?;
-        let spent = usage::spent(db, key.user_id, start, Some(end)).await?;
+        let spent = usage::spent(db, user_id, start, Some(end)).await?;
         Ok(json!({ "object": "list", "total_usage": cents(spent) }))
-    })
-    .await
+    };
+    auth.reply(result.await)
+}
+
+pub struct Usage;
+impl Route for Usage {
+    const NAME: &'static str = "billing_usage";
 }
 
 #[cfg(test)]

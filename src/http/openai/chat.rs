@@ -1,4 +1,4 @@
-//! `POST /v1/chat/completions`: authenticate → validate → reserve → proxy → settle.
+//! `POST /v1/chat/completions`: (authenticated by the extractor) validate → reserve → proxy → settle.
 
 use std::time::Instant;
 
@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{new_request_id, with_request_id};
+use super::{Authenticated, Route, with_request_id};
 use crate::billing::{ReserveRequest, reserve};
 use crate::error::Error;
-use crate::gateway::auth::{self, ApiKey};
+use crate::gateway::auth::ApiKey;
 use crate::gateway::exchange::{Exchange, Head};
 use crate::gateway::refusals::Refusal;
 use crate::gateway::settle::Settler;
@@ -22,10 +22,14 @@ use crate::models;
 use crate::observability::{self, RequestRecord, UNKNOWN_MODEL};
 use crate::state::AppState;
 
-pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let request_id = new_request_id();
-    let res = match handle(&state, &headers, body, &request_id, started).await {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    auth: Authenticated<ChatCompletions>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Authenticated { key, request_id, started, .. } = auth;
+    let res = match handle(&state, key, &headers, body, &request_id, started).await {
         Ok(res) => res,
         Err(Failure { error, key, model, label, settled }) => {
             if !settled {
@@ -45,10 +49,15 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     with_request_id(res, &request_id)
 }
 
-/// The route name in logs and metrics.
-const ROUTE: &str = "chat_completions";
+pub struct ChatCompletions;
+impl Route for ChatCompletions {
+    const NAME: &'static str = "chat_completions";
+}
 
-/// An error, and who to log it for when the caller was authenticated.
+/// The route name in logs and metrics.
+const ROUTE: &str = ChatCompletions::NAME;
+
+/// An error, and who to log its refusal for (none once the settlement has logged the request).
 struct Failure {
     error: Error,
     key: Option<ApiKey>,
@@ -67,18 +76,12 @@ fn bad(message: impl Into<String>) -> Error {
 
 async fn handle(
     state: &AppState,
+    key: ApiKey,
     headers: &HeaderMap,
     body: Body,
     request_id: &str,
     started: Instant,
 ) -> Result<Response, Failure> {
-    let key = auth::authenticate(&state.db, &state.cache, &state.tasks, headers).await.map_err(|error| Failure {
-        error,
-        key: None,
-        model: String::new(),
-        label: String::new(),
-        settled: false,
-    })?;
     let fail = |error: Error, model: &str| Failure {
         error,
         key: Some(key),

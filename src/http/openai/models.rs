@@ -1,25 +1,27 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: the enabled models, in OpenAI's shapes.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use super::with_key;
+use super::{Authenticated, Route};
 use crate::db::entities::models as model_rows;
 use crate::error::Error;
 use crate::models;
 use crate::state::AppState;
 
 /// `GET /v1/models`: the enabled models, in OpenAI's list shape.
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let db = &state.db;
-    with_key(&state, &headers, "models", |_| async move {
-        let data: Vec<Value> = models::enabled(&db.read).await?.iter().map(model_entry).collect();
-        Ok(json!({ "object": "list", "data": data }))
-    })
-    .await
+pub async fn list(State(state): State<AppState>, auth: Authenticated<List>) -> Response {
+    let result = models::enabled(&state.db.read).await;
+    auth.reply(
+        result.map(|models| json!({ "object": "list", "data": models.iter().map(model_entry).collect::<Vec<_>>() })),
+    )
+}
+
+pub struct List;
+impl Route for List {
+    const NAME: &'static str = "models";
 }
 
 /// A model as listed by `/v1/models`.
@@ -28,9 +30,9 @@ pub fn model_entry(m: &model_rows::Model) -> Value {
 }
 
 /// `GET /v1/models/{id}`: one enabled model, or 404 `model_not_found`.
-pub async fn model(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+pub async fn model(State(state): State<AppState>, Path(id): Path<String>, auth: Authenticated<One>) -> Response {
     let db = &state.db;
-    with_key(&state, &headers, "model", |_| async move {
+    let result = async {
         let found = model_rows::Entity::find()
             .filter(model_rows::Column::Name.eq(id.as_str()))
             .filter(model_rows::Column::Enabled.eq(true))
@@ -39,6 +41,11 @@ pub async fn model(State(state): State<AppState>, headers: HeaderMap, Path(id): 
         found.as_ref().map(model_entry).ok_or_else(|| {
             Error::ModelNotFound(format!("The model `{id}` does not exist or you do not have access to it."))
         })
-    })
-    .await
+    };
+    auth.reply(result.await)
+}
+
+pub struct One;
+impl Route for One {
+    const NAME: &'static str = "model";
 }
