@@ -155,13 +155,19 @@ impl Error {
             }
             other => other.to_string(),
         };
-        let mut body = json!({ "error": { "message": message, "type": self.kind(), "code": self.code() } });
+        let mut body = error_body(&message, self.kind(), self.code());
         if let Self::BalanceTooLow { balance, .. } = self {
             // The caller needs the current balance to correct by at most that much.
             body["error"]["balance"] = json!(crate::money::format_amount(*balance));
         }
         body
     }
+}
+
+/// Our JSON error shape, `{"error": {"message", "type", "code"}}`: the one renderer of every
+/// refusal, whether it comes from an `Error` or is answered before one exists.
+pub fn error_body(message: &str, kind: &str, code: &str) -> Value {
+    json!({ "error": { "message": message, "type": kind, "code": code } })
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

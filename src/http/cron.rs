@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiError;
+use super::session::refusal;
 use crate::crypto::constant_time_eq;
 use crate::error::Error;
 use crate::jobs;
@@ -14,12 +15,12 @@ use crate::state::AppState;
 
 pub async fn expire_subscriptions(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(secret) = state.config.usable_cron_secret() else {
-        let body = json!({ "error": {
-            "message": "the cron endpoint is disabled: CRON_SECRET is unset or shorter than 16 characters",
-            "type": "service_unavailable",
-            "code": "cron.disabled",
-        }});
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "cron.disabled",
+            "the cron endpoint is disabled: CRON_SECRET is unset or shorter than 16 characters",
+        );
     };
     let presented = headers
         .get(header::AUTHORIZATION)

@@ -109,8 +109,7 @@ pub async fn reject_cross_site(State(state): State<AppState>, request: Request, 
 
 /// A refusal in our JSON shape, `{"error": {"message", "type", "code"}}`.
 pub fn refusal(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "message": message, "type": kind, "code": code } });
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(crate::error::error_body(message, kind, code))).into_response()
 }
 
 /// Longest plain-text refusal carried over into JSON; extractor messages are far shorter.
