@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
+use reqwest::header::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
