@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use axum::extract::FromRef;
 use axum_extra::extract::cookie::Key;
 
 use crate::auth::limiter::Failures;
@@ -23,40 +22,8 @@ use crate::gateway::Gateway;
 use crate::server::Connections;
 use crate::{http, jobs};
 
-/// Sign-in machinery shared by the sign-in routes.
-pub struct AuthState {
-    pub providers: Vec<Provider>,
-    /// For provider calls: no redirects followed, short timeouts.
-    pub http: reqwest::Client,
-    /// Encrypts the OAuth-attempt and first-key cookies; derived from `NEXTAUTH_SECRET`.
-    pub cookie_key: Key,
-    pub failures: Failures,
-}
-
-impl FromRef<AppState> for Key {
-    fn from_ref(state: &AppState) -> Self {
-        state.auth.cookie_key.clone()
-    }
-}
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub cache: Cache,
-    pub gateway: Arc<Gateway>,
-    pub auth: Arc<AuthState>,
-    /// The address users reach (`PUBLIC_URL`, or the bound address when it is unset).
-    pub public_url: url::Url,
-    /// Work that must finish before the process exits (settlements, jobs).
-    pub tasks: TaskTracker,
-    /// Cancelled when shutdown begins: stop accepting, let open requests finish.
-    pub shutdown: CancellationToken,
-    /// Cancelled when the shutdown grace period has run out: open streams and upstream
-    /// exchanges stop where they are and settle for what was delivered.
-    pub hard_stop: CancellationToken,
-}
+/// The shared state lives in `crate::state`; these names stay here for callers that use them.
+pub use crate::state::{AppState, AuthState};
 
 pub struct Application {
     listener: TcpListener,

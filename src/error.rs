@@ -1,6 +1,9 @@
-//! The one error type of the domain; `http` renders it per surface (OpenAI JSON, JSON, HTML).
+//! The one error type of the domain. It carries its status and renders its own JSON body,
+//! `{"error": {"message", "type", "code"}}`: `http` answers with it, and streams end with it as
+//! their last SSE event.
 
 use sea_orm::DbErr;
+use serde_json::{Value, json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,6 +77,104 @@ impl Error {
             Self::Internal(_) => "internal",
         }
     }
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) | Self::ModelNotFound(_) => 404,
+            Self::Conflict(_) | Self::BalanceTooLow { .. } => 409,
+            Self::Gone(_) => 410,
+            Self::InsufficientBalance { .. } => 402,
+            Self::PayloadTooLarge(_) => 413,
+            Self::RequestTimeout(_) => 408,
+            Self::RateLimited { .. } => 429,
+            // Only valid statuses reach the client; anything else is a bad gateway.
+            Self::Upstream { status, .. } => {
+                if (100..=999).contains(status) {
+                    *status
+                } else {
+                    502
+                }
+            }
+            Self::Database(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// The OpenAI error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_)
+            | Self::ModelNotFound(_)
+            | Self::Gone(_)
+            | Self::PayloadTooLarge(_)
+            | Self::RequestTimeout(_) => "invalid_request_error",
+            Self::Unauthorized(_) => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
+            Self::NotFound(_) => "not_found_error",
+            Self::Conflict(_) | Self::BalanceTooLow { .. } => "conflict_error",
+            Self::InsufficientBalance { .. } => "insufficient_quota",
+            Self::RateLimited { .. } => "rate_limit_error",
+            Self::Upstream { status, .. } => {
+                if *status < 500 {
+                    "invalid_request_error"
+                } else {
+                    "upstream_error"
+                }
+            }
+            Self::Database(_) => "service_unavailable",
+            Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// The error `code`: OpenAI's own where clients test for it, our label otherwise.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ModelNotFound(_) => "model_not_found",
+            other => other.label(),
+        }
+    }
+
+    /// The seconds a client should wait before retrying, for a `Retry-After` header.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The body a client gets, `{"error": {"message", "type", "code"}}`. Internals are logged
+    /// with their cause here and hidden from the client.
+    pub fn body(&self) -> Value {
+        let message = match self {
+            Self::Database(e) => {
+                tracing::error!(error = %e, label = self.label(), "database error");
+                "the service is temporarily unavailable".to_owned()
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = ?e, label = self.label(), "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = error_body(&message, self.kind(), self.code());
+        if let Self::BalanceTooLow { balance, .. } = self {
+            // The caller needs the current balance to correct by at most that much.
+            body["error"]["balance"] = json!(crate::money::format_amount(*balance));
+        }
+        body
+    }
+}
+
+/// Our JSON error shape, `{"error": {"message", "type", "code"}}`: the one renderer of every
+/// refusal, whether it comes from an `Error` or is answered before one exists.
+pub fn error_body(message: &str, kind: &str, code: &str) -> Value {
+    json!({ "error": { "message": message, "type": kind, "code": code } })
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

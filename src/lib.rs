@@ -24,6 +24,7 @@ pub mod money;
 pub mod observability;
 pub mod redeem;
 pub mod server;
+pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod usage;

@@ -1,7 +1,7 @@
 //! API-key authentication: cache (`key_cache:{hash}`, 5 s) → revoked set → database.
 
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use reqwest::header::AUTHORIZATION;
+use reqwest::header::HeaderMap;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use tokio_util::task::TaskTracker;

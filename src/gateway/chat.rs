@@ -1,124 +1,86 @@
-//! `POST /v1/chat/completions`: authenticate → validate → reserve → proxy → settle.
+//! The chat completion core: validate against the catalogue and limits → reserve → exchange
+//! with the upstream (which settles). The edge (`http::openai::chat`) parses the wire format
+//! into a `ChatRequest` and renders the `Reply` or the `Failure`; nothing here knows axum.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use reqwest::header::HeaderValue;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::auth::{self, ApiKey};
+use super::Gateway;
+use super::auth::ApiKey;
 use super::exchange::{Exchange, Head};
-use super::refusals::Refusal;
 use super::settle::Settler;
 use super::tokens;
-use crate::app::AppState;
 use crate::billing::{ReserveRequest, reserve};
+use crate::cache::Cache;
+use crate::db::Db;
 use crate::error::Error;
-use crate::http::ApiError;
 use crate::models;
-use crate::observability::{self, RequestRecord, UNKNOWN_MODEL};
+use crate::observability::{self, UNKNOWN_MODEL};
 
-pub fn new_request_id() -> String {
-    format!("req_{}", crate::crypto::random_token(12))
+/// What a chat completion needs from the running service.
+pub struct Services<'a> {
+    pub db: &'a Db,
+    pub cache: &'a Cache,
+    pub tasks: &'a TaskTracker,
+    pub gateway: &'a Arc<Gateway>,
+    /// Cancelled when shutdown's grace period has run out.
+    pub hard_stop: &'a CancellationToken,
 }
 
-/// Answers with the request id on every response, success or not.
-pub(crate) fn with_request_id(mut res: Response, request_id: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        res.headers_mut().insert("x-request-id", v);
-    }
-    res
+/// A chat completion as the edge read it: the model named, whether it streams, and the body's
+/// fields (the core rewrites the model, the output caps and the stream options before they go
+/// upstream, and passes everything else through).
+pub struct ChatRequest {
+    pub model: String,
+    pub stream: bool,
+    pub body: Map<String, Value>,
+    /// The client's `OpenAI-Beta` header, passed upstream.
+    pub beta: Option<HeaderValue>,
 }
 
-pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let request_id = new_request_id();
-    let res = match handle(&state, &headers, body, &request_id, started).await {
-        Ok(res) => res,
-        Err(Failure { error, key, model, label, settled }) => {
-            let err = ApiError(error);
-            if !settled {
-                let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), err.status().as_u16());
-                record.error = Some(err.0.label());
-                record.model = label;
-                record.key_id = key.map(|k| k.key_id);
-                record.user_id = key.map(|k| k.user_id);
-                record.emit();
-            }
-            if let Some(key) = key {
-                log_failure(&state, &request_id, key, model, err.status().as_u16(), started);
-            }
-            err.into_response()
-        }
-    };
-    with_request_id(res, &request_id)
+/// The upstream's answer, as it comes.
+pub enum Reply {
+    /// A whole non-streamed answer (JSON).
+    Json(Bytes),
+    /// SSE frames, as they come; a failure after the first byte ends them with an error event.
+    Stream(mpsc::Receiver<Bytes>),
 }
 
-/// The route name in logs and metrics.
-const ROUTE: &str = "chat_completions";
-
-/// An error, and who to log it for when the caller was authenticated.
-struct Failure {
-    error: Error,
-    key: Option<ApiKey>,
+/// An error, and who to log its refusal for (none once the settlement has logged the request).
+pub struct Failure {
+    pub error: Error,
+    pub key: Option<ApiKey>,
     /// The catalogue model of the request; empty before it was found (the client's own name
     /// for it is never logged, so invented names cannot multiply refusal rows).
-    model: String,
+    pub model: String,
     /// The model for logs and metrics: a catalogue name, `unknown`, or empty when none was named.
-    label: String,
+    pub label: String,
     /// The settlement already wrote this request's usage row and log line.
-    settled: bool,
+    pub settled: bool,
 }
 
-fn bad(message: impl Into<String>) -> Error {
+pub fn bad(message: impl Into<String>) -> Error {
     Error::BadRequest(message.into())
 }
 
-async fn handle(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
+/// Validates a chat completion against the catalogue and the limits, reserves its worst case,
+/// and hands it to an upstream exchange of its own (which settles it); answers with the
+/// upstream's reply, or the failure and whom to log it for.
+pub async fn complete(
+    ctx: &Services<'_>,
+    key: ApiKey,
+    request: ChatRequest,
     request_id: &str,
     started: Instant,
-) -> Result<Response, Failure> {
-    let key = auth::authenticate(&state.db, &state.cache, &state.tasks, headers).await.map_err(|error| Failure {
-        error,
-        key: None,
-        model: String::new(),
-        label: String::new(),
-        settled: false,
-    })?;
-    let fail = |error: Error, model: &str| Failure {
-        error,
-        key: Some(key),
-        model: model.to_owned(),
-        label: String::new(),
-        settled: false,
-    };
-
-    let limit = state.gateway.max_request_bytes;
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    let too_large = || Error::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
-    if declared.is_some_and(|n| n > limit) {
-        return Err(fail(too_large(), ""));
-    }
-    // A body that trickles in is cut off (slowloris); one over the limit is refused.
-    let bytes = match tokio::time::timeout(state.gateway.body_read_timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => return Err(fail(Error::RequestTimeout("the request body did not arrive in time".into()), "")),
-        Ok(Err(_)) => return Err(fail(too_large(), "")),
-        Ok(Ok(b)) => b,
-    };
-    let mut request: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| fail(bad(format!("We could not parse the JSON body of your request: {e}")), ""))?;
-
-    let model_name = match request.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        _ => return Err(fail(bad("`model` is required and must be a string"), "")),
-    };
+) -> Result<Reply, Failure> {
+    let ChatRequest { model: model_name, stream, mut body, beta } = request;
     // Until the model is found in the catalogue its name is the client's to choose: refusals
     // are logged without it, so invented names cannot multiply the refusal rows (nor metrics
     // series).
@@ -129,16 +91,7 @@ async fn handle(
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
     };
-    match request.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => {}
-        _ => return Err(fail(bad("`messages` is required and must be a non-empty array"))),
-    }
-    let stream = match request.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(fail(bad("`stream` must be a boolean"))),
-    };
-    let model = models::lookup(&state.db, &state.cache, &model_name).await.map_err(fail)?;
+    let model = models::lookup(ctx.db, ctx.cache, &model_name).await.map_err(fail)?;
     // From here on the model is in the catalogue: its name may label metrics.
     let fail = |error: Error| Failure {
         error,
@@ -147,11 +100,11 @@ async fn handle(
         label: model.name.clone(),
         settled: false,
     };
-    let choices = choices(&request, state.config.max_choices).map_err(fail)?;
-    refuse_unpriced(&request).map_err(fail)?;
-    let (cap_fields, requested_cap) = output_caps(&request).map_err(fail)?;
+    let choices = choices(&body, ctx.gateway.max_choices).map_err(fail)?;
+    refuse_unpriced(&body).map_err(fail)?;
+    let (cap_fields, requested_cap) = output_caps(&body).map_err(fail)?;
 
-    let Some(slot) = state.gateway.inflight.try_acquire(key.user_id).await else {
+    let Some(slot) = ctx.gateway.inflight.try_acquire(key.user_id).await else {
         observability::rate_limited("concurrency");
         return Err(fail(Error::RateLimited {
             message: "too many concurrent requests for this account; retry shortly".into(),
@@ -159,7 +112,7 @@ async fn handle(
         }));
     };
 
-    let prompt = tokens::count_prompt_parts(&model.upstream_model, &request);
+    let prompt = tokens::count_prompt_parts(&model.upstream_model, &body);
     if prompt.text >= model.context_window {
         return Err(fail(bad(format!(
             "this model's maximum context length is {} tokens; the messages use about {}",
@@ -174,63 +127,50 @@ async fn handle(
     // The upstream body: our model name; the reserved cap in the field this model's upstream
     // honours — and in no other, whatever the client sent — so the upstream cannot produce
     // more than was reserved; usage requested for streams.
-    request.insert("model".into(), Value::String(model.upstream_model.clone()));
+    body.insert("model".into(), Value::String(model.upstream_model.clone()));
     for field in cap_fields {
-        request.remove(field);
+        body.remove(field);
     }
-    request.insert(model.cap_field.clone(), Value::from(max_out));
+    body.insert(model.cap_field.clone(), Value::from(max_out));
     let mut client_wants_usage = false;
     if stream {
-        let options = request.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+        let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if !options.is_object() {
             return Err(fail(bad("`stream_options` must be an object")));
         }
         client_wants_usage = options.get("include_usage").and_then(Value::as_bool).unwrap_or(false);
         options["include_usage"] = Value::Bool(true);
     }
-    let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(|e| fail(Error::Internal(e.into())))?);
+    let upstream_body = Bytes::from(serde_json::to_vec(&body).map_err(|e| fail(Error::Internal(e.into())))?);
 
     // The worst case: the prompt (media included) and the cap for every choice.
     let reserved_prompt = prompt.reserved(model.context_window);
     let reserved_output = max_out.saturating_mul(i64::from(choices));
     // From here on the settler resolves the reservation, whatever happens.
     let billing = (reserved_prompt, reserved_output, prompt.estimate());
-    let settler = reserve_detached(state, request_id, key, &model, stream, started, billing).await.map_err(fail)?;
+    let settler = reserve_detached(ctx, request_id, key, &model, stream, started, billing).await.map_err(fail)?;
 
     // The upstream exchange runs in a tracked task of its own: a client that leaves does not
     // stop it, so the request is settled on what the upstream reports, never on less.
     let exchange = Exchange {
-        state: state.clone(),
+        gateway: Arc::clone(ctx.gateway),
+        hard_stop: ctx.hard_stop.clone(),
         settler,
         body: upstream_body,
         stream,
-        beta: headers.get("openai-beta").cloned(),
+        beta,
         client_wants_usage,
-        deadline: started + state.gateway.upstream.timeouts.total,
+        deadline: started + ctx.gateway.upstream.timeouts.total,
         slot,
     };
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
-    state.tasks.spawn(exchange.run(head_tx));
+    ctx.tasks.spawn(exchange.run(head_tx));
     match head_rx.await {
         Ok(Head::Failed(error)) => {
             Err(Failure { error, key: None, label: model.name.clone(), model: model.name, settled: true })
         }
-        Ok(Head::Json(body)) => {
-            let mut res = Response::new(Body::from(body));
-            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(res)
-        }
-        Ok(Head::Stream(frames)) => {
-            let body = futures_util::stream::unfold(frames, |mut rx| async move {
-                rx.recv().await.map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
-            });
-            let mut res = Response::new(Body::from_stream(body));
-            let h = res.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            Ok(res)
-        }
+        Ok(Head::Json(body)) => Ok(Reply::Json(body)),
+        Ok(Head::Stream(frames)) => Ok(Reply::Stream(frames)),
         Err(_) => Err(Failure {
             error: Error::Internal(anyhow::anyhow!("the upstream exchange stopped")),
             key: None,
@@ -247,7 +187,7 @@ async fn handle(
 /// `(prompt, max_out, estimate)`: the prompt and output tokens reserved, and the prompt billed
 /// when the upstream reports no usage.
 async fn reserve_detached(
-    state: &AppState,
+    ctx: &Services<'_>,
     request_id: &str,
     key: ApiKey,
     model: &models::ModelConfig,
@@ -257,15 +197,15 @@ async fn reserve_detached(
 ) -> Result<Settler, Error> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (db, cache, tasks, request_id, model_id, prices, model_name) = (
-        state.db.clone(),
-        state.cache.clone(),
-        state.tasks.clone(),
+        ctx.db.clone(),
+        ctx.cache.clone(),
+        ctx.tasks.clone(),
         request_id.to_owned(),
         model.id,
         model.prices(),
         model.name.clone(),
     );
-    state.tasks.spawn(async move {
+    ctx.tasks.spawn(async move {
         let req = ReserveRequest {
             request_id: &request_id,
             user_id: key.user_id,
@@ -286,8 +226,8 @@ async fn reserve_detached(
 }
 
 /// The number of choices asked for (`n`): 1 when absent; 400 beyond `max`.
-fn choices(request: &Map<String, Value>, max: u32) -> Result<u32, Error> {
-    match request.get("n") {
+fn choices(wire: &Map<String, Value>, max: u32) -> Result<u32, Error> {
+    match wire.get("n") {
         None | Some(Value::Null) => Ok(1),
         Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
             Some(v) if (1..=max).contains(&v) => Ok(v),
@@ -300,26 +240,26 @@ fn choices(request: &Map<String, Value>, max: u32) -> Result<u32, Error> {
 /// Refuses what the upstream would bill outside the model's two token prices — audio in or
 /// out, web search calls, and service tiers that cost more — so nothing is served below its
 /// cost.
-fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
-    let audio_out = request.get("audio").is_some_and(|v| !v.is_null())
-        || request.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
+fn refuse_unpriced(wire: &Map<String, Value>) -> Result<(), Error> {
+    let audio_out = wire.get("audio").is_some_and(|v| !v.is_null())
+        || wire.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
     if audio_out {
         return Err(bad("audio output is not offered on this service"));
     }
-    let audio_in = request.get("messages").and_then(Value::as_array).is_some_and(|messages| {
+    let audio_in = wire.get("messages").and_then(Value::as_array).is_some_and(|messages| {
         messages
             .iter()
             .filter_map(|m| m.get("content").and_then(Value::as_array))
             .flatten()
-            .any(|part| matches!(part.get("type").and_then(Value::as_str), Some("input_audio" | "audio")))
+            .any(|piece| matches!(piece.get("type").and_then(Value::as_str), Some("input_audio" | "audio")))
     });
     if audio_in {
         return Err(bad("audio input is not offered on this service"));
     }
-    if request.get("web_search_options").is_some_and(|v| !v.is_null()) {
+    if wire.get("web_search_options").is_some_and(|v| !v.is_null()) {
         return Err(bad("web search is not offered on this service"));
     }
-    match request.get("service_tier") {
+    match wire.get("service_tier") {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(t)) if matches!(t.as_str(), "auto" | "default" | "flex") => Ok(()),
         Some(other) => Err(bad(format!("service_tier {other} is not offered; use auto, default or flex"))),
@@ -328,11 +268,11 @@ fn refuse_unpriced(request: &Map<String, Value>) -> Result<(), Error> {
 
 /// The output-cap fields the client sent, and the smallest cap among them (`None` when it
 /// sent none). Every one of them is sent upstream set to the reserved cap.
-fn output_caps(request: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
+fn output_caps(wire: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
     let mut fields = Vec::new();
     let mut smallest: Option<i64> = None;
     for field in models::CAP_FIELDS {
-        match request.get(field) {
+        match wire.get(field) {
             None | Some(Value::Null) => continue,
             Some(Value::Number(n)) => {
                 let value = if let Some(v) = n.as_i64() {
@@ -356,52 +296,4 @@ fn output_caps(request: &Map<String, Value>) -> Result<(Vec<&'static str>, Optio
         }
     }
     Ok((fields, smallest))
-}
-
-/// A usage-log row for an authenticated call that failed before a reservation (cost 0),
-/// aggregated per key, status and minute. Written off the request path.
-fn log_failure(state: &AppState, request_id: &str, key: ApiKey, model: String, status: u16, started: Instant) {
-    state.gateway.refusals.record(
-        &state.db,
-        &state.tasks,
-        &state.shutdown,
-        Refusal {
-            request_id: request_id.to_owned(),
-            user_id: key.user_id,
-            key_id: key.key_id,
-            model,
-            status,
-            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        },
-    );
-}
-
-/// `GET /v1/models`: the enabled models, in OpenAI's list shape.
-pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
-    let request_id = new_request_id();
-    let mut key = None;
-    let result = match auth::authenticate(&state.db, &state.cache, &state.tasks, &headers).await {
-        Ok(k) => {
-            key = Some(k);
-            models::enabled(&state.db.read).await
-        }
-        Err(err) => Err(err),
-    };
-    let (res, error) = match result {
-        Ok(models) => {
-            let data: Vec<Value> = models.into_iter().map(|m| super::chat_apps::model_entry(&m)).collect();
-            ((StatusCode::OK, axum::Json(serde_json::json!({ "object": "list", "data": data }))).into_response(), None)
-        }
-        Err(err) => {
-            let label = err.label();
-            (ApiError(err).into_response(), Some(label))
-        }
-    };
-    let mut record = RequestRecord::local(&request_id, "models", started.elapsed(), res.status().as_u16());
-    record.error = error;
-    record.key_id = key.map(|k| k.key_id);
-    record.user_id = key.map(|k| k.user_id);
-    record.emit();
-    with_request_id(res, &request_id)
 }

@@ -2,19 +2,20 @@
 //! that leaves (the upstream is still read, so the request is billed what the upstream reports)
 //! and ends, settled, when shutdown's grace period runs out.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
+use reqwest::header::HeaderValue;
+use tokio_util::sync::CancellationToken;
 
+use super::Gateway;
 use super::chunks::Chunk;
 use super::limits::Slot;
 use super::relay::Relay;
 use super::settle::{Ending, Settler};
 use super::upstream::{UpstreamFailure, error_message};
-use crate::app::AppState;
 use crate::error::Error;
-use crate::http::ApiError;
 
 /// The largest upstream body read for a non-streamed response.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -31,7 +32,9 @@ pub enum Head {
 
 /// One upstream call and its settlement, independent of the client's connection.
 pub struct Exchange {
-    pub state: AppState,
+    pub gateway: Arc<Gateway>,
+    /// Cancelled when shutdown's grace period has run out.
+    pub hard_stop: CancellationToken,
     pub settler: Settler,
     pub body: Bytes,
     pub stream: bool,
@@ -47,12 +50,12 @@ const FRAME_BUFFER: usize = 32;
 
 impl Exchange {
     pub async fn run(self, head: tokio::sync::oneshot::Sender<Head>) {
-        let Self { state, mut settler, body, stream, beta, client_wants_usage, deadline, slot } = self;
-        let upstream = &state.gateway.upstream;
+        let Self { gateway, hard_stop, mut settler, body, stream, beta, client_wants_usage, deadline, slot } = self;
+        let upstream = &gateway.upstream;
         settler.upstream_called = true;
         let sent = tokio::select! {
             r = upstream.send(body, stream, beta.as_ref(), deadline, &mut settler.attempts) => r,
-            () = state.hard_stop.cancelled() => {
+            () = hard_stop.cancelled() => {
                 // Cut by shutdown while the upstream works: bill what was delivered (the prompt).
                 settler.error = Some("server.shutdown");
                 settler.finish(Ending::Delivered { status: 503 });
@@ -76,10 +79,10 @@ impl Exchange {
             }
             Err(failure) => {
                 // Nothing was delivered: a full refund. The settlement writes the usage log.
-                let error = ApiError(upstream_error(failure));
-                settler.error = Some(error.0.label());
-                settler.finish(Ending::Nothing { status: i32::from(error.status().as_u16()) });
-                let _ = head.send(Head::Failed(error.0));
+                let error = upstream_error(failure);
+                settler.error = Some(error.label());
+                settler.finish(Ending::Nothing { status: i32::from(error.status()) });
+                let _ = head.send(Head::Failed(error));
                 return;
             }
         };
@@ -94,7 +97,7 @@ impl Exchange {
                 client_wants_usage,
                 upstream.timeouts.idle,
                 deadline,
-                state.hard_stop.clone(),
+                hard_stop.clone(),
                 slot,
             );
             relay.run(tx).await;
@@ -103,7 +106,7 @@ impl Exchange {
 
         let read = tokio::select! {
             r = read_body(response, upstream.timeouts.idle, deadline, &mut settler) => r,
-            () = state.hard_stop.cancelled() => Err(Error::Upstream {
+            () = hard_stop.cancelled() => Err(Error::Upstream {
                 status: 503,
                 message: "the server is shutting down".into(),
                 label: "server.shutdown",
@@ -136,10 +139,9 @@ impl Exchange {
             }
             Err(error) => {
                 // Part of the answer may have been generated: bill the estimate (the prompt).
-                let error = ApiError(error);
-                settler.error = Some(error.0.label());
-                settler.finish(Ending::Delivered { status: i32::from(error.status().as_u16()) });
-                let _ = head.send(Head::Failed(error.0));
+                settler.error = Some(error.label());
+                settler.finish(Ending::Delivered { status: i32::from(error.status()) });
+                let _ = head.send(Head::Failed(error));
             }
         }
     }

@@ -1,9 +1,8 @@
-//! The hot path: `/v1/chat/completions` and `/v1/models`, key authentication, the upstream
-//! client, the SSE relay and token counting; the chat apps' billing endpoints.
+//! The gateway core: key authentication, in-flight limits, the upstream client and exchange,
+//! the SSE relay, token counting and settlement. The OpenAI edge (`http::openai`) calls it.
 
 pub mod auth;
 pub mod chat;
-pub mod chat_apps;
 mod chunks;
 pub mod exchange;
 pub mod limits;
@@ -29,6 +28,8 @@ pub struct Gateway {
     pub refusals: Refusals,
     pub max_request_bytes: usize,
     pub body_read_timeout: std::time::Duration,
+    /// The most choices (`n`) one request may ask for.
+    pub max_choices: u32,
 }
 
 impl Gateway {
@@ -39,6 +40,7 @@ impl Gateway {
             refusals: Refusals::default(),
             max_request_bytes: config.max_request_bytes,
             body_read_timeout: config.body_read_timeout,
+            max_choices: config.max_choices,
         })
     }
 }

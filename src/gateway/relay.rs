@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +17,7 @@ use super::limits::Slot;
 use super::settle::{Ending, Settler};
 use super::sse::{self, Event, Parser};
 use super::upstream::redact;
+use crate::error::Error;
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -169,11 +169,12 @@ impl Relay {
 
     /// Ends the client's stream with an error event (not a clean end) and bills what was
     /// delivered.
-    fn fail(&mut self, message: &str, code: &'static str, status: i32) {
+    fn fail(&mut self, message: &str, code: &'static str, status: u16) {
         self.settler.error = Some(code);
         tracing::warn!(request.id = %self.settler.reservation.request_id, code, "stream ended by the upstream side");
-        let body = json!({ "error": { "message": message, "type": "upstream_error", "code": code } });
-        self.out.push_back(sse::frame(&Event { event: None, data: body.to_string() }));
-        self.ending = Some(Ending::Delivered { status });
+        // The same body a failed request gets (every status here is a 5xx: `upstream_error`).
+        let error = Error::Upstream { status, message: message.to_owned(), label: code };
+        self.out.push_back(sse::frame(&Event { event: None, data: error.body().to_string() }));
+        self.ending = Some(Ending::Delivered { status: i32::from(status) });
     }
 }

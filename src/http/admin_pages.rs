@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::pages::{Chrome, private};
 use super::session::CurrentUser;
 use crate::accounts::ROLE_ADMIN;
-use crate::app::AppState;
 use crate::i18n::Tr;
+use crate::state::AppState;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "forbidden.html")]

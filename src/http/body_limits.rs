@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::ApiError;
-use crate::app::AppState;
 use crate::error::Error;
+use crate::state::AppState;
 
 /// The largest body accepted outside the gateway: forms and small JSON documents.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;

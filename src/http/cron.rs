@@ -7,19 +7,20 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiError;
-use crate::app::AppState;
+use super::session::refusal;
 use crate::crypto::constant_time_eq;
 use crate::error::Error;
 use crate::jobs;
+use crate::state::AppState;
 
 pub async fn expire_subscriptions(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(secret) = state.config.usable_cron_secret() else {
-        let body = json!({ "error": {
-            "message": "the cron endpoint is disabled: CRON_SECRET is unset or shorter than 16 characters",
-            "type": "service_unavailable",
-            "code": "cron.disabled",
-        }});
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "cron.disabled",
+            "the cron endpoint is disabled: CRON_SECRET is unset or shorter than 16 characters",
+        );
     };
     let presented = headers
         .get(header::AUTHORIZATION)

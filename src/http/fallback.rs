@@ -6,7 +6,9 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::json;
+use serde_json::Value;
+
+use crate::error::error_body;
 
 /// The policy for our pages: scripts and styles only from our own files (no inline code), no
 /// framing, forms only to us.
@@ -39,12 +41,9 @@ fn surface(uri: &Uri) -> Surface {
 fn answer(uri: &Uri, status: StatusCode, code: &str, message: &str, title: &str) -> Response {
     match surface(uri) {
         Surface::OpenAi | Surface::Api => {
-            let body = json!({ "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": null,
-                "code": code,
-            }});
+            let mut body = error_body(message, "invalid_request_error", code);
+            // OpenAI's own refusals of unknown paths carry `param` too.
+            body["error"]["param"] = Value::Null;
             (status, Json(body)).into_response()
         }
         Surface::Page => {

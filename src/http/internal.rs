@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::session::CurrentUser;
-use crate::app::AppState;
 use crate::cache;
 use crate::clock::{now_ms, rfc3339};
 use crate::db::entities::{api_keys, usage_logs};
 use crate::error::Error;
 use crate::money::format_amount;
+use crate::state::AppState;
 use crate::usage::{self, RawFilter};
 use crate::{billing, keys, subscriptions};
 

@@ -9,6 +9,7 @@ mod error;
 mod fallback;
 mod health;
 pub mod internal;
+pub mod openai;
 mod pages;
 mod redeem;
 pub mod session;
@@ -19,8 +20,8 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 
-use crate::app::AppState;
-use crate::gateway::{chat, chat_apps};
+use self::openai::{billing, chat, models};
+use crate::state::AppState;
 
 pub use error::ApiError;
 
@@ -75,16 +76,16 @@ fn api_router(state: AppState) -> Router {
         .route("/api/cron/expire-subscriptions", get(cron::expire_subscriptions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/api/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/models", get(chat::list_models))
-        .route("/api/v1/models", get(chat::list_models))
-        .route("/v1/models/{*id}", get(chat_apps::model))
-        .route("/api/v1/models/{*id}", get(chat_apps::model))
-        .route("/v1/dashboard/billing/subscription", get(chat_apps::subscription))
-        .route("/dashboard/billing/subscription", get(chat_apps::subscription))
-        .route("/api/v1/dashboard/billing/subscription", get(chat_apps::subscription))
-        .route("/v1/dashboard/billing/usage", get(chat_apps::billing_usage))
-        .route("/dashboard/billing/usage", get(chat_apps::billing_usage))
-        .route("/api/v1/dashboard/billing/usage", get(chat_apps::billing_usage))
+        .route("/v1/models", get(models::list))
+        .route("/api/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::model))
+        .route("/api/v1/models/{*id}", get(models::model))
+        .route("/v1/dashboard/billing/subscription", get(billing::subscription))
+        .route("/dashboard/billing/subscription", get(billing::subscription))
+        .route("/api/v1/dashboard/billing/subscription", get(billing::subscription))
+        .route("/v1/dashboard/billing/usage", get(billing::billing_usage))
+        .route("/dashboard/billing/usage", get(billing::billing_usage))
+        .route("/api/v1/dashboard/billing/usage", get(billing::billing_usage))
         .route("/assets/{file}", get(pages::asset))
         .route("/lang/{code}", get(pages::switch_language))
         // After every route: unknown paths and wrong methods answer in their surface's shape.

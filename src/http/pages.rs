@@ -17,7 +17,6 @@ use super::internal::cached_balance;
 use super::session::{CurrentUser, safe_next};
 use super::signin::NEW_KEY_COOKIE;
 use crate::accounts::ROLE_ADMIN;
-use crate::app::AppState;
 use crate::auth::sessions::USER_ID;
 use crate::clock::{day_of, now_ms, rfc3339};
 use crate::db::entities::{api_keys, usage_logs, users};
@@ -25,6 +24,7 @@ use crate::error::Error;
 use crate::i18n::{LANG_COOKIE, Lang, Tr};
 use crate::models as catalog;
 use crate::money;
+use crate::state::AppState;
 use crate::subscriptions;
 use crate::usage::{self, RawFilter};
 

@@ -10,11 +10,11 @@ use sea_orm::EntityTrait;
 use tower_sessions::Session;
 
 use super::ApiError;
-use crate::app::AppState;
 use crate::auth::sessions::{SIGNED_IN_AT, USER_ID};
 use crate::clock::now_ms;
 use crate::db::entities::users;
 use crate::error::Error;
+use crate::state::AppState;
 
 /// The signed-in user. API routes reject with 401 JSON; pages redirect to the login page.
 pub struct CurrentUser {
@@ -109,8 +109,7 @@ pub async fn reject_cross_site(State(state): State<AppState>, request: Request, 
 
 /// A refusal in our JSON shape, `{"error": {"message", "type", "code"}}`.
 pub fn refusal(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "message": message, "type": kind, "code": code } });
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(crate::error::error_body(message, kind, code))).into_response()
 }
 
 /// Longest plain-text refusal carried over into JSON; extractor messages are far shorter.

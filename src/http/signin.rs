@@ -15,7 +15,6 @@ use tower_sessions::Session;
 use super::ApiError;
 use super::session::{refusal, safe_next, urlencoding};
 use crate::accounts::{self, password};
-use crate::app::AppState;
 use crate::auth::limiter::{BUSY_RETRY_AFTER_SECS, Refused};
 use crate::auth::oauth::{self, Kind, OAuthError};
 use crate::auth::sessions::{SIGNED_IN_AT, USER_ID};
@@ -23,6 +22,7 @@ use crate::auth::signin::{self, SignedIn};
 use crate::clock::now_ms;
 use crate::crypto::constant_time_eq;
 use crate::error::Error;
+use crate::state::AppState;
 
 /// The encrypted cookie that carries one OAuth attempt from redirect to callback.
 const OAUTH_COOKIE: &str = "tollgate_oauth";

@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::session::CurrentUser;
-use crate::app::AppState;
 use crate::clock::now_ms;
 use crate::error::Error;
 use crate::money::format_amount;
+use crate::state::AppState;
 use crate::usage::daily::{self, RawDailyFilter};
 
 /// `?days=30&model=&keyId=`: `days` UTC days ending today, zero-filled and oldest first, the

@@ -8,7 +8,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AdminUser, path_id};
-use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::db::entities::models as rows;
 use crate::error::Error;
@@ -16,6 +15,7 @@ use crate::http::ApiError;
 use crate::http::internal::ApiJson;
 use crate::models::{self, ModelChange};
 use crate::money::{format_amount, parse_amount};
+use crate::state::AppState;
 
 fn model_json(m: &rows::Model, requests: i64) -> Value {
     json!({

@@ -20,10 +20,10 @@ use super::ApiError;
 use super::session::CurrentUser;
 use crate::accounts::ROLE_ADMIN;
 use crate::admin::Page;
-use crate::app::AppState;
 use crate::audit::Actor;
 use crate::db::entities::users;
 use crate::error::Error;
+use crate::state::AppState;
 
 /// A signed-in admin. Anonymous callers get 401, signed-in non-admins 403, on every route that
 /// takes it; the role is read from the database on each request.

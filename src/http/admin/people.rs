@@ -14,7 +14,6 @@ use crate::accounts;
 use crate::admin::users::UserQuery;
 use crate::admin::views::{key_json, summary_json};
 use crate::admin::{self, Paging, idempotency};
-use crate::app::AppState;
 use crate::billing::ledger;
 use crate::cache;
 use crate::clock::rfc3339;
@@ -23,6 +22,7 @@ use crate::error::Error;
 use crate::http::ApiError;
 use crate::http::internal::ApiJson;
 use crate::money::format_amount;
+use crate::state::AppState;
 use crate::{keys, subscriptions};
 
 fn subscription_json(s: &subs::Model) -> Value {

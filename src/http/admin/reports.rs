@@ -10,9 +10,9 @@ use super::{AdminUser, bad_query, page_json};
 use crate::admin::Paging;
 use crate::admin::audit_log::{self, AuditQuery};
 use crate::admin::revenue::{self, Figures, Granularity};
-use crate::app::AppState;
 use crate::http::ApiError;
 use crate::money::format_amount;
+use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

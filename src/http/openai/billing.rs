@@ -1,70 +1,29 @@
-//! What chat apps (NextChat, LobeChat, Cherry Studio …) call besides chat, with an API key:
-//! OpenAI's old billing endpoints, to show a balance, and one model by id.
+//! OpenAI's old billing endpoints, which chat apps (NextChat, LobeChat, Cherry Studio …) call
+//! with an API key to show a balance.
 //!
 //! The billing answers keep OpenAI's field names (`*_usd`, `total_usage` in cents) but are in
 //! the configured currency; their numbers are floats because that is the wire format these
 //! apps read. Money is converted through its exact decimal text, so each float is the one
 //! nearest to the amount.
 
-use std::future::Future;
-use std::time::Instant;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use serde_json::{Value, json};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde_json::json;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
-use super::auth::{self, ApiKey};
-use super::chat::{new_request_id, with_request_id};
-use crate::app::AppState;
+use super::{Authenticated, Route};
 use crate::clock::{MS_PER_DAY, now_ms};
-use crate::db::entities::models;
 use crate::error::Error;
-use crate::http::ApiError;
 use crate::money::format_amount;
-use crate::observability::RequestRecord;
+use crate::state::AppState;
 use crate::{billing, usage};
 
 /// `access_until` when access does not end: 2100-01-01T00:00:00Z (a balance does not expire).
 const ACCESS_UNTIL_FOREVER: i64 = 4_102_444_800;
 /// The longest range `billing/usage` sums, as OpenAI's endpoint allowed.
 const MAX_USAGE_DAYS: i64 = 100;
-
-/// Authenticates the key, runs `answer` for it and logs the request under `route`, like every
-/// API-key request.
-async fn with_key<F, Fut>(state: &AppState, headers: &HeaderMap, route: &'static str, answer: F) -> Response
-where
-    F: FnOnce(ApiKey) -> Fut,
-    Fut: Future<Output = Result<Value, Error>>,
-{
-    let started = Instant::now();
-    let request_id = new_request_id();
-    let mut key = None;
-    let result = match auth::authenticate(&state.db, &state.cache, &state.tasks, headers).await {
-        Ok(k) => {
-            key = Some(k);
-            answer(k).await
-        }
-        Err(err) => Err(err),
-    };
-    let (res, error) = match result {
-        Ok(body) => ((StatusCode::OK, axum::Json(body)).into_response(), None),
-        Err(err) => {
-            let label = err.label();
-            (ApiError(err).into_response(), Some(label))
-        }
-    };
-    let mut record = RequestRecord::local(&request_id, route, started.elapsed(), res.status().as_u16());
-    record.error = error;
-    record.key_id = key.map(|k| k.key_id);
-    record.user_id = key.map(|k| k.user_id);
-    record.emit();
-    with_request_id(res, &request_id)
-}
 
 /// Micro-units as a float in currency units.
 fn units(micros: i64) -> f64 {
@@ -87,12 +46,12 @@ fn month_start_ms(ms: i64) -> i64 {
 
 /// `GET /v1/dashboard/billing/subscription`: the limit is the balance plus what was spent this
 /// UTC month, so that limit − usage (what chat apps show as "remaining") is the balance.
-pub async fn subscription(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let db = &state.db;
-    with_key(&state, &headers, "billing_subscription", |key| async move {
+pub async fn subscription(State(state): State<AppState>, auth: Authenticated<Subscription>) -> Response {
+    let (db, user_id) = (&state.db, auth.key.user_id);
+    let result = async {
         let now = now_ms();
-        let balance = billing::balance::amount(&db.read, key.user_id).await?;
-        let spent = usage::spent(db, key.user_id, month_start_ms(now), None).await?;
+        let balance = billing::balance::amount(&db.read, user_id).await?;
+        let spent = usage::spent(db, user_id, month_start_ms(now), None).await?;
         let limit = units(balance.saturating_add(spent));
         Ok(json!({
             "object": "billing_subscription",
@@ -103,8 +62,13 @@ pub async fn subscription(State(state): State<AppState>, headers: HeaderMap) -> 
             "access_until": ACCESS_UNTIL_FOREVER,
             "plan": { "title": "Pay as you go", "id": "payg" },
         }))
-    })
-    .await
+    };
+    auth.reply(result.await)
+}
+
+pub struct Subscription;
+impl Route for Subscription {
+    const NAME: &'static str = "billing_subscription";
 }
 
 /// The query of `billing/usage`. Other parameters are ignored, as OpenAI did.
@@ -140,38 +104,22 @@ fn usage_range(range: &UsageRange) -> Result<(i64, i64), Error> {
 /// from `start_date` (included) to `end_date` (excluded), in cents.
 pub async fn billing_usage(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    auth: Authenticated<Usage>,
     query: Result<Query<UsageRange>, QueryRejection>,
 ) -> Response {
-    let db = &state.db;
-    with_key(&state, &headers, "billing_usage", |key| async move {
+    let (db, user_id) = (&state.db, auth.key.user_id);
+    let result = async {
         let Query(range) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
         let (start, end) = usage_range(&range)?;
-        let spent = usage::spent(db, key.user_id, start, Some(end)).await?;
+        let spent = usage::spent(db, user_id, start, Some(end)).await?;
         Ok(json!({ "object": "list", "total_usage": cents(spent) }))
-    })
-    .await
+    };
+    auth.reply(result.await)
 }
 
-/// A model as listed by `/v1/models`.
-pub fn model_entry(m: &models::Model) -> Value {
-    json!({ "id": m.name, "object": "model", "created": m.created_at / 1000, "owned_by": "tollgate" })
-}
-
-/// `GET /v1/models/{id}`: one enabled model, or 404 `model_not_found`.
-pub async fn model(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let db = &state.db;
-    with_key(&state, &headers, "model", |_| async move {
-        let found = models::Entity::find()
-            .filter(models::Column::Name.eq(id.as_str()))
-            .filter(models::Column::Enabled.eq(true))
-            .one(&db.read)
-            .await?;
-        found.as_ref().map(model_entry).ok_or_else(|| {
-            Error::ModelNotFound(format!("The model `{id}` does not exist or you do not have access to it."))
-        })
-    })
-    .await
+pub struct Usage;
+impl Route for Usage {
+    const NAME: &'static str = "billing_usage";
 }
 
 #[cfg(test)]

@@ -1,0 +1,85 @@
+//! The OpenAI-compatible edge: chat completions, the model list and the chat apps' billing
+//! endpoints, under `/v1` and `/api/v1`.
+
+pub mod billing;
+pub mod chat;
+pub mod models;
+
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::gateway::auth::{self, ApiKey};
+use crate::http::ApiError;
+use crate::observability::RequestRecord;
+use crate::state::AppState;
+
+pub fn new_request_id() -> String {
+    format!("req_{}", crate::crypto::random_token(12))
+}
+
+/// Answers with the request id on every response, success or not.
+pub(crate) fn with_request_id(mut res: Response, request_id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// A `/v1` route's fixed name in logs and metrics.
+pub trait Route: Send + Sync + 'static {
+    const NAME: &'static str;
+}
+
+/// A request whose API key (`Authorization: Bearer sk-…`) was accepted, with its request id and
+/// the instant it began. Every `/v1` handler takes one: a refused key is answered (401 in
+/// OpenAI's shape, with `x-request-id`) and logged under the route `R` before the handler runs.
+pub struct Authenticated<R> {
+    pub key: ApiKey,
+    pub request_id: String,
+    pub started: Instant,
+    route: PhantomData<R>,
+}
+
+impl<R: Route> FromRequestParts<AppState> for Authenticated<R> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let started = Instant::now();
+        let request_id = new_request_id();
+        match auth::authenticate(&state.db, &state.cache, &state.tasks, &parts.headers).await {
+            Ok(key) => Ok(Self { key, request_id, started, route: PhantomData }),
+            Err(err) => {
+                let mut record = RequestRecord::local(&request_id, R::NAME, started.elapsed(), err.status());
+                record.error = Some(err.label());
+                record.emit();
+                Err(with_request_id(ApiError(err).into_response(), &request_id))
+            }
+        }
+    }
+}
+
+impl<R: Route> Authenticated<R> {
+    /// Answers with `result` (200 and its JSON, or the error) and logs the request under `R`.
+    fn reply(self, result: Result<Value, Error>) -> Response {
+        let (res, error) = match result {
+            Ok(body) => ((StatusCode::OK, axum::Json(body)).into_response(), None),
+            Err(err) => {
+                let label = err.label();
+                (ApiError(err).into_response(), Some(label))
+            }
+        };
+        let mut record = RequestRecord::local(&self.request_id, R::NAME, self.started.elapsed(), res.status().as_u16());
+        record.error = error;
+        record.key_id = Some(self.key.key_id);
+        record.user_id = Some(self.key.user_id);
+        record.emit();
+        with_request_id(res, &self.request_id)
+    }
+}
