@@ -192,7 +192,7 @@ fn cookie_key(config: &Config) -> Key {
 /// The cache this configuration asks for: Redis in front of nothing else when `REDIS_URL` is set.
 pub fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     match &config.redis_url {
-        Some(url) => Cache::with_redis(url, &config.redis_prefix).context("REDIS_URL"),
+        Some(url) => Cache::with_redis(url, &config.redis_prefix, config.redis_timeout).context("REDIS_URL"),
         None => Ok(Cache::in_process()),
     }
 }

@@ -74,6 +74,9 @@ pub struct Config {
     pub auto_migrate: bool,
     /// `REDIS_URL`: shared cache for several instances; in-process cache when unset.
     pub redis_url: Option<String>,
+    /// `REDIS_TIMEOUT_MS`: how long one Redis call may take before the instance carries on
+    /// without Redis for a few seconds.
+    pub redis_timeout: Duration,
     /// `NEXTAUTH_SECRET` / `AUTH_SECRET`: signs and encrypts cookies.
     pub auth_secret: Secret,
     /// True when no auth secret was configured and one was generated for this process.
@@ -412,6 +415,7 @@ impl Config {
             max_connections,
             password_hash_concurrency,
             database_acquire_timeout: ms("DATABASE_ACQUIRE_TIMEOUT_MS", 2_000)?,
+            redis_timeout: ms("REDIS_TIMEOUT_MS", 250)?,
             upstream_max_retry_wait: ms("UPSTREAM_MAX_RETRY_WAIT_MS", 5_000)?,
             redeem_failure_limit,
         })

@@ -86,8 +86,9 @@ impl Cache {
 
     /// The in-process layer in front of Redis at `url`; keys are written under `prefix`.
     /// Start-up does not wait for Redis: while it is unreachable the cache works in-process.
-    pub fn with_redis(url: &str, prefix: &str) -> Result<Self, ::redis::RedisError> {
-        let layer = RedisLayer::connect(url, prefix)?;
+    /// Each Redis call may take `timeout` before the instance goes on without Redis for a while.
+    pub fn with_redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self, ::redis::RedisError> {
+        let layer = RedisLayer::connect(url, prefix, timeout)?;
         Ok(Self { redis: Some(Arc::new(layer)), ..Self::in_process() })
     }
 

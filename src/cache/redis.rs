@@ -17,9 +17,6 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// How long one Redis command may take before it counts as a miss.
-const TIMEOUT: Duration = Duration::from_millis(250);
-
 /// How long Redis is skipped after it failed to answer, before one call probes it again.
 const COOL_DOWN: Duration = Duration::from_secs(3);
 
@@ -29,6 +26,8 @@ const MAX_PENDING: usize = 10_000;
 
 pub struct RedisLayer {
     client: redis::Client,
+    /// How long one call may take (`REDIS_TIMEOUT_MS`) before the breaker opens.
+    timeout: Duration,
     prefix: String,
     manager: RwLock<Option<ConnectionManager>>,
     connecting: tokio::sync::Mutex<()>,
@@ -75,9 +74,10 @@ fn is_outage(err: &redis::RedisError) -> bool {
 }
 
 impl RedisLayer {
-    pub fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
         Ok(Self {
             client: redis::Client::open(url)?,
+            timeout,
             prefix: prefix.to_owned(),
             manager: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -158,7 +158,7 @@ impl RedisLayer {
         if sent.is_empty() {
             return;
         }
-        let res: Result<Result<(), _>, _> = tokio::time::timeout(TIMEOUT, pipe.query_async(conn)).await;
+        let res: Result<Result<(), _>, _> = tokio::time::timeout(self.timeout, pipe.query_async(conn)).await;
         if !matches!(res, Ok(Ok(()))) {
             // Put them back (unless a newer write for the same key came meanwhile) for the next
             // probe.
@@ -208,11 +208,11 @@ impl RedisLayer {
             return (Some(m), Some(pass));
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        match tokio::time::timeout(TIMEOUT * 2, self.client.get_connection_manager_with_config(config)).await {
+        match tokio::time::timeout(self.timeout * 2, self.client.get_connection_manager_with_config(config)).await {
             Ok(Ok(m)) => {
                 if let Ok(mut slot) = self.manager.write() {
                     *slot = Some(m.clone());
@@ -245,7 +245,7 @@ impl RedisLayer {
         let mut pipe = redis::pipe();
         pipe.get(&key).pttl(&key);
         let res: Result<Result<(Option<String>, i64), _>, _> =
-            tokio::time::timeout(TIMEOUT, pipe.query_async(&mut conn)).await;
+            tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
         match res {
             Err(_) => {
                 self.trip(pass, "did not answer in time");
@@ -292,7 +292,7 @@ impl RedisLayer {
         for arg in args {
             call.arg(arg);
         }
-        let res: Result<Result<T, _>, _> = tokio::time::timeout(TIMEOUT, call.invoke_async(&mut conn)).await;
+        let res: Result<Result<T, _>, _> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
         match res {
             Err(_) => {
                 self.trip(pass, "did not answer in time");
@@ -340,9 +340,9 @@ impl RedisLayer {
             Pending::Set { value, expires } => {
                 let left = expires.saturating_duration_since(Instant::now());
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-                tokio::time::timeout(TIMEOUT, conn.pset_ex::<_, _, ()>(&key, value, ms)).await
+                tokio::time::timeout(self.timeout, conn.pset_ex::<_, _, ()>(&key, value, ms)).await
             }
-            Pending::Delete => tokio::time::timeout(TIMEOUT, conn.del::<_, ()>(&key)).await,
+            Pending::Delete => tokio::time::timeout(self.timeout, conn.del::<_, ()>(&key)).await,
         };
         match sent {
             Ok(Ok(())) => self.answered(pass, &mut conn).await,
