@@ -227,9 +227,9 @@ async fn balance_admits_exactly_what_it_covers_across_instances(
     assert_books_balance(db, user).await;
 }
 
-/// (b) A key revoked through instance A (its dashboard API) is refused by B within `within`
-/// seconds (1 s with Redis, the 5 s key cache without; one more second of slack for the
-/// requests themselves on a busy machine).
+/// (b) A key disabled, then one revoked, through instance A (its dashboard API) is refused by B
+/// within `within` seconds (1 s with Redis, the 5 s key cache without; one more second of slack
+/// for the requests themselves on a busy machine).
 async fn revocation_through_a_reaches_b(a: &Instance, b: &Instance, db: &Db, within: u64) {
     let owner = password_user(db, "owner@example.com", "user").await;
     tollgate::billing::ledger::adjust(db, owner.id, 1_000_000, "topup", "test top-up", None).await.unwrap();
@@ -242,6 +242,28 @@ async fn revocation_through_a_reaches_b(a: &Instance, b: &Instance, db: &Db, wit
     let form = [("email", "owner@example.com"), ("password", PASSWORD), ("next", "/dashboard")];
     let res = browser.post_form(&format!("{}/api/auth/signin/password", a.base), &form, Some(&a.base)).await;
     assert_eq!(res.headers()["location"], "/dashboard");
+    // A second key, disabled (not revoked) through A, is refused the same way.
+    let (_, disabled) = tollgate::keys::create(&db.write, owner.id, Some("second")).await.unwrap();
+    for instance in [a, b] {
+        assert_eq!(instance.chat(&disabled, false).await.status(), 200);
+    }
+    let id = api_keys::Entity::find_by_hash(&disabled, db).await;
+    let res = browser
+        .send(
+            browser
+                .client
+                .patch(format!("{}/api/internal/keys/{id}", a.base))
+                .header("origin", &a.base)
+                .json(&serde_json::json!({ "disabled": true })),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(a.chat(&disabled, false).await.status(), 401, "at once on the disabling instance");
+    eventually(within + 1, "the other instance refuses the disabled key", || async {
+        b.chat(&disabled, false).await.status() == 401
+    })
+    .await;
+
     let id = api_keys::Entity::find_by_hash(&key, db).await;
     let res = browser
         .send(browser.client.delete(format!("{}/api/internal/keys/{id}", a.base)).header("origin", &a.base))
