@@ -13,7 +13,8 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder}
 use serde_json::json;
 
 use super::{
-    AuditCommand, Cli, CodeCommand, Command, KeyCommand, ModelCommand, PageArgs, SubscriptionCommand, UserCommand,
+    AuditCommand, Cli, CodeCommand, Command, DevCommand, KeyCommand, ModelCommand, PageArgs, SubscriptionCommand,
+    UserCommand,
 };
 use crate::accounts::{self, NewUser, ROLE_ADMIN, ROLE_USER, password};
 use crate::app::{Application, build_cache};
@@ -158,6 +159,16 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             let result = code(&db, cmd).await;
             db.close().await;
             result
+        }
+        Command::Dev(cmd) => {
+            announce(&config);
+            let db = open(&config, create).await?;
+            let result = match cmd {
+                DevCommand::SeedUsage { rows, users, days } => super::dev::seed_usage(&db, rows, users, days).await,
+                DevCommand::QueryTimes { runs } => super::dev::query_times(&db, runs).await,
+            };
+            db.close().await;
+            out(&result?)
         }
         Command::Subscription(cmd) => {
             announce(&config);

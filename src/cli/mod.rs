@@ -2,6 +2,7 @@
 //! usable without OAuth apps.
 
 mod commands;
+mod dev;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -47,6 +48,10 @@ pub enum Command {
     /// Make and list redemption codes.
     #[command(subcommand)]
     Code(CodeCommand),
+    /// Measure at scale: fill the database with customers and usage, time the dashboard's and
+    /// the back office's queries (see bench/data-scale.sh). Not for a production database.
+    #[command(subcommand)]
+    Dev(DevCommand),
     /// Ask the server on LISTEN_ADDR for /healthz; exit 0 when it answers 200 (the container's
     /// health check: the image has no curl).
     Healthcheck {
@@ -304,4 +309,24 @@ pub enum SubscriptionCommand {
     },
     /// Zero every expired subscription now (the daily job, run by hand).
     Expire,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Create customers (`seed-NNNNN@seed.invalid`, one key each, a top-up each) and usage rows
+    /// spread evenly over the days ending now.
+    SeedUsage {
+        #[arg(long, default_value_t = 5_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 1000)]
+        users: u32,
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    /// Time the dashboard's and the back office's queries for the customer with the most rows,
+    /// and print a Markdown table.
+    QueryTimes {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
 }

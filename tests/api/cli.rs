@@ -393,3 +393,79 @@ async fn back_office_commands_share_the_admin_functions(backend: Backend) {
 }
 
 on_all_backends!(back_office_commands_share_the_admin_functions);
+
+/// `dev seed-usage` fills a database for the data-at-scale benchmark: customers with a key
+/// each, usage rows inside the window, reused customers on a second run; `dev query-times`
+/// then times every dashboard and back-office query against it.
+async fn dev_seed_usage_fills_the_window_and_query_times_reads_it(backend: Backend) {
+    use sea_orm::{ConnectionTrait, PaginatorTrait};
+    use tollgate::db::entities::{usage_logs, users};
+
+    let (url, _dir) = empty_db_url(backend).await;
+    let seeded =
+        stdout(&tollgate(&url, &["--create", "dev", "seed-usage", "--rows", "2500", "--users", "20", "--days", "30"]));
+    assert!(seeded.contains("seeded 2500 usage rows over 30 days for 20 customers"), "{seeded}");
+    let db = Db::connect(&url, 2).await.unwrap();
+    let customers =
+        users::Entity::find().filter(users::Column::Email.ends_with("@seed.invalid")).all(&db.read).await.unwrap();
+    assert_eq!(customers.len(), 20);
+    for c in &customers {
+        assert_eq!(
+            api_keys::Entity::find().filter(api_keys::Column::UserId.eq(c.id)).count(&db.read).await.unwrap(),
+            1
+        );
+    }
+    let rows = usage_logs::Entity::find().all(&db.read).await.unwrap();
+    assert_eq!(rows.len(), 2500);
+    let now = tollgate::clock::now_ms();
+    let window = now - 30 * tollgate::clock::MS_PER_DAY;
+    for r in &rows {
+        assert!((window..=now).contains(&r.created_at), "a row outside the window: {}", r.created_at);
+        assert_eq!(r.day, tollgate::clock::day_of(r.created_at));
+        assert_eq!(r.total_tokens, r.prompt_tokens + r.completion_tokens);
+        assert!(customers.iter().any(|c| c.id == r.user_id));
+    }
+    // Oldest first, as a live table grows: ids follow time (within one row's share of jitter).
+    let mut by_id = rows.clone();
+    by_id.sort_by_key(|r| r.id);
+    let slot = 30 * tollgate::clock::MS_PER_DAY / 2500 + 1;
+    assert!(by_id.windows(2).all(|w| w[1].created_at + slot >= w[0].created_at), "ids do not follow time");
+    assert!(
+        by_id[2499].created_at - by_id[0].created_at > 29 * tollgate::clock::MS_PER_DAY,
+        "the rows span the window"
+    );
+
+    let again = stdout(&tollgate(&url, &["dev", "seed-usage", "--rows", "500", "--users", "20", "--days", "30"]));
+    assert!(again.contains("seeded 500"), "{again}");
+    assert_eq!(users::Entity::find().count(&db.read).await.unwrap(), 20, "customers are reused");
+    assert_eq!(usage_logs::Entity::find().count(&db.read).await.unwrap(), 3000);
+
+    let times = stdout(&tollgate(&url, &["dev", "query-times", "--runs", "1"]));
+    assert!(times.contains("usage_logs: 3000 rows"), "{times}");
+    for query in [
+        "usage totals",
+        "usage page 1 (20 rows)",
+        "usage page 50",
+        "CSV export, 10,000 rows",
+        "daily chart, 30 days",
+        "daily chart, 90 days",
+        "admin revenue by month, 90 days",
+        "admin revenue by day, 30 days",
+    ] {
+        assert!(times.contains(&format!("| {query}")), "{query} missing from:\n{times}");
+    }
+    let topups: i64 = db
+        .read
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.read.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM credit_transactions WHERE kind = 'topup'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "n")
+        .unwrap();
+    assert_eq!(topups, 40, "one top-up per customer per run");
+}
+
+on_all_backends!(dev_seed_usage_fills_the_window_and_query_times_reads_it);

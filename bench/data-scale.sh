@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Data at scale: fills a fresh database per engine with DATA_ROWS usage rows over 1,000
+# customers and 90 days (`tollgate dev seed-usage`), then times the dashboard's and the back
+# office's queries for the heaviest customer (`tollgate dev query-times`) and records each
+# engine's query plan for the same queries. Results: bench/results/data-scale.md.
+#
+# Knobs (environment): CARGO_TARGET_DIR (default target), DATA_BACKENDS ("sqlite mariadb
+# postgres"), DATA_ROWS (5000000), DATA_USERS (1000), DATA_DAYS (90), DATA_RUNS (5),
+# BENCH_SKIP_BUILD (unset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/release/tollgate"
+BACKENDS=${DATA_BACKENDS:-"sqlite mariadb postgres"}
+ROWS=${DATA_ROWS:-5000000}
+USERS=${DATA_USERS:-1000}
+DAYS=${DATA_DAYS:-90}
+RUNS=${DATA_RUNS:-5}
+RESULTS=bench/results/data-scale.md
+WORK=$(mktemp -d /tmp/tollgate-data.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
+  say "release build"
+  cargo build --release --locked
+fi
+
+# The queries the dashboard and the back office run, as each engine is asked them (USER, FROM,
+# TO and SINCE are filled in below); their plans show which index answers each.
+queries() {
+  cat <<SQL
+usage totals|SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(total_tokens), 0), COALESCE(SUM(request_count), 0) FROM usage_logs WHERE user_id = $USER_ID
+usage page|SELECT * FROM usage_logs WHERE user_id = $USER_ID ORDER BY created_at DESC, id DESC LIMIT 20 OFFSET 980
+usage page, one model, 30 days|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND model = 'gpt-4o' AND created_at >= $SINCE ORDER BY created_at DESC, id DESC LIMIT 20
+CSV export batch|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND id < $MAX_ID ORDER BY id DESC LIMIT 1000
+daily chart|SELECT day, SUM(request_count), SUM(total_tokens), SUM(cost) FROM usage_logs WHERE user_id = $USER_ID AND day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY day
+revenue by month|SELECT SUBSTR(day, 1, 7), model, SUM(cost), SUM(total_tokens), SUM(request_count) FROM usage_logs WHERE day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY SUBSTR(day, 1, 7), model
+paying customers by month|SELECT SUBSTR(day, 1, 7), COUNT(DISTINCT CASE WHEN cost > 0 THEN user_id END) FROM usage_logs WHERE day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY SUBSTR(day, 1, 7)
+SQL
+}
+
+sql() { # engine, statement
+  case $1 in
+    sqlite) sqlite3 "$WORK/scale.db" "$2" ;;
+    mariadb) mysql -h 127.0.0.1 -uroot -N -B tollgate_scale -e "$2" ;;
+    postgres) psql -h 127.0.0.1 -U postgres -d tollgate_scale -Atc "$2" ;;
+  esac
+}
+
+explain() { # engine, statement
+  case $1 in
+    sqlite) sql sqlite "EXPLAIN QUERY PLAN $2" | sed 's/^/    /' ;;
+    mariadb) mysql -h 127.0.0.1 -uroot -t tollgate_scale -e "EXPLAIN $2" | sed 's/^/    /' ;;
+    postgres) sql postgres "EXPLAIN $2" | sed 's/^/    /' ;;
+  esac
+}
+
+{
+  echo "# Data at scale"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, commit $(git rev-parse --short HEAD);" \
+    "$ROWS usage rows over $USERS customers and $DAYS days per engine."
+} >"$WORK/report.md"
+
+for engine in $BACKENDS; do
+  case $engine in
+    sqlite) url="sqlite://$WORK/scale.db?mode=rwc" ;;
+    mariadb)
+      mysql -h 127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS tollgate_scale; CREATE DATABASE tollgate_scale CHARACTER SET utf8mb4"
+      url=mysql://root@127.0.0.1:3306/tollgate_scale ;;
+    postgres)
+      PGOPTIONS=--client-min-messages=warning psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS tollgate_scale WITH (FORCE)" >/dev/null
+      psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE tollgate_scale" >/dev/null
+      url=postgres://postgres@127.0.0.1:5432/tollgate_scale ;;
+    *) echo "unknown engine $engine" >&2; exit 1 ;;
+  esac
+  say "$engine: seeding $ROWS rows"
+  export DATABASE_URL=$url
+  seeded=$("$BIN" --create dev seed-usage --rows "$ROWS" --users "$USERS" --days "$DAYS")
+  say "$engine: timing the queries"
+  times=$("$BIN" dev query-times --runs "$RUNS")
+  bytes=""
+  case $engine in
+    sqlite) bytes="$(du -h "$WORK/scale.db" | cut -f1) database file" ;;
+    mariadb) bytes="$(sql mariadb "SELECT CONCAT(ROUND((data_length + index_length) / 1048576), ' MiB table + indexes') FROM information_schema.tables WHERE table_schema = 'tollgate_scale' AND table_name = 'usage_logs'")" ;;
+    postgres) bytes="$(sql postgres "SELECT pg_size_pretty(pg_total_relation_size('usage_logs')) || ' table + indexes'")" ;;
+  esac
+  USER_ID=$(sql "$engine" "SELECT id FROM users WHERE email = 'seed-00000@seed.invalid'")
+  MAX_ID=$(sql "$engine" "SELECT MAX(id) FROM usage_logs")
+  SINCE=$(( ($(date +%s) - 30 * 86400) * 1000 ))
+  FROM_DAY=$(date -u -d "-$((DAYS - 1)) days" +%F)
+  TO_DAY=$(date -u +%F)
+  {
+    echo
+    echo "## $engine"
+    echo
+    echo "$seeded; $bytes."
+    echo
+    echo "$times"
+    echo
+    echo "Query plans (the heaviest customer, user id $USER_ID):"
+    echo
+    while IFS='|' read -r name statement; do
+      echo "- $name"
+      echo
+      explain "$engine" "$statement"
+      echo
+    done < <(queries)
+  } >>"$WORK/report.md"
+  cat "$WORK/report.md" >&2
+done
+
+mkdir -p bench/results
+cp "$WORK/report.md" "$RESULTS"
+say "written to $RESULTS"
