@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Tollgate's benchmark: throughput, latency, stream time to first byte and peak memory of the
-# relay on SQLite, MariaDB and PostgreSQL, against the same numbers for the fake upstream alone.
+# relay on SQLite, MariaDB and PostgreSQL, against the same numbers for the fake upstream alone
+# ("direct") and for nginx as a plain reverse proxy in front of it, all in one run.
 # Run from anywhere: `bash bench/run.sh`. See bench/README.md for what each number means.
 #
 # Knobs (environment): CARGO_TARGET_DIR (default target), BENCH_BACKENDS ("sqlite mariadb
-# postgres"), BENCH_CONCURRENCY ("32 64 256"), BENCH_DURATION (10, seconds per run),
-# BENCH_WARMUP (2, seconds before each run), BENCH_TTFB_REQUESTS (300), BENCH_QUIET_WAIT (60),
-# BENCH_SKIP_BUILD (unset).
+# postgres"), BENCH_CONCURRENCY ("1 64 256"), BENCH_DURATION (10, seconds per run),
+# BENCH_WARMUP (2, seconds before each run), BENCH_TTFB_REQUESTS (300), BENCH_TTFB_CONCURRENCY
+# ("1 64"), BENCH_CUSTOMERS (32: the many-customers mode's customers, one key each),
+# BENCH_MODES ("many one": customer modes), BENCH_QUIET_WAIT (60), BENCH_SKIP_BUILD (unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN="$TARGET_DIR/release"
 BACKENDS=${BENCH_BACKENDS:-"sqlite mariadb postgres"}
-CONCURRENCY=${BENCH_CONCURRENCY:-"32 64 256"}
+CONCURRENCY=${BENCH_CONCURRENCY:-"1 64 256"}
+TTFB_CONCURRENCY=${BENCH_TTFB_CONCURRENCY:-"1 64"}
+CUSTOMERS=${BENCH_CUSTOMERS:-32}
+MODES=${BENCH_MODES:-"many one"}
 DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 TTFB_REQUESTS=${BENCH_TTFB_REQUESTS:-300}
@@ -21,14 +26,16 @@ TTFB_REQUESTS=${BENCH_TTFB_REQUESTS:-300}
 FAKE_ADDR=127.0.0.1:9099
 FAKE_CHUNKS=20
 TG_ADDR=127.0.0.1:3100
+NGINX_ADDR=127.0.0.1:9098
 MYSQL_URL=mysql://root@127.0.0.1:3306/tollgate_bench
 POSTGRES_URL=postgres://postgres@127.0.0.1:5432/tollgate_bench
-EMAIL=bench@example.com
+EMAIL_PREFIX=bench-
 TOPUP=1000000000
 SHUTDOWN_GRACE_SECS=10
 RESULTS=bench/results/latest.md
 
 DIRECT_URL="http://$FAKE_ADDR/v1/chat/completions"
+NGINX_URL="http://$NGINX_ADDR/v1/chat/completions"
 RELAY_URL="http://$TG_ADDR/v1/chat/completions"
 
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
@@ -101,6 +108,7 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 if [[ $BACKENDS == *sqlite* ]]; then command -v sqlite3 >/dev/null || need_apt+=(sqlite3); fi
+[[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   SUDO=; [[ $(id -u) -eq 0 ]] || SUDO=sudo
   echo "installing ${need_apt[*]}" >&2
@@ -116,7 +124,7 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
 fi
 [[ -x $BIN/tollgate && -x $BIN/fake-upstream ]] || die "no release binaries in $BIN"
 
-for addr in "$FAKE_ADDR" "$TG_ADDR"; do
+for addr in "$FAKE_ADDR" "$TG_ADDR" "$NGINX_ADDR"; do
   port_free "$addr" || die "$addr is already in use; stop whatever listens there"
 done
 
@@ -165,18 +173,21 @@ wait_quiet() {
   done
 }
 
-# run_wrk TARGET MODE CONCURRENCY URL KEY: a warm-up, then the measured run; appends a row.
+# run_wrk TARGET MODE CONCURRENCY URL KEYS: a warm-up, then the measured run; appends a row.
+# KEYS: empty, one key, or several comma-separated (taken in turn, request by request).
 run_wrk() {
-  local target=$1 mode=$2 conc=$3 url=$4 key=$5 stream=0 out line warm
+  local target=$1 mode=$2 conc=$3 url=$4 keys=$5 stream=0 out line warm key="" many=""
   [[ $mode == stream ]] && stream=1
-  local tag="$target-$mode-c$conc"
+  if [[ $keys == *,* ]]; then many=$keys; else key=$keys; fi
+  local tag="$target-$mode-c$conc" ftag
+  ftag=${tag//\//_}
   wait_quiet
-  BENCH_KEY=$key BENCH_STREAM=$stream wrk -t1 -c"$conc" -d"${WARMUP}s" --timeout 10s \
-    -s bench/post.lua "$url" >"$WORK/warmup-$tag.txt" 2>&1 || true
-  out="$WORK/wrk-$tag.txt"
+  BENCH_KEY=$key BENCH_KEYS=$many BENCH_STREAM=$stream wrk -t1 -c"$conc" -d"${WARMUP}s" --timeout 10s \
+    -s bench/post.lua "$url" >"$WORK/warmup-$ftag.txt" 2>&1 || true
+  out="$WORK/wrk-$ftag.txt"
   local t0 t1 b0 b1 g0 g1 f0 f1 d0 d1 wrk_cpu
   t0=$(now_s) b0=$(busy_ticks) g0=$(proc_ticks "$TG_PID") f0=$(proc_ticks "$FAKE_PID") d0=$(db_ticks)
-  wrk_cpu=$( { TIMEFORMAT='%U %S'; time BENCH_KEY=$key BENCH_STREAM=$stream wrk -t1 -c"$conc" -d"${DURATION}s" \
+  wrk_cpu=$( { TIMEFORMAT='%U %S'; time BENCH_KEY=$key BENCH_KEYS=$many BENCH_STREAM=$stream wrk -t1 -c"$conc" -d"${DURATION}s" \
     --timeout 10s --latency -s bench/post.lua "$url" >"$out" 2>&1 || true; } 2>&1)
   t1=$(now_s) b1=$(busy_ticks) g1=$(proc_ticks "$TG_PID") f1=$(proc_ticks "$FAKE_PID") d1=$(db_ticks)
   # percent of one CPU over the run: Tollgate, the database server, and everything that is
@@ -191,7 +202,7 @@ run_wrk() {
   [[ -n $DB_SERVER ]] || db_cpu="-"
   line=$(grep '^BENCH_RESULT' "$out" || true)
   [[ -n $line ]] || { cat "$out" >&2; die "wrk gave no result for $tag"; }
-  warm=$(grep '^BENCH_RESULT' "$WORK/warmup-$tag.txt" || true)
+  warm=$(grep '^BENCH_RESULT' "$WORK/warmup-$ftag.txt" || true)
   LAST_REQUESTS=$(($(field "$line" requests) + $(field "$warm" requests)))
 
   local requests duration rps p50 p99 status socket non2xx errors
@@ -215,25 +226,41 @@ run_wrk() {
     FAILED=1
   fi
   RPS[$tag]=$rps P50[$tag]=$p50 P99[$tag]=$p99 ERR[$tag]="$status/$socket"
-  ROWS+=("| $target | $mode | $conc | $rps | $p50 | $p99 | $errors | $tg_cpu | $db_cpu | $other_cpu |")
+  # Against the same run's nginx and direct rows (measured first): throughput ratios and the
+  # latency added over direct.
+  local vs_nginx="-" vs_direct="-" added50="-" added99="-" ref="nginx-$mode-c$conc" base="direct-$mode-c$conc"
+  if [[ $target != direct && -n ${RPS[$base]:-} ]]; then
+    [[ -n ${RPS[$ref]:-} && $target != nginx ]] && vs_nginx=$(awk -v a="$rps" -v b="${RPS[$ref]}" 'BEGIN { printf "%.3f", a / b }')
+    vs_direct=$(awk -v a="$rps" -v b="${RPS[$base]}" 'BEGIN { printf "%.3f", a / b }')
+    added50=$(awk -v a="$p50" -v b="${P50[$base]}" 'BEGIN { printf "%+.2f", a - b }')
+    added99=$(awk -v a="$p99" -v b="${P99[$base]}" 'BEGIN { printf "%+.2f", a - b }')
+  fi
+  ROWS+=("| $target | $mode | $conc | $rps | $vs_nginx | $vs_direct | $p50 | $p99 | $added50 | $added99 | $errors | $tg_cpu | $db_cpu | $other_cpu |")
   printf '%-28s %8s req/s  p50 %7s ms  p99 %7s ms  errors %s  (CPU %%: tollgate %s, db %s, other %s)\n' \
     "$tag" "$rps" "$p50" "$p99" "$errors" "$tg_cpu" "$db_cpu" "$other_cpu" >&2
 }
 
-# run_ttfb TARGET URL KEY
+# run_ttfb TARGET URL KEYS: the stream time to first byte at each of TTFB_CONCURRENCY; keys
+# are given out to connections in turn. Results under "TARGET-cN".
 run_ttfb() {
-  local target=$1 url=$2 key=$3 line
-  wait_quiet
-  line=$(python3 bench/ttfb.py "$url" "$TTFB_REQUESTS" "$key" | tee "$WORK/ttfb-$target.txt") || {
-    warn "$target: TTFB run had errors: $line"
-    FAILED=1
-  }
-  [[ $line == TTFB_RESULT* ]] || die "ttfb.py gave no result for $target"
-  TTFB_P50[$target]=$(field "$line" body_p50_ms)
-  TTFB_P99[$target]=$(field "$line" body_p99_ms)
-  TTFB_HEAD_P50[$target]=$(field "$line" head_p50_ms)
-  echo "$target TTFB: first body byte p50 ${TTFB_P50[$target]} ms, p99 ${TTFB_P99[$target]} ms (head p50 ${TTFB_HEAD_P50[$target]} ms); $(field "$line" errors) errors" >&2
-  LAST_REQUESTS=$((TTFB_REQUESTS + 20))
+  local target=$1 url=$2 keys=$3 line conc count tag
+  LAST_REQUESTS=0
+  for conc in $TTFB_CONCURRENCY; do
+    tag="$target-c$conc"
+    count=$((conc * 20 > TTFB_REQUESTS ? conc * 20 : TTFB_REQUESTS))
+    wait_quiet
+    line=$(python3 bench/ttfb.py "$url" "$count" "$keys" "$conc" | tee "$WORK/ttfb-${tag//\//_}.txt") || {
+      warn "$tag: TTFB run had errors: $line"
+      FAILED=1
+    }
+    [[ $line == TTFB_RESULT* ]] || die "ttfb.py gave no result for $tag"
+    TTFB_P50[$tag]=$(field "$line" body_p50_ms)
+    TTFB_P99[$tag]=$(field "$line" body_p99_ms)
+    TTFB_HEAD_P50[$tag]=$(field "$line" head_p50_ms)
+    echo "$tag TTFB: first body byte p50 ${TTFB_P50[$tag]} ms, p99 ${TTFB_P99[$tag]} ms (head p50 ${TTFB_HEAD_P50[$tag]} ms); $(field "$line" errors) errors" >&2
+    # Each connection also sends 20 warm-up requests.
+    LAST_REQUESTS=$((LAST_REQUESTS + (count / conc) * conc + 20 * conc))
+  done
 }
 
 # sql BACKEND QUERY: one value
@@ -257,6 +284,47 @@ for mode in non-stream stream; do
   for c in $CONCURRENCY; do run_wrk direct "$mode" "$c" "$DIRECT_URL" ""; done
 done
 run_ttfb direct "$DIRECT_URL" ""
+
+say "nginx as a plain reverse proxy on $NGINX_ADDR (one worker, upstream keep-alive, no buffering)"
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream fake {
+    server $FAKE_ADDR;
+    keepalive 512;
+  }
+  server {
+    listen $NGINX_ADDR;
+    location / {
+      proxy_pass http://fake;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+/usr/sbin/nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+nginx_answers() { curl -sf -o /dev/null -H 'Content-Type: application/json' -d '{"model":"x","messages":[]}' "$NGINX_URL"; }
+wait_until nginx 10 "$NGINX_PID" nginx_answers || { cat "$WORK/nginx/"*.log >&2; die "nginx did not start"; }
+/usr/sbin/nginx -v 2>&1 | sed 's/^/  /' >&2
+TG_PID=$(pgrep -P "$NGINX_PID" | head -1)  # the worker's CPU is shown in the Tollgate CPU column of its rows
+for mode in non-stream stream; do
+  for c in $CONCURRENCY; do run_wrk nginx "$mode" "$c" "$NGINX_URL" ""; done
+done
+run_ttfb nginx "$NGINX_URL" ""
+TG_PID=
+kill -TERM "$NGINX_PID" 2>/dev/null || true
 
 bench_backend() {
   local backend=$1 url
@@ -283,18 +351,26 @@ bench_backend() {
   case $backend in mariadb | postgres) DB_SERVER=$backend ;; *) DB_SERVER= ;; esac
   local -a tgenv=(env DATABASE_URL="$url" RUST_LOG="${BENCH_RUST_LOG:-warn}")
   "${tgenv[@]}" "$BIN/tollgate" migrate >&2
-  "${tgenv[@]}" "$BIN/tollgate" user create --email "$EMAIL" >&2
-  "${tgenv[@]}" "$BIN/tollgate" user topup --email "$EMAIL" --amount "$TOPUP" --reason bench >&2
   "${tgenv[@]}" "$BIN/tollgate" model set bench-model --input-price 0.15 --output-price 0.60 \
     --max-output 256 --context-window 128000 --upstream-model bench-upstream >&2
-  local key
-  key=$("${tgenv[@]}" "$BIN/tollgate" key create --email "$EMAIL")
-  [[ $key == sk-* ]] || die "key create printed '$key'"
+  # The customers: one key each, each topped up.
+  local -a keys=()
+  local i email key
+  for i in $(seq -w 1 "$CUSTOMERS"); do
+    email="$EMAIL_PREFIX$i@example.com"
+    "${tgenv[@]}" "$BIN/tollgate" user create --email "$email" >/dev/null 2>>"$WORK/setup-$backend.log"
+    "${tgenv[@]}" "$BIN/tollgate" user topup --email "$email" --amount "$TOPUP" --reason bench >/dev/null 2>>"$WORK/setup-$backend.log"
+    key=$("${tgenv[@]}" "$BIN/tollgate" key create --email "$email" 2>>"$WORK/setup-$backend.log")
+    [[ $key == sk-* ]] || die "key create printed '$key'"
+    keys+=("$key")
+  done
+  echo "$CUSTOMERS customers with one key each, topped up with $TOPUP" >&2
+  local who="SELECT id FROM users WHERE email LIKE '${EMAIL_PREFIX}%'"
   local balance_before
-  balance_before=$("${tgenv[@]}" "$BIN/tollgate" user show --email "$EMAIL" --json | tee "$WORK/user-before-$backend.json" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["balance"])')
+  balance_before=$(sql "$backend" "SELECT COALESCE(SUM(amount), 0) FROM balances WHERE user_id IN ($who)")
 
   "${tgenv[@]}" LISTEN_ADDR="$TG_ADDR" OPENAI_BASE_URL="http://$FAKE_ADDR/v1" OPENAI_API_KEY=sk-bench \
+    ALLOW_PRIVATE_UPSTREAMS=true ENCRYPTION_KEY=YmVuY2gtb25seS1lbmNyeXB0aW9uLWtleS0zMmJ5dGU= \
     MAX_CONCURRENT_REQUESTS_PER_USER=100000 SCHEDULER_ENABLED=false SHUTDOWN_GRACE_SECS=$SHUTDOWN_GRACE_SECS \
     "$BIN/tollgate" serve >"$WORK/serve-$backend.log" 2>&1 &
   local tg_pid=$!
@@ -304,20 +380,24 @@ bench_backend() {
     { cat "$WORK/serve-$backend.log" >&2; die "tollgate serve ($backend) did not start"; }
   # One request by hand, so a broken setup fails here with a readable answer.
   local probe
-  probe=$(curl -s -w ' HTTP %{http_code}' -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  probe=$(curl -s -w ' HTTP %{http_code}' -H "Authorization: Bearer ${keys[0]}" -H 'Content-Type: application/json' \
     -d '{"model":"bench-model","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64}' \
     "$RELAY_URL")
   [[ $probe == *' HTTP 200' ]] || die "$backend: the probe request failed: $probe"
   local served=1
 
-  for mode in non-stream stream; do
-    for c in $CONCURRENCY; do
-      run_wrk "$backend" "$mode" "$c" "$RELAY_URL" "$key"
-      served=$((served + LAST_REQUESTS))
+  local cmode keyarg
+  for cmode in $MODES; do
+    if [[ $cmode == many ]]; then keyarg=$(IFS=,; echo "${keys[*]}"); else keyarg=${keys[0]}; fi
+    for mode in non-stream stream; do
+      for c in $CONCURRENCY; do
+        run_wrk "$backend/$cmode" "$mode" "$c" "$RELAY_URL" "$keyarg"
+        served=$((served + LAST_REQUESTS))
+      done
     done
+    run_ttfb "$backend/$cmode" "$RELAY_URL" "$keyarg"
+    served=$((served + LAST_REQUESTS))
   done
-  run_ttfb "$backend" "$RELAY_URL" "$key"
-  served=$((served + LAST_REQUESTS))
 
   local hwm
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$tg_pid/status")
@@ -344,23 +424,18 @@ bench_backend() {
   [[ $rc -eq 0 ]] || { warn "$backend: tollgate serve exited with status $rc"; FAILED=1; }
 
   # The books.
-  local uid usage_rows usage_cost balance_now pending_amount charged ledger problems=()
-  uid=$(sql "$backend" "SELECT id FROM users WHERE email = '$EMAIL'")
-  usage_rows=$(sql "$backend" "SELECT COUNT(*) FROM usage_logs WHERE user_id = $uid")
-  usage_cost=$(sql "$backend" "SELECT COALESCE(SUM(cost), 0) FROM usage_logs WHERE user_id = $uid")
-  pending=$(sql "$backend" "SELECT COUNT(*) FROM reservations WHERE user_id = $uid AND state = 'pending'")
-  pending_amount=$(sql "$backend" "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE user_id = $uid AND state = 'pending'")
-  charged=$(sql "$backend" "SELECT COALESCE(SUM(charged_amount), 0) FROM reservations WHERE user_id = $uid AND state <> 'pending'")
-  ledger=$(sql "$backend" "SELECT COALESCE(SUM(amount), 0) FROM credit_transactions WHERE user_id = $uid")
-  balance_now=$(sql "$backend" "SELECT amount FROM balances WHERE user_id = $uid")
-  local balance_after
-  balance_after=$("${tgenv[@]}" "$BIN/tollgate" user show --email "$EMAIL" --json | tee "$WORK/user-after-$backend.json" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["balance"])')
+  local usage_rows usage_cost balance_now pending_amount charged ledger problems=()
+  usage_rows=$(sql "$backend" "SELECT COUNT(*) FROM usage_logs WHERE user_id IN ($who)")
+  usage_cost=$(sql "$backend" "SELECT COALESCE(SUM(cost), 0) FROM usage_logs WHERE user_id IN ($who)")
+  pending=$(sql "$backend" "SELECT COUNT(*) FROM reservations WHERE user_id IN ($who) AND state = 'pending'")
+  pending_amount=$(sql "$backend" "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE user_id IN ($who) AND state = 'pending'")
+  charged=$(sql "$backend" "SELECT COALESCE(SUM(charged_amount), 0) FROM reservations WHERE user_id IN ($who) AND state <> 'pending'")
+  ledger=$(sql "$backend" "SELECT COALESCE(SUM(amount), 0) FROM credit_transactions WHERE user_id IN ($who)")
+  balance_now=$(sql "$backend" "SELECT COALESCE(SUM(amount), 0) FROM balances WHERE user_id IN ($who)")
+  local balance_after=$balance_now
 
   [[ $usage_rows -gt 0 ]] || problems+=("no usage rows")
-  python3 -c 'import decimal, sys; sys.exit(0 if decimal.Decimal(sys.argv[1]) < decimal.Decimal(sys.argv[2]) else 1)' \
-    "$balance_after" "$balance_before" ||
-    problems+=("balance did not go down ($balance_before -> $balance_after)")
+  [[ $balance_after -lt $balance_before ]] || problems+=("balance did not go down ($balance_before -> $balance_after)")
   [[ $pending -eq 0 ]] || problems+=("$pending reservations still pending")
   [[ $((balance_now + pending_amount + charged)) -eq $ledger ]] ||
     problems+=("invariant broken: balance $balance_now + pending $pending_amount + charged $charged != ledger $ledger")
@@ -375,7 +450,7 @@ bench_backend() {
     verdict="**PROBLEM: $(IFS=';'; echo "${problems[*]}")**"
     FAILED=1
   fi
-  BOOKS[$backend]="$served requests answered (wrk counts completed ones, warm-ups and TTFB included); $usage_rows usage rows; balance $balance_before -> $balance_after; settled charges $charged micro-units; $pending pending; invariant balance + pending + charged = ledger: $verdict"
+  BOOKS[$backend]="$served requests answered (wrk counts completed ones, warm-ups and TTFB included); $usage_rows usage rows; the customers' balances $balance_before -> $balance_after micro-units; settled charges $charged; $pending pending; invariant balance + pending + charged = ledger: $verdict"
   echo "books ($backend): ${BOOKS[$backend]}" >&2
   echo "peak RSS ($backend): ${RSS_MB[$backend]} MB" >&2
 }
@@ -405,7 +480,7 @@ for backend in $BACKENDS; do
     DONE_BACKENDS+=("$backend")
   else
     warn "backend $backend is not reachable: skipped"
-    ROWS+=("| $backend | - | - | - | - | - | **NOT RUN (database unreachable)** | - | - | - |")
+    ROWS+=("| $backend | - | - | - | - | - | - | - | - | - | **NOT RUN (database unreachable)** | - | - | - |")
     FAILED=1
   fi
 done
@@ -413,26 +488,39 @@ done
 # ---------------------------------------------------------------------------------------------
 ms_diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.2f", a - b }'; }
 mark() { awk -v ok="$1" 'BEGIN { exit !ok }' && echo met || echo "**MISSED**"; }
+# target LINE: "- what: value — met/MISSED" from an awk condition on the value
+target() { # text value condition(awk, on v)
+  echo "- $1: $2 — $(mark "$(awk -v v="$2" "BEGIN { print ($3) ? 1 : 0 }")")"
+}
 
 {
   echo "# Tollgate benchmark"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); tollgate $COMMIT"
   echo
-  echo "Machine: $MACHINE. Load generator, Tollgate and the fake upstream share these cores."
+  echo "Machine: $MACHINE. Load generator, Tollgate, nginx and the fake upstream share these cores."
   echo "wrk 1 thread, ${DURATION} s per run after a ${WARMUP} s warm-up; fake upstream answers with $FAKE_CHUNKS completion chunks."
-  echo "CPU columns: percent of one CPU during the run (200 = both cores), used by \`tollgate serve\`, by the MariaDB/PostgreSQL server,"
+  echo "Targets: \`direct\` is the fake alone; \`nginx\` a plain reverse proxy in front of it (one worker, upstream keep-alive, no buffering);"
+  echo "\`BACKEND/many\` is Tollgate with full billing, requests taking $CUSTOMERS customers' keys in turn; \`BACKEND/one\` one customer's key."
+  echo "× nginx and × direct: throughput as a share of the same mode and concurrency through nginx and direct; added: latency over direct."
+  echo "CPU columns: percent of one CPU during the run (200 = both cores), used by \`tollgate serve\` (by nginx on its rows), by the MariaDB/PostgreSQL server,"
   echo "and by everything else except the fake upstream and wrk (softirq time of the loopback traffic not counted): a high 'other' means a disturbed run."
   echo
-  echo "| target | mode | concurrency | req/s | p50 ms | p99 ms | errors | Tollgate CPU % | DB CPU % | other CPU % |"
-  echo "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"
+  echo "| target | mode | concurrency | req/s | × nginx | × direct | p50 ms | p99 ms | p50 added | p99 added | errors | Tollgate CPU % | DB CPU % | other CPU % |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
-  echo "Stream time to first byte ($TTFB_REQUESTS sequential requests, one keep-alive connection, first SSE body byte):"
+  echo "Stream time to first byte (first SSE body byte; each connection sends its requests one after another):"
   echo
-  echo "- direct: p50 ${TTFB_P50[direct]} ms, p99 ${TTFB_P99[direct]} ms"
-  for b in "${DONE_BACKENDS[@]}"; do
-    echo "- $b: p50 ${TTFB_P50[$b]} ms, p99 ${TTFB_P99[$b]} ms; added over direct: p50 $(ms_diff "${TTFB_P50[$b]}" "${TTFB_P50[direct]}") ms, p99 $(ms_diff "${TTFB_P99[$b]}" "${TTFB_P99[direct]}") ms"
+  for t in direct nginx $(for b in "${DONE_BACKENDS[@]}"; do for m in $MODES; do echo "$b/$m"; done; done); do
+    for c in $TTFB_CONCURRENCY; do
+      [[ -n ${TTFB_P50[$t-c$c]:-} ]] || continue
+      line="- $t, $c connection(s): p50 ${TTFB_P50[$t-c$c]} ms, p99 ${TTFB_P99[$t-c$c]} ms"
+      if [[ $t != direct ]]; then
+        line+="; added over direct: p50 $(ms_diff "${TTFB_P50[$t-c$c]}" "${TTFB_P50[direct-c$c]}") ms, p99 $(ms_diff "${TTFB_P99[$t-c$c]}" "${TTFB_P99[direct-c$c]}") ms"
+      fi
+      echo "$line"
+    done
   done
   echo
   echo "Peak RSS of \`tollgate serve\` (VmHWM after all its runs):"
@@ -442,18 +530,38 @@ mark() { awk -v ok="$1" 'BEGIN { exit !ok }' && echo met || echo "**MISSED**"; }
   echo "Books after the runs:"
   echo
   for b in "${DONE_BACKENDS[@]}"; do echo "- $b: ${BOOKS[$b]}"; done
-  if [[ " ${DONE_BACKENDS[*]} " == *" sqlite "* && " $CONCURRENCY " == *" 64 "* && " $CONCURRENCY " == *" 32 "* ]]; then
-    s64=${RPS[sqlite-non-stream-c64]}
-    added=$(ms_diff "${P50[sqlite-non-stream-c32]}" "${P50[direct-non-stream-c32]}")
-    ttfb_added=$(ms_diff "${TTFB_P50[sqlite]}" "${TTFB_P50[direct]}")
-    echo
-    echo "Targets (SQLite, full billing):"
-    echo
-    echo "- non-stream req/s at concurrency 64 >= 5000: $s64 — $(mark "$((s64 >= 5000))")"
-    echo "- p50 added over direct at concurrency 32 (non-stream) <= 1 ms: $added ms — $(mark "$(awk -v a="$added" 'BEGIN { print (a <= 1) }')")"
-    echo "- stream TTFB p50 within 1 ms of direct: $ttfb_added ms — $(mark "$(awk -v a="$ttfb_added" 'BEGIN { print (a <= 1) }')")"
-    echo "- peak RSS <= 150 MB: ${RSS_MB[sqlite]} MB — $(mark "$(awk -v a="${RSS_MB[sqlite]}" 'BEGIN { print (a <= 150) }')")"
+  echo
+  echo "Targets (each against this run's nginx and direct numbers):"
+  echo
+  have() { [[ -n ${RPS[$1]:-} && -n ${RPS[$2]:-} ]]; }
+  if have sqlite/many-non-stream-c64 nginx-non-stream-c64; then
+    target "SQLite, many customers, c=64 non-stream, share of nginx (>= 0.25)" \
+      "$(awk -v a="${RPS[sqlite/many-non-stream-c64]}" -v b="${RPS[nginx-non-stream-c64]}" 'BEGIN { printf "%.3f", a / b }')" "v >= 0.25"
   fi
+  if have sqlite/many-stream-c64 nginx-stream-c64; then
+    target "SQLite, many customers, c=64 stream, share of nginx (>= 0.2)" \
+      "$(awk -v a="${RPS[sqlite/many-stream-c64]}" -v b="${RPS[nginx-stream-c64]}" 'BEGIN { printf "%.3f", a / b }')" "v >= 0.2"
+  fi
+  if have sqlite/many-non-stream-c1 direct-non-stream-c1; then
+    target "SQLite, c=1 non-stream, p50 added over direct in ms (<= 0.3)" \
+      "$(ms_diff "${P50[sqlite/many-non-stream-c1]}" "${P50[direct-non-stream-c1]}")" "v <= 0.3"
+  fi
+  if [[ -n ${TTFB_P50[sqlite/many-c1]:-} ]]; then
+    target "SQLite, stream time to first byte at c=1, p50 added in ms (<= 0.3)" \
+      "$(ms_diff "${TTFB_P50[sqlite/many-c1]}" "${TTFB_P50[direct-c1]}")" "v <= 0.3"
+  fi
+  for b in "${DONE_BACKENDS[@]}"; do
+    [[ -n ${RPS[$b/many-non-stream-c1]:-} ]] &&
+      target "$b, c=1 non-stream, p99 added over direct in ms (<= 1)" \
+        "$(ms_diff "${P99[$b/many-non-stream-c1]}" "${P99[direct-non-stream-c1]}")" "v <= 1"
+    if [[ $b != sqlite ]]; then
+      [[ -n ${RPS[$b/many-non-stream-c64]:-} ]] &&
+        target "$b, many customers, c=64 non-stream req/s (>= 3000)" "${RPS[$b/many-non-stream-c64]}" "v >= 3000"
+      [[ -n ${RPS[$b/one-non-stream-c64]:-} ]] &&
+        target "$b, one customer, c=64 non-stream req/s (>= 1500)" "${RPS[$b/one-non-stream-c64]}" "v >= 1500"
+    fi
+    target "$b, peak RSS in MB (<= 80)" "${RSS_MB[$b]}" "v <= 80"
+  done
 } >"$WORK/latest.md"
 
 mkdir -p "$(dirname "$RESULTS")"

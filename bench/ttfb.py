@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Stream time to first byte, for bench/run.sh.
 
-    ttfb.py URL COUNT [KEY]
+    ttfb.py URL COUNT [KEYS] [CONCURRENCY]
 
-Sends COUNT sequential streaming chat completions over one keep-alive connection (after a
-short warm-up) and prints one line:
+Sends COUNT streaming chat completions (after a short warm-up per connection) over CONCURRENCY
+keep-alive connections (default 1), each sending its requests one after another; KEYS is a
+comma-separated list of bearer keys, taken in turn per connection. Prints one line:
 
     TTFB_RESULT n=300 errors=0 head_p50_ms=... head_p99_ms=... body_p50_ms=... body_p99_ms=...
 
@@ -16,6 +17,7 @@ The rest of each stream is read to the end before the next request is sent.
 import http.client
 import math
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -34,16 +36,12 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
-def main():
-    url = urllib.parse.urlsplit(sys.argv[1])
-    count = int(sys.argv[2])
-    key = sys.argv[3] if len(sys.argv) > 3 else ""
+def connection(url, count, key, heads, bodies, errors, lock):
+    """One keep-alive connection sending `count` requests in turn (after the warm-up)."""
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = "Bearer " + key
-
     conn = None
-    heads, bodies, errors = [], [], 0
     for i in range(WARMUP + count):
         if conn is None:
             conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -62,17 +60,37 @@ def main():
                 conn = None
         except (OSError, http.client.HTTPException):
             ok = False
-            conn.close()
+            if conn is not None:
+                conn.close()
             conn = None
         if i < WARMUP:
             continue
-        if not ok:
-            errors += 1
-            continue
-        heads.append((t_head - t0) * 1000.0)
-        bodies.append((t_body - t0) * 1000.0)
+        with lock:
+            if not ok:
+                errors.append(1)
+                continue
+            heads.append((t_head - t0) * 1000.0)
+            bodies.append((t_body - t0) * 1000.0)
     if conn is not None:
         conn.close()
+
+
+def main():
+    url = urllib.parse.urlsplit(sys.argv[1])
+    count = int(sys.argv[2])
+    keys = [k for k in (sys.argv[3] if len(sys.argv) > 3 else "").split(",") if k] or [""]
+    concurrency = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    heads, bodies, errors, lock = [], [], [], threading.Lock()
+    per = max(1, count // concurrency)
+    threads = [
+        threading.Thread(target=connection, args=(url, per, keys[i % len(keys)], heads, bodies, errors, lock))
+        for i in range(concurrency)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = len(errors)
 
     heads.sort()
     bodies.sort()
