@@ -265,7 +265,7 @@ pub async fn query_times(db: &Db, runs: u32) -> anyhow::Result<String> {
             while (n as u64) < usage::EXPORT_LIMIT {
                 let batch = usage::export_batch(db, &f, before, 1000).await.map_err(err)?;
                 let Some(last) = batch.last() else { break };
-                before = Some(last.id);
+                before = Some(usage::cursor_after(last));
                 let names = usage::key_names(db, user_id, batch.iter().filter_map(|r| r.key_id)).await.map_err(err)?;
                 for row in &batch {
                     std::hint::black_box(usage::csv_record(

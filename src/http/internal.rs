@@ -187,7 +187,7 @@ pub async fn export(
     }
     let db = state.db.clone();
     let header_line = csv_line(&usage::CSV_HEADER.map(str::to_owned));
-    let batches = futures_util::stream::unfold(Some(None::<i64>), move |cursor| {
+    let batches = futures_util::stream::unfold(Some(None::<usage::ExportCursor>), move |cursor| {
         let (db, filter) = (db.clone(), filter.clone());
         async move {
             let before = cursor?;
@@ -199,7 +199,7 @@ pub async fn export(
             match batch.await {
                 Ok((rows, _)) if rows.is_empty() => None,
                 Ok((rows, names)) => {
-                    let next = if rows.len() < 1000 { None } else { rows.last().map(|r| Some(r.id)) };
+                    let next = if rows.len() < 1000 { None } else { rows.last().map(|r| Some(usage::cursor_after(r))) };
                     let name = |r: &usage_logs::Model| r.key_id.and_then(|id| names.get(&id)).map(String::as_str);
                     let chunk: String = rows.iter().map(|r| csv_line(&usage::csv_record(r, name(r)))).collect();
                     Some((Ok::<_, std::io::Error>(chunk), next))

@@ -1,6 +1,8 @@
 //! Per-day usage for the dashboard's chart: the last N UTC days (zero-filled, oldest first), a
 //! per-model breakdown and totals over them, summed in SQL on every engine.
 
+use std::collections::HashMap;
+
 use sea_orm::{ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QuerySelect};
 
 use super::{bad, key_id_param, model_param, sum};
@@ -59,6 +61,18 @@ pub struct DayTotals {
     pub cost: i64,
 }
 
+/// One day's sums for one model, as the database groups them.
+#[derive(Clone, Debug, Default, FromQueryResult)]
+struct DayModelTotals {
+    day: String,
+    model: String,
+    requests: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    total_tokens: i64,
+    cost: i64,
+}
+
 /// One model's sums over the period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, FromQueryResult)]
 pub struct ModelTotals {
@@ -104,35 +118,43 @@ pub async fn daily(db: &Db, filter: &DailyFilter, now_ms: i64) -> Result<Daily> 
     if let Some(k) = filter.key_id {
         c = c.add(usage_logs::Column::KeyId.eq(k));
     }
-    let per_day: Vec<DayTotals> = usage_logs::Entity::find()
+    // One pass over the customer's rows in the window, by day and model (at most days × models
+    // groups); the per-day series and the per-model breakdown are both sums of these.
+    let groups: Vec<DayModelTotals> = usage_logs::Entity::find()
         .select_only()
         .column(usage_logs::Column::Day)
+        .column(usage_logs::Column::Model)
         .column_as(sum(db.backend, "request_count"), "requests")
         .column_as(sum(db.backend, "prompt_tokens"), "prompt_tokens")
         .column_as(sum(db.backend, "completion_tokens"), "completion_tokens")
         .column_as(sum(db.backend, "total_tokens"), "total_tokens")
         .column_as(sum(db.backend, "cost"), "cost")
-        .filter(c.clone())
-        .group_by(usage_logs::Column::Day)
-        .into_model::<DayTotals>()
-        .all(&db.read)
-        .await?;
-    let mut models: Vec<ModelTotals> = usage_logs::Entity::find()
-        .select_only()
-        .column(usage_logs::Column::Model)
-        .column_as(sum(db.backend, "request_count"), "requests")
-        .column_as(sum(db.backend, "total_tokens"), "total_tokens")
-        .column_as(sum(db.backend, "cost"), "cost")
         .filter(c)
+        .group_by(usage_logs::Column::Day)
         .group_by(usage_logs::Column::Model)
-        .into_model::<ModelTotals>()
+        .into_model::<DayModelTotals>()
         .all(&db.read)
         .await?;
+    let mut per_day: HashMap<String, DayTotals> = HashMap::new();
+    let mut per_model: HashMap<String, ModelTotals> = HashMap::new();
+    for g in groups {
+        let d = per_day.entry(g.day.clone()).or_insert_with(|| DayTotals { day: g.day.clone(), ..Default::default() });
+        d.requests += g.requests;
+        d.prompt_tokens += g.prompt_tokens;
+        d.completion_tokens += g.completion_tokens;
+        d.total_tokens += g.total_tokens;
+        d.cost += g.cost;
+        let m = per_model
+            .entry(g.model.clone())
+            .or_insert_with(|| ModelTotals { model: g.model.clone(), ..Default::default() });
+        m.requests += g.requests;
+        m.total_tokens += g.total_tokens;
+        m.cost += g.cost;
+    }
+    let mut models: Vec<ModelTotals> = per_model.into_values().collect();
     models.sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.model.cmp(&b.model)));
-    let series: Vec<DayTotals> = names
-        .into_iter()
-        .map(|day| per_day.iter().find(|d| d.day == day).cloned().unwrap_or(DayTotals { day, ..Default::default() }))
-        .collect();
+    let series: Vec<DayTotals> =
+        names.into_iter().map(|day| per_day.remove(&day).unwrap_or(DayTotals { day, ..Default::default() })).collect();
     Ok(Daily {
         from,
         to,

@@ -229,18 +229,34 @@ pub async fn count(db: &Db, filter: &Filter) -> Result<u64> {
     Ok(usage_logs::Entity::find().filter(filter.condition()).count(&db.read).await?)
 }
 
-/// Rows for the export, newest first, `batch` at a time after the row `before_id` (keyset).
+/// Where an export batch ends: the last row's `(created_at, id)`; the next batch starts after it.
+pub type ExportCursor = (i64, i64);
+
+/// Rows for the export, newest first in the history's order (`created_at`, then `id`), `batch`
+/// at a time after `after` (keyset: each batch is read from the `(user_id, created_at)` index,
+/// never sorted, however many rows the customer has).
 pub async fn export_batch(
     db: &Db,
     filter: &Filter,
-    before_id: Option<i64>,
+    after: Option<ExportCursor>,
     batch: u64,
 ) -> Result<Vec<usage_logs::Model>> {
     let mut q = usage_logs::Entity::find().filter(filter.condition());
-    if let Some(id) = before_id {
-        q = q.filter(usage_logs::Column::Id.lt(id));
+    if let Some((created_at, id)) = after {
+        q = q.filter(Condition::any().add(usage_logs::Column::CreatedAt.lt(created_at)).add(
+            Condition::all().add(usage_logs::Column::CreatedAt.eq(created_at)).add(usage_logs::Column::Id.lt(id)),
+        ));
     }
-    Ok(q.order_by_desc(usage_logs::Column::Id).limit(batch).all(&db.read).await?)
+    Ok(q.order_by_desc(usage_logs::Column::CreatedAt)
+        .order_by_desc(usage_logs::Column::Id)
+        .limit(batch)
+        .all(&db.read)
+        .await?)
+}
+
+/// The cursor after `row`.
+pub fn cursor_after(row: &usage_logs::Model) -> ExportCursor {
+    (row.created_at, row.id)
 }
 
 /// The names of `user_id`'s keys among `ids` (revoked ones included; a key that is gone, or

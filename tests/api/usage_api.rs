@@ -166,6 +166,38 @@ async fn exports_beyond_ten_thousand_rows_are_refused(backend: Backend) {
     let _ = usage_logs::Entity::find();
 }
 
+/// The export reads in keyset batches of 1,000 in the history's order: rows that share a
+/// timestamp across a batch boundary are each exported exactly once, newest first.
+async fn the_export_keeps_every_row_once_across_batches_with_equal_times(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_app_with(backend, &[]).await;
+    let (me, browser) = signed_in(&app, "ties@example.com").await;
+    // 2,500 rows on five timestamps (500 each), so both batch boundaries fall inside a tie.
+    let rows: Vec<String> = (0..2500)
+        .map(|n| {
+            format!("('tie-{n}', {me}, 'm', 1, 1, 2, 1, 0, 200, 1, 1, 'upstream', {}, '2025-11-01')", NOV_1 + n / 500)
+        })
+        .collect();
+    for chunk in rows.chunks(1000) {
+        let sql = format!(
+            "INSERT INTO usage_logs (request_id, user_id, model, prompt_tokens, completion_tokens, total_tokens, cost, subscription_tokens, status_code, latency_ms, stream, usage_source, created_at, day) VALUES {}",
+            chunk.join(",")
+        );
+        let sql = if backend == Backend::Postgres { sql.replace(", 1, 'upstream'", ", true, 'upstream'") } else { sql };
+        app.db.write.execute_raw(Statement::from_string(app.db.write.get_database_backend(), sql)).await.unwrap();
+    }
+    let csv = browser.get(&format!("{}/api/internal/usage/export", app.address)).await.text().await.unwrap();
+    let ids: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(ids.len(), 2500);
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), 2500, "a row was exported twice or skipped");
+    // Newest first: the last timestamp's rows come first, the first timestamp's last.
+    let n = |id: &str| id.trim_start_matches("tie-").parse::<u32>().unwrap();
+    assert!(ids[..500].iter().all(|id| n(id) >= 2000), "{:?}", &ids[..3]);
+    assert!(ids[2000..].iter().all(|id| n(id) < 500));
+    assert!(ids.windows(2).all(|w| n(w[0]) / 500 >= n(w[1]) / 500), "not newest first");
+}
+
 async fn usage_rows_and_the_export_name_their_key(backend: Backend) {
     let app = spawn_app_with(backend, &[]).await;
     let (me, browser) = signed_in(&app, "keys@example.com").await;
@@ -242,5 +274,6 @@ async fn usage_rows_and_the_export_name_their_key(backend: Backend) {
 on_all_backends!(
     usage_filters_paginate_and_total_the_whole_set,
     exports_beyond_ten_thousand_rows_are_refused,
+    the_export_keeps_every_row_once_across_batches_with_equal_times,
     usage_rows_and_the_export_name_their_key
 );
