@@ -75,6 +75,8 @@ pub struct Failure {
     pub label: String,
     /// The settlement already wrote this request's usage row and log line.
     pub settled: bool,
+    /// Headers for the client (`x-ratelimit-*` on a rate-limit refusal).
+    pub headers: reqwest::header::HeaderMap,
 }
 
 pub fn bad(message: impl Into<String>) -> Error {
@@ -102,6 +104,7 @@ pub async fn complete(
         model: String::new(),
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
+        headers: reqwest::header::HeaderMap::new(),
     };
     let model = models::lookup(ctx.db, ctx.cache, &model_name).await.map_err(fail)?;
     // From here on the model is in the catalogue: its name may label metrics.
@@ -111,6 +114,7 @@ pub async fn complete(
         model: model.name.clone(),
         label: model.name.clone(),
         settled: false,
+        headers: reqwest::header::HeaderMap::new(),
     };
     if !rules.allows_model(&model.name) {
         return Err(fail(Error::ModelNotAllowed(format!(
@@ -168,10 +172,8 @@ pub async fn complete(
         Ok(a) => a,
         Err(refused) => {
             observability::rate_limited("rate");
-            return Err(fail(Error::RateLimited {
-                message: refused.message,
-                retry_after_secs: refused.retry_after_secs,
-            }));
+            let error = Error::RateLimited { message: refused.message, retry_after_secs: refused.retry_after_secs };
+            return Err(Failure { headers: *refused.headers, ..fail(error) });
         }
     };
     // From here on the settler resolves the reservation, whatever happens.
@@ -222,9 +224,14 @@ pub async fn complete(
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     ctx.tasks.spawn(exchange.run(head_tx));
     match head_rx.await {
-        Ok(Head::Failed(error)) => {
-            Err(Failure { error, key: None, label: model.name.clone(), model: model.name, settled: true })
-        }
+        Ok(Head::Failed(error)) => Err(Failure {
+            error,
+            key: None,
+            label: model.name.clone(),
+            model: model.name,
+            settled: true,
+            headers: reqwest::header::HeaderMap::new(),
+        }),
         Ok(Head::Json(body)) => Ok(Answer { reply: Reply::Json(body), headers }),
         Ok(Head::Stream(frames)) => Ok(Answer { reply: Reply::Stream(frames), headers }),
         Err(_) => Err(Failure {
@@ -233,6 +240,7 @@ pub async fn complete(
             label: model.name.clone(),
             model: model.name,
             settled: true,
+            headers: reqwest::header::HeaderMap::new(),
         }),
     }
 }

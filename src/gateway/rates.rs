@@ -93,6 +93,8 @@ pub struct Admitted {
 pub struct Refused {
     pub message: String,
     pub retry_after_secs: u64,
+    /// The `x-ratelimit-*` headers, boxed: refusals are the rare path.
+    pub headers: Box<HeaderMap>,
 }
 
 /// The counts of one scope, as the limits see them.
@@ -284,7 +286,7 @@ fn decide(
         _ => format!("rate limit reached for {who}"),
     };
     let retry_after_secs = u64::try_from((until_window_ends + 999) / 1000).unwrap_or(1).max(1);
-    Err(Refused { message, retry_after_secs })
+    Err(Refused { message, retry_after_secs, headers: Box::new(headers) })
 }
 
 #[cfg(test)]

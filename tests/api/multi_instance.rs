@@ -474,6 +474,7 @@ async fn rate_limits_hold_across_instances_with_redis(backend: Backend) {
     let Some(redis) = redis_url() else { return };
     let (db, _fake, _shared, a, b) = deployment(backend, Mode::Normal, Some(redis), 1000).await;
     let admitted = admitted_of_thirty(&a, &b, &db.db).await;
+    eprintln!("rate limit across two instances with Redis: {admitted} of 30 admitted at 10 per minute");
     // The sliding estimate floors the previous minute's share: a run that straddles a minute
     // boundary may admit one more.
     assert!((10..=11).contains(&admitted), "10 per minute across both instances, admitted {admitted}");
@@ -482,6 +483,7 @@ async fn rate_limits_hold_across_instances_with_redis(backend: Backend) {
 async fn rate_limits_count_per_instance_without_redis(backend: Backend) {
     let (db, _fake, _shared, a, b) = deployment(backend, Mode::Normal, None, 1000).await;
     let admitted = admitted_of_thirty(&a, &b, &db.db).await;
+    eprintln!("rate limit on two instances without Redis: {admitted} of 30 admitted at 10 per minute");
     assert!((20..=22).contains(&admitted), "10 per minute on each instance, admitted {admitted}");
 }
 

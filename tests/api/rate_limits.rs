@@ -56,6 +56,8 @@ async fn key_limits_answer_with_openais_headers(backend: Backend) {
     assert_eq!(refused.status(), 429);
     let retry: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(header(&refused, "x-ratelimit-limit-requests").as_deref(), Some("3"));
+    assert_eq!(header(&refused, "x-ratelimit-remaining-requests").as_deref(), Some("0"));
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("3 requests per minute"), "{body}");

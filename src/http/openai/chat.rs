@@ -27,7 +27,7 @@ pub async fn chat_completions(
     let Authenticated { key, rules, request_id, started, .. } = auth;
     let res = match handle(&state, key, &rules, &headers, body, &request_id, started).await {
         Ok(res) => res,
-        Err(Failure { error, key, model, label, settled }) => {
+        Err(Failure { error, key, model, label, settled, headers }) => {
             if !settled {
                 let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), error.status());
                 record.error = Some(error.label());
@@ -39,7 +39,9 @@ pub async fn chat_completions(
             if let Some(key) = key {
                 log_failure(&state, &request_id, key, model, error.status(), started);
             }
-            ApiError(error).into_response()
+            let mut res = ApiError(error).into_response();
+            res.headers_mut().extend(headers);
+            res
         }
     };
     with_request_id(res, &request_id)
@@ -68,6 +70,7 @@ async fn handle(
         model: model.to_owned(),
         label: String::new(),
         settled: false,
+        headers: HeaderMap::new(),
     };
 
     let limit = state.gateway.max_request_bytes;
@@ -99,6 +102,7 @@ async fn handle(
         model: String::new(),
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
+        headers: HeaderMap::new(),
     };
     match wire.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => {}
