@@ -14,6 +14,8 @@ use crate::money;
 
 /// The currency prices are shown in when `CURRENCY` is not set.
 pub const DEFAULT_CURRENCY: &str = "USD";
+/// The smallest output cap sent when a client that named none is given what its funds cover.
+pub const DEFAULT_MIN_AFFORDABLE_OUTPUT_TOKENS: i64 = 256;
 
 /// A secret value whose `Debug` and `Display` print nothing.
 #[derive(Clone, PartialEq, Eq)]
@@ -156,6 +158,15 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `MAX_CHOICES`: the largest `n` (choices per request) accepted; more is a 400.
     pub max_choices: u32,
+    /// `MIN_AFFORDABLE_OUTPUT_TOKENS`: a client that names no output cap and cannot afford the
+    /// model's is sent the largest cap its funds cover when it is at least this; 402 below.
+    pub min_affordable_output_tokens: i64,
+    /// `DEFAULT_USER_RPM`: requests per minute of a user whose own limit is unset (unset or 0:
+    /// none). Global across instances with Redis, per instance without.
+    pub default_user_rpm: Option<i64>,
+    /// `DEFAULT_USER_TPM`: tokens per minute (worst case at admission, corrected at settlement)
+    /// of a user whose own limit is unset (unset or 0: none).
+    pub default_user_tpm: Option<i64>,
     /// `IDLE_CONNECTION_TIMEOUT_MS`: a client connection with no request in progress for this
     /// long is closed (HTTP/1 keep-alive, HTTP/2, and connections that never send a request).
     pub idle_connection_timeout: Duration,
@@ -347,6 +358,19 @@ impl Config {
         if max_choices == 0 || max_choices > 128 {
             return Err(invalid("MAX_CHOICES", "must be between 1 and 128"));
         }
+        let min_affordable_output_tokens: i64 =
+            parse(&get, "MIN_AFFORDABLE_OUTPUT_TOKENS", DEFAULT_MIN_AFFORDABLE_OUTPUT_TOKENS)?;
+        if min_affordable_output_tokens < 1 {
+            return Err(invalid("MIN_AFFORDABLE_OUTPUT_TOKENS", "must be at least 1"));
+        }
+        let default_user_rpm: i64 = parse(&get, "DEFAULT_USER_RPM", 0)?;
+        let default_user_tpm: i64 = parse(&get, "DEFAULT_USER_TPM", 0)?;
+        if default_user_rpm < 0 {
+            return Err(invalid("DEFAULT_USER_RPM", "must be 0 (no limit) or more"));
+        }
+        if default_user_tpm < 0 {
+            return Err(invalid("DEFAULT_USER_TPM", "must be 0 (no limit) or more"));
+        }
         let max_connections: usize = parse(&get, "MAX_CONNECTIONS", 10_000)?;
         if max_connections < 16 {
             return Err(invalid("MAX_CONNECTIONS", "must be at least 16"));
@@ -410,6 +434,9 @@ impl Config {
             body_read_timeout: ms("BODY_READ_TIMEOUT_MS", 30_000)?,
             trusted_proxies,
             max_choices,
+            min_affordable_output_tokens,
+            default_user_rpm: (default_user_rpm > 0).then_some(default_user_rpm),
+            default_user_tpm: (default_user_tpm > 0).then_some(default_user_tpm),
             idle_connection_timeout: ms("IDLE_CONNECTION_TIMEOUT_MS", 60_000)?,
             http2_keepalive: Duration::from_secs(http2_keepalive_secs),
             max_connections,

@@ -30,6 +30,14 @@ pub enum Error {
     /// The user cannot cover the worst case of the request.
     #[error("insufficient balance: this request needs up to {needed} and {available} is available")]
     InsufficientBalance { needed: String, available: String },
+    /// The key's spend cap would be passed by the worst case of the request.
+    #[error(
+        "this key's spend limit of {limit} ({period}) would be exceeded: this request needs up to {needed} and {left} is left"
+    )]
+    KeyBudgetExceeded { needed: String, limit: String, left: String, period: &'static str },
+    /// The key may not use this model (OpenAI-style `model_not_allowed`).
+    #[error("{0}")]
+    ModelNotAllowed(String),
     /// A deduction larger than the balance (micro-units): refused, nothing changed.
     #[error(
         "the balance is {}; a change of {} would take it below zero",
@@ -68,6 +76,8 @@ impl Error {
             Self::Conflict(_) => "request.conflict",
             Self::Gone(_) => "request.gone",
             Self::InsufficientBalance { .. } => "billing.insufficient_balance",
+            Self::KeyBudgetExceeded { .. } => "billing.key_budget_exceeded",
+            Self::ModelNotAllowed(_) => "model.not_allowed",
             Self::BalanceTooLow { .. } => "billing.balance_too_low",
             Self::PayloadTooLarge(_) => "request.too_large",
             Self::RequestTimeout(_) => "request.timeout",
@@ -89,7 +99,8 @@ impl Error {
             Self::NotFound(_) | Self::ModelNotFound(_) => 404,
             Self::Conflict(_) | Self::BalanceTooLow { .. } => 409,
             Self::Gone(_) => 410,
-            Self::InsufficientBalance { .. } => 402,
+            Self::InsufficientBalance { .. } | Self::KeyBudgetExceeded { .. } => 402,
+            Self::ModelNotAllowed(_) => 403,
             Self::PayloadTooLarge(_) => 413,
             Self::RequestTimeout(_) => 408,
             Self::RateLimited { .. } => 429,
@@ -118,7 +129,8 @@ impl Error {
             Self::Forbidden(_) => "permission_error",
             Self::NotFound(_) => "not_found_error",
             Self::Conflict(_) | Self::BalanceTooLow { .. } => "conflict_error",
-            Self::InsufficientBalance { .. } => "insufficient_quota",
+            Self::InsufficientBalance { .. } | Self::KeyBudgetExceeded { .. } => "insufficient_quota",
+            Self::ModelNotAllowed(_) => "permission_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::Upstream { status, .. } => {
                 if *status < 500 {
@@ -136,6 +148,8 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::ModelNotFound(_) => "model_not_found",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::KeyBudgetExceeded { .. } => "key_budget_exceeded",
             other => other.label(),
         }
     }
@@ -166,6 +180,11 @@ impl Error {
         if let Self::BalanceTooLow { balance, .. } = self {
             // The caller needs the current balance to correct by at most that much.
             body["error"]["balance"] = json!(crate::money::format_amount(*balance));
+        }
+        if let Self::KeyBudgetExceeded { limit, left, period, .. } = self {
+            body["error"]["limit"] = json!(limit);
+            body["error"]["remaining"] = json!(left);
+            body["error"]["period"] = json!(period);
         }
         body
     }

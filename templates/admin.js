@@ -198,6 +198,7 @@ function users() {
 function userDetail() {
   const id = document.getElementById('user-detail').dataset.userId;
   let user = null;
+  const keysById = new Map();
   const load = async () => {
     user = await api('GET', `/api/admin/users/${id}`);
     document.getElementById('u-email').textContent = user.email + (user.name ? ` (${user.name})` : '');
@@ -216,12 +217,27 @@ function userDetail() {
       return tr;
     });
     document.querySelector('#u-subscriptions tbody').replaceChildren(...(subs.length ? subs : [emptyRow('u-subscriptions', 4)]));
+    const limit = (v) => (v == null ? '' : String(v));
+    document.getElementById('l-rpm').value = limit(user.limits.rpm);
+    document.getElementById('l-tpm').value = limit(user.limits.tpm);
+    document.getElementById('l-concurrent').value = limit(user.limits.maxConcurrent);
     const keyRows = user.apiKeys.map((k) => {
       const masked = document.createElement('code');
       masked.textContent = `${k.prefix}…${k.last4 || ''}`;
       const state = k.revokedAt ? badge(false, '', T('admin.user.revoked')) : badge(!k.disabled, T('keys.active'), T('keys.disabled'));
-      const tr = row([k.name, masked, timeElement(k.createdAt, 'datetime'), timeElement(k.lastUsedAt, 'relative'), state,
-        k.revokedAt ? cell('') : actions(button(T('keys.revoke'), 'danger small', { revoke: k.id, name: k.name }))]);
+      const name = document.createElement('span');
+      name.textContent = k.name;
+      const summary = keySettingsSummary(k.settings);
+      if (summary) {
+        const small = document.createElement('div');
+        small.className = 'muted key-summary';
+        small.textContent = summary;
+        name.appendChild(small);
+      }
+      keysById.set(String(k.id), k);
+      const tr = row([name, masked, timeElement(k.createdAt, 'datetime'), timeElement(k.lastUsedAt, 'relative'), state,
+        k.revokedAt ? cell('') : actions(button(T('keys.settings'), 'secondary small', { settings: k.id }),
+          button(T('keys.revoke'), 'danger small', { revoke: k.id, name: k.name }))]);
       return tr;
     });
     document.querySelector('#u-keys tbody').replaceChildren(...(keyRows.length ? keyRows : [emptyRow('u-keys', 6)]));
@@ -283,9 +299,18 @@ function userDetail() {
       document.getElementById('grant-form').reset();
     });
   });
+  document.getElementById('limits-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const value = (id) => { const v = document.getElementById(id).value.trim(); return v === '' ? null : Number(v); };
+    const body = { rpm: value('l-rpm'), tpm: value('l-tpm'), maxConcurrent: value('l-concurrent') };
+    run(() => api('PATCH', `/api/admin/users/${id}`, body));
+  });
   document.getElementById('user-detail').addEventListener('click', (event) => {
     const b = event.target.closest('button');
     if (!b) return;
+    if (b.dataset.settings) {
+      openKeySettings(keysById.get(b.dataset.settings), `/api/admin/keys/${b.dataset.settings}`, () => run(async () => {}));
+    }
     if (b.dataset.revoke) {
       confirmThen(T('keys.revoke_confirm', { name: b.dataset.name }), () => run(() => api('DELETE', `/api/admin/keys/${b.dataset.revoke}`)));
     }

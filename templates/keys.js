@@ -1,12 +1,22 @@
-// /dashboard/keys: list, create (shown once), rename, disable/enable and revoke, without reloads.
+// /dashboard/keys: list, create (shown once), rename, settings, disable/enable and revoke,
+// without reloads.
 const tbody = document.querySelector('#keys tbody');
 let pendingRevoke = null;
+const keysById = new Map();
 
 function keyRow(k) {
+  keysById.set(String(k.id), k);
   const row = document.createElement('tr');
   row.dataset.keyId = k.id;
   const name = cell(k.name);
   name.className = 'key-name';
+  const summary = keySettingsSummary(k.settings);
+  if (summary) {
+    const small = document.createElement('div');
+    small.className = 'muted key-summary';
+    small.textContent = summary;
+    name.appendChild(small);
+  }
   row.appendChild(name);
   const masked = document.createElement('code');
   masked.textContent = k.prefix + '…' + k.last4;
@@ -21,6 +31,7 @@ function keyRow(k) {
   actions.className = 'actions';
   actions.append(
     button(T('keys.rename'), 'secondary small', { rename: k.id }),
+    button(T('keys.settings'), 'secondary small', { settings: k.id }),
     button(k.disabled ? T('keys.enable') : T('keys.disable'), 'secondary small', { toggle: k.id, disabled: k.disabled ? '1' : '' }),
     button(T('keys.revoke'), 'danger small', { revoke: k.id, name: k.name }),
   );
@@ -44,7 +55,8 @@ async function load() {
 
 function startRename(row, id) {
   const nameCell = row.querySelector('.key-name');
-  const old = nameCell.textContent;
+  const old = keysById.get(String(id)).name;
+  const restore = () => { row.replaceWith(keyRow(keysById.get(String(id)))); };
   const form = document.createElement('form');
   form.className = 'row rename-form';
   const input = document.createElement('input');
@@ -55,7 +67,7 @@ function startRename(row, id) {
   const save = button(T('common.save'), 'small');
   save.type = 'submit';
   const cancel = button(T('common.cancel'), 'secondary small');
-  cancel.addEventListener('click', () => { nameCell.textContent = old; });
+  cancel.addEventListener('click', restore);
   form.append(input, save, cancel);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -77,6 +89,13 @@ tbody.addEventListener('click', async (event) => {
   if (!target) return;
   const row = target.closest('tr');
   if (target.dataset.rename) { startRename(row, target.dataset.rename); return; }
+  if (target.dataset.settings) {
+    openKeySettings(keysById.get(target.dataset.settings), '/api/internal/keys/' + target.dataset.settings, (k) => {
+      row.replaceWith(keyRow(k));
+      showError('key-error', '');
+    });
+    return;
+  }
   if (target.dataset.toggle) {
     try {
       const k = await api('PATCH', '/api/internal/keys/' + target.dataset.toggle, { disabled: !target.dataset.disabled });

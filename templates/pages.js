@@ -176,3 +176,77 @@ function lineChart(box, points, left, right) {
 }
 
 renderTimes(document);
+
+// The key settings dialog (templates/key_settings.html), shared by the dashboard and the back
+// office: fills it from a key's `settings`, and PATCHes only what changed to `path` (an
+// empty field clears its control). `onSaved` gets the updated key.
+function openKeySettings(key, path, onSaved) {
+  const dialog = document.getElementById('key-settings');
+  const s = key.settings || {};
+  const field = (id) => document.getElementById(id);
+  const list = (v) => (v || []).join(', ');
+  const localInput = (iso) => {
+    if (!iso) return '';
+    const d = new Date(iso);
+    const pad = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  };
+  const initial = {
+    models: list(s.allowedModels), limit: s.spendLimit || '', period: s.spendLimitPeriod || 'total',
+    expires: localInput(s.expiresAt), ips: list(s.allowedIps), rpm: s.rpm == null ? '' : String(s.rpm),
+    tpm: s.tpm == null ? '' : String(s.tpm),
+  };
+  field('ks-name').textContent = key.name;
+  field('ks-models').value = initial.models;
+  field('ks-limit').value = initial.limit;
+  field('ks-period').value = initial.period;
+  field('ks-expires').value = initial.expires;
+  field('ks-ips').value = initial.ips;
+  field('ks-rpm').value = initial.rpm;
+  field('ks-tpm').value = initial.tpm;
+  showError('ks-error', '');
+  const split = (v) => { const items = v.split(/[\s,]+/).filter(Boolean); return items.length ? items : null; };
+  const int = (v) => (v.trim() === '' ? null : Number(v));
+  const form = field('ks-form');
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const now = {
+      models: field('ks-models').value.trim(), limit: field('ks-limit').value.trim(), period: field('ks-period').value,
+      expires: field('ks-expires').value, ips: field('ks-ips').value.trim(), rpm: field('ks-rpm').value.trim(),
+      tpm: field('ks-tpm').value.trim(),
+    };
+    const body = {};
+    if (now.models !== initial.models) body.allowedModels = split(now.models);
+    if (now.limit !== initial.limit || (now.limit && now.period !== initial.period)) {
+      body.spendLimit = now.limit || null;
+      if (now.limit) body.spendLimitPeriod = now.period;
+    }
+    if (now.expires !== initial.expires) body.expiresAt = now.expires ? new Date(now.expires).toISOString() : null;
+    if (now.ips !== initial.ips) body.allowedIps = split(now.ips);
+    if (now.rpm !== initial.rpm) body.rpm = int(now.rpm);
+    if (now.tpm !== initial.tpm) body.tpm = int(now.tpm);
+    if (Object.keys(body).length === 0) { dialog.close(); return; }
+    try {
+      const updated = await api('PATCH', path, body);
+      dialog.close();
+      onSaved(updated);
+    } catch (e) {
+      showError('ks-error', e.message);
+    }
+  };
+  field('ks-cancel').onclick = () => dialog.close();
+  dialog.showModal();
+}
+
+// A one-line summary of a key's controls, for its row ('' when it has none).
+function keySettingsSummary(settings) {
+  const s = settings || {};
+  const parts = [];
+  if (s.allowedModels) parts.push(T('keys.settings.summary_models', { n: s.allowedModels.length }));
+  if (s.spendLimit) parts.push(T('keys.settings.limit_per.' + s.spendLimitPeriod, { amount: s.spendLimit }));
+  if (s.expiresAt) parts.push(T('keys.settings.summary_expires', { date: new Date(s.expiresAt).toLocaleDateString() }));
+  if (s.allowedIps) parts.push(T('keys.settings.summary_ips', { n: s.allowedIps.length }));
+  if (s.rpm) parts.push(T('keys.settings.summary_rpm', { n: s.rpm }));
+  if (s.tpm) parts.push(T('keys.settings.summary_tpm', { n: s.tpm }));
+  return parts.join(' · ');
+}

@@ -226,3 +226,73 @@ pub async fn promote_if_listed(db: &Db, user: users::Model, admin_emails: &[Stri
     tracing::info!(user.id = promoted.id, "made an admin by ADMIN_EMAILS");
     Ok(promoted)
 }
+
+/// A user's own rate and concurrency limits to change: `None` leaves one as it is,
+/// `Some(None)` returns it to the instance default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+    pub max_concurrent: Option<Option<i64>>,
+}
+
+/// The most concurrent requests a user may be allowed.
+pub const MAX_CONCURRENT_LIMIT: i64 = 10_000;
+
+/// A user's limits as the admin API shows them (`null`: the instance default).
+pub fn limits_json(user: &users::Model) -> serde_json::Value {
+    json!({ "rpm": user.rpm, "tpm": user.tpm, "maxConcurrent": user.max_concurrent })
+}
+
+/// Sets a user's own limits, audited (`user.limits`); their keys' cached identities, which carry
+/// them to the gateway, are dropped, so the change holds at once here and within the key
+/// cache's lifetime elsewhere. Values out of range are a `BadRequest` and change nothing.
+pub async fn set_limits(
+    db: &Db,
+    cache: &Cache,
+    user_id: i64,
+    change: LimitsChange,
+    actor: &audit::Actor,
+) -> Result<users::Model> {
+    let check = |name: &str, v: Option<Option<i64>>, max: i64| match v {
+        Some(Some(n)) if !(1..=max).contains(&n) => {
+            Err(Error::BadRequest(format!("`{name}` must be an integer from 1 to {max}, or null for the default")))
+        }
+        _ => Ok(()),
+    };
+    check("rpm", change.rpm, crate::keys::MAX_RATE)?;
+    check("tpm", change.tpm, crate::keys::MAX_RATE)?;
+    check("maxConcurrent", change.max_concurrent, MAX_CONCURRENT_LIMIT)?;
+    let txn = db.begin().await?;
+    let user = require(&txn, user_id).await?;
+    let updated = users::Model {
+        rpm: change.rpm.unwrap_or(user.rpm),
+        tpm: change.tpm.unwrap_or(user.tpm),
+        max_concurrent: change.max_concurrent.unwrap_or(user.max_concurrent),
+        ..user.clone()
+    };
+    users::Entity::update_many()
+        .col_expr(users::Column::Rpm, Expr::value(updated.rpm))
+        .col_expr(users::Column::Tpm, Expr::value(updated.tpm))
+        .col_expr(users::Column::MaxConcurrent, Expr::value(updated.max_concurrent))
+        .col_expr(users::Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(users::Column::Id.eq(user.id))
+        .exec(&txn)
+        .await?;
+    audit::record_from(
+        &txn,
+        audit::Entry {
+            actor_user_id: actor.user_id,
+            action: "user.limits",
+            target_type: "user",
+            target_id: user.id.to_string(),
+            before: Some(limits_json(&user)),
+            after: Some(limits_json(&updated)),
+        },
+        actor.ip.as_deref(),
+    )
+    .await?;
+    txn.commit().await?;
+    crate::gateway::auth::forget_user_keys(db, cache, user.id).await?;
+    Ok(updated)
+}

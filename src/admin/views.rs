@@ -37,6 +37,7 @@ pub fn key_json(k: &api_keys::Model) -> Value {
         "revokedAt": k.revoked_at.map(rfc3339),
         "lastUsedAt": k.last_used_at.map(rfc3339),
         "createdAt": rfc3339(k.created_at),
+        "settings": crate::keys::settings_json(k),
     })
 }
 

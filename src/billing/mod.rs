@@ -15,6 +15,7 @@
 //! Money is integer micro-units; prices are micro-units per 1M tokens.
 
 pub mod balance;
+pub mod key_spend;
 pub mod ledger;
 pub mod reconcile;
 pub mod reservations;

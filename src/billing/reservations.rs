@@ -7,6 +7,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use super::key_spend::{self, KeyCap};
 use super::{balance, ledger};
 use crate::clock::{day_of, now_ms};
 use crate::db::Db;
@@ -19,14 +20,14 @@ pub const SETTLED: &str = "settled";
 pub const VOIDED: &str = "voided";
 
 /// A model's prices, micro-units per 1M tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Prices {
     pub input: i64,
     pub output: i64,
 }
 
 /// What a request may cost at most.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ReserveRequest<'a> {
     pub request_id: &'a str,
     pub user_id: i64,
@@ -37,6 +38,20 @@ pub struct ReserveRequest<'a> {
     /// The output cap (clamped to the model's limit by the caller).
     pub max_completion_tokens: i64,
     pub prices: Prices,
+    /// The key's spend cap, when it has one: enforced in the same transaction.
+    pub key_cap: Option<KeyCap>,
+    /// Set when the client named no output cap: a request that cannot afford
+    /// `max_completion_tokens` is reserved with the largest cap its funds cover instead.
+    pub affordable: Option<Affordable>,
+}
+
+/// How the output cap of a client that named none may be lowered to what its funds cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Affordable {
+    /// Choices (`n`): the output reserved is the per-choice cap times this.
+    pub choices: i64,
+    /// The smallest per-choice cap worth sending; below it the request is refused.
+    pub min_per_choice: i64,
 }
 
 /// A pending pre-charge.
@@ -52,6 +67,10 @@ pub struct Reservation {
     pub tokens: i64,
     /// `(subscription id, tokens)` in the order they were taken.
     pub sources: Vec<(i64, i64)>,
+    /// The key-spend period `amount` was also counted in (a key with a spend cap).
+    pub key_period: Option<String>,
+    /// The per-choice output cap, when the reservation lowered it to what the funds cover.
+    pub lowered_cap: Option<i64>,
 }
 
 /// What a request is charged: subscription tokens consumed and money.
@@ -94,13 +113,21 @@ pub async fn reserve(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
         prompt_tokens: req.prompt_tokens,
         max_completion_tokens: req.max_completion_tokens,
         prices: req.prices,
+        key_cap: req.key_cap,
+        affordable: req.affordable,
     };
     let outcome = db.write(move |txn| Box::pin(reserve_in(txn, owned.clone()))).await?;
     match outcome {
         Reserved::Taken(r) => Ok(r),
-        Reserved::Refused { needed, available } => {
+        Reserved::Refused(Refusal::Balance { needed, available }) => {
             Err(Error::InsufficientBalance { needed: format_amount(needed), available: format_amount(available) })
         }
+        Reserved::Refused(Refusal::KeyCap { needed, limit, left, period }) => Err(Error::KeyBudgetExceeded {
+            needed: format_amount(needed),
+            limit: format_amount(limit),
+            left: format_amount(left),
+            period: period.as_str(),
+        }),
     }
 }
 
@@ -113,20 +140,101 @@ struct OwnedRequest {
     prompt_tokens: i64,
     max_completion_tokens: i64,
     prices: Prices,
+    key_cap: Option<KeyCap>,
+    affordable: Option<Affordable>,
 }
 
 enum Reserved {
     Taken(Reservation),
-    /// Not enough money: everything taken was put back.
-    Refused {
-        needed: i64,
-        available: i64,
-    },
+    /// Not covered: everything taken was put back.
+    Refused(Refusal),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// Not enough money.
+    Balance { needed: i64, available: i64 },
+    /// The key's spend cap would be passed.
+    KeyCap { needed: i64, limit: i64, left: i64, period: key_spend::Period },
 }
 
 async fn reserve_in(txn: &DatabaseTransaction, req: OwnedRequest) -> Result<Reserved> {
-    let worst_tokens = max(req.prompt_tokens, 0).saturating_add(max(req.max_completion_tokens, 0));
     let now = now_ms();
+    let key_period = req.key_cap.map(|cap| cap.period.key(now));
+    if let (Some(cap), Some(period)) = (&req.key_cap, &key_period) {
+        key_spend::ensure_row(txn, cap, period, now).await?;
+    }
+    let refusal = match take(txn, &req, req.max_completion_tokens, key_period.as_deref(), now).await? {
+        Reserved::Refused(refusal) => refusal,
+        taken => return Ok(taken),
+    };
+    let Some(affordable) = req.affordable else { return Ok(Reserved::Refused(refusal)) };
+    // The client named no cap: reserve the largest one the funds cover, as they stand in this
+    // transaction. A concurrent reservation may take them between the reading and the taking;
+    // then the request is refused as it would have been without lowering.
+    let Some(per_choice) = affordable_cap(txn, &req, affordable, key_period.as_deref(), now).await? else {
+        return Ok(Reserved::Refused(refusal));
+    };
+    match take(txn, &req, per_choice.saturating_mul(affordable.choices), key_period.as_deref(), now).await? {
+        Reserved::Taken(r) => Ok(Reserved::Taken(Reservation { lowered_cap: Some(per_choice), ..r })),
+        Reserved::Refused(_) => Ok(Reserved::Refused(refusal)),
+    }
+}
+
+/// The largest per-choice output cap, at least `min_per_choice` and below the one asked for,
+/// whose worst case the user's subscription tokens, balance and key cap cover now.
+async fn affordable_cap(
+    txn: &DatabaseTransaction,
+    req: &OwnedRequest,
+    affordable: Affordable,
+    key_period: Option<&str>,
+    now: i64,
+) -> Result<Option<i64>> {
+    let choices = max(affordable.choices, 1);
+    let full = req.max_completion_tokens / choices;
+    let min_cap = max(affordable.min_per_choice, 1);
+    if full <= min_cap {
+        return Ok(None);
+    }
+    let tokens: i64 = subscriptions::Entity::find()
+        .filter(subscriptions::Column::UserId.eq(req.user_id))
+        .filter(subscriptions::Column::ExpiresAt.gt(now))
+        .filter(subscriptions::Column::TokensRemaining.gt(0))
+        .all(txn)
+        .await?
+        .iter()
+        .fold(0i64, |sum, s| sum.saturating_add(s.tokens_remaining));
+    let mut money = balance::amount(txn, req.user_id).await?;
+    if let (Some(cap), Some(period)) = (&req.key_cap, key_period) {
+        let left = cap.limit.saturating_sub(key_spend::spent(txn, cap.key_id, period).await?);
+        money = min(money, left);
+    }
+    let covers = |per_choice: i64| {
+        charge_for(tokens, i64::MAX, req.prompt_tokens, per_choice.saturating_mul(choices), req.prices).amount <= money
+    };
+    if !covers(min_cap) {
+        return Ok(None);
+    }
+    // The cost grows with the cap: the largest covered cap in [min_cap, full) by bisection.
+    let (mut lo, mut hi) = (min_cap, full - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo + 1) / 2;
+        if covers(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    Ok(Some(lo))
+}
+
+/// Takes the worst case of `req` with `output` tokens reserved for the answer: subscription
+/// tokens, then the balance, then the key's cap. Refused: everything taken is put back, so the
+/// transaction stays whole for whoever commits it.
+async fn take(
+    txn: &DatabaseTransaction,
+    req: &OwnedRequest,
+    output: i64,
+    key_period: Option<&str>,
+    now: i64,
+) -> Result<Reserved> {
+    let worst_tokens = max(req.prompt_tokens, 0).saturating_add(max(output, 0));
     let subs = subscriptions::Entity::find()
         .filter(subscriptions::Column::UserId.eq(req.user_id))
         .filter(subscriptions::Column::ExpiresAt.gt(now))
@@ -161,21 +269,21 @@ async fn reserve_in(txn: &DatabaseTransaction, req: OwnedRequest) -> Result<Rese
         }
     }
 
-    let amount = charge_for(taken, i64::MAX, req.prompt_tokens, req.max_completion_tokens, req.prices).amount;
+    let amount = charge_for(taken, i64::MAX, req.prompt_tokens, output, req.prices).amount;
     if amount > 0 && !balance::debit_if_covered(txn, req.user_id, amount).await? {
-        // Put back what was taken, so the transaction stays whole for whoever commits it.
-        for (sub_id, tokens) in &sources {
-            subscriptions::Entity::update_many()
-                .col_expr(
-                    subscriptions::Column::TokensRemaining,
-                    Expr::col(subscriptions::Column::TokensRemaining).add(*tokens),
-                )
-                .filter(subscriptions::Column::Id.eq(*sub_id))
-                .exec(txn)
-                .await?;
-        }
+        put_back_tokens(txn, &sources).await?;
         let available = balance::amount(txn, req.user_id).await?;
-        return Ok(Reserved::Refused { needed: amount, available });
+        return Ok(Reserved::Refused(Refusal::Balance { needed: amount, available }));
+    }
+    if let (Some(cap), Some(period)) = (&req.key_cap, key_period)
+        && !key_spend::take_if_within(txn, cap, period, amount, now).await?
+    {
+        if amount > 0 {
+            balance::credit(txn, req.user_id, amount).await?;
+        }
+        put_back_tokens(txn, &sources).await?;
+        let left = max(cap.limit.saturating_sub(key_spend::spent(txn, cap.key_id, period).await?), 0);
+        return Ok(Reserved::Refused(Refusal::KeyCap { needed: amount, limit: cap.limit, left, period: cap.period }));
     }
 
     let row = reservations::ActiveModel {
@@ -192,19 +300,37 @@ async fn reserve_in(txn: &DatabaseTransaction, req: OwnedRequest) -> Result<Rese
         created_at: Set(now),
         updated_at: Set(now),
         resolved_at: Set(None),
+        key_period: Set(key_period.map(str::to_owned)),
         ..Default::default()
     };
     // `exec` returns only the new id: no read-back of the row it just wrote.
     let id = reservations::Entity::insert(row).exec(txn).await?.last_insert_id;
     Ok(Reserved::Taken(Reservation {
         id,
-        request_id: req.request_id,
+        request_id: req.request_id.clone(),
         user_id: req.user_id,
         key_id: req.key_id,
         amount,
         tokens: taken,
         sources,
+        key_period: key_period.map(str::to_owned),
+        lowered_cap: None,
     }))
+}
+
+/// Returns subscription tokens a refused reservation took.
+async fn put_back_tokens(txn: &DatabaseTransaction, sources: &[(i64, i64)]) -> Result<()> {
+    for (sub_id, tokens) in sources {
+        subscriptions::Entity::update_many()
+            .col_expr(
+                subscriptions::Column::TokensRemaining,
+                Expr::col(subscriptions::Column::TokensRemaining).add(*tokens),
+            )
+            .filter(subscriptions::Column::Id.eq(*sub_id))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// How a reservation ends.
@@ -272,6 +398,8 @@ pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Resu
                     amount: res.amount,
                     tokens: res.tokens,
                     sources,
+                    key_period: res.key_period,
+                    lowered_cap: None,
                 };
                 resolve_in(txn, &known, &resolution).await
             })
@@ -331,6 +459,10 @@ async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &R
         charge.excess = balance::debit_up_to(txn, res.user_id, beyond).await?;
         charge.shortfall = beyond - charge.excess;
         charge.amount = covered + charge.excess;
+    }
+    // The key's spending follows the charge: corrected down to it, or released on void.
+    if let (Some(key_id), Some(period)) = (res.key_id, &res.key_period) {
+        key_spend::adjust(txn, key_id, period, charge.amount - res.amount, now).await?;
     }
     let guard = reservations::Entity::update_many()
         .col_expr(reservations::Column::State, Expr::value(state))

@@ -1,12 +1,19 @@
-//! API-key authentication: cache (`key_cache:{hash}`, 5 s) → revoked set → database.
+//! API-key authentication: cache (`key_cache:{hash}`, 5 s) → revoked set → database. The
+//! cached entry carries the key's own controls (`KeyRules`), which admission applies.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
 use reqwest::header::AUTHORIZATION;
 use reqwest::header::HeaderMap;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use tokio_util::task::TaskTracker;
 
+use crate::billing::key_spend::{KeyCap, Period};
 use crate::cache::{self, Cache};
+use crate::clock::{now_ms, rfc3339};
 use crate::db::Db;
 use crate::db::entities::{api_keys, users};
 use crate::error::{Error, Result};
@@ -19,6 +26,136 @@ pub struct ApiKey {
     pub user_id: i64,
 }
 
+/// A key's own controls; `None` everywhere is a key without any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRules {
+    /// The catalogue names this key may use.
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
+    /// Micro-units per `spend_period`.
+    #[serde(default)]
+    pub spend_limit: Option<i64>,
+    #[serde(default)]
+    pub spend_period: Option<Period>,
+    /// Unix ms from which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// CIDRs (a bare address is its /32 or /128).
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub rpm: Option<i64>,
+    #[serde(default)]
+    pub tpm: Option<i64>,
+    /// The owner's own limits (`None`: the instance defaults).
+    #[serde(default)]
+    pub user_rpm: Option<i64>,
+    #[serde(default)]
+    pub user_tpm: Option<i64>,
+    #[serde(default)]
+    pub user_max_concurrent: Option<i64>,
+}
+
+impl KeyRules {
+    /// The controls stored on a key row. Lists that do not parse count as empty (nothing
+    /// allowed): the service functions only store valid ones.
+    pub fn of(row: &api_keys::Model, user: &users::Model) -> Self {
+        let list =
+            |raw: &Option<String>| raw.as_deref().map(|j| serde_json::from_str::<Vec<String>>(j).unwrap_or_default());
+        Self {
+            allowed_models: list(&row.allowed_models),
+            spend_limit: row.spend_limit,
+            spend_period: row.spend_limit.and(row.spend_limit_period.as_deref().and_then(Period::parse)),
+            expires_at: row.expires_at,
+            allowed_ips: list(&row.allowed_ips),
+            rpm: row.rpm,
+            tpm: row.tpm,
+            user_rpm: user.rpm,
+            user_tpm: user.tpm,
+            user_max_concurrent: user.max_concurrent,
+        }
+    }
+
+    /// Whether the key may use the catalogue model `name`.
+    pub fn allows_model(&self, name: &str) -> bool {
+        self.allowed_models.as_ref().is_none_or(|list| list.iter().any(|m| m == name))
+    }
+
+    /// Whether the key may be used from `ip`.
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        let Some(list) = &self.allowed_ips else { return true };
+        // An IPv4 client seen through an IPv6 socket is compared as IPv4.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        list.iter().filter_map(|c| parse_cidr(c)).any(|net| net.contains(&ip))
+    }
+
+    /// The rate limits a request with this key is counted against: the key's own, and its
+    /// owner's (theirs, or the instance defaults).
+    pub fn rate_limits(
+        &self,
+        key: ApiKey,
+        default_rpm: Option<i64>,
+        default_tpm: Option<i64>,
+    ) -> Vec<super::rates::Limit> {
+        let mut limits = Vec::with_capacity(2);
+        if self.rpm.is_some() || self.tpm.is_some() {
+            limits.push(super::rates::Limit {
+                scope: format!("key:{}", key.key_id),
+                requests: self.rpm,
+                tokens: self.tpm,
+            });
+        }
+        let (rpm, tpm) = (self.user_rpm.or(default_rpm), self.user_tpm.or(default_tpm));
+        if rpm.is_some() || tpm.is_some() {
+            limits.push(super::rates::Limit { scope: format!("user:{}", key.user_id), requests: rpm, tokens: tpm });
+        }
+        limits
+    }
+
+    /// The spend cap the reservation enforces, if any.
+    pub fn key_cap(&self, key: ApiKey) -> Option<KeyCap> {
+        Some(KeyCap {
+            key_id: key.key_id,
+            user_id: key.user_id,
+            limit: self.spend_limit?,
+            period: self.spend_period.unwrap_or(Period::Total),
+        })
+    }
+}
+
+/// A CIDR or a bare address (as its single-address network).
+pub fn parse_cidr(raw: &str) -> Option<IpNet> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>().ok().or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A key that was accepted, with its controls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    pub key: ApiKey,
+    pub rules: Arc<KeyRules>,
+}
+
+/// What `key_cache:{hash}` holds.
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    key_id: i64,
+    user_id: i64,
+    #[serde(default)]
+    rules: KeyRules,
+}
+
+/// The answer for a key past its expiry.
+fn expired(at: i64) -> Error {
+    Error::Unauthorized(format!(
+        "This API key expired at {}. Create a new key or extend this one's expiry in the dashboard.",
+        rfc3339(at)
+    ))
+}
+
 /// The one answer for unknown, revoked, disabled and malformed keys alike.
 pub fn invalid_key() -> Error {
     Error::Unauthorized("Incorrect API key provided. You can find your API keys in the dashboard.".into())
@@ -26,7 +163,18 @@ pub fn invalid_key() -> Error {
 
 /// The key presented as `Authorization: Bearer sk-…`. A database lookup (at most once per key
 /// per cache lifetime) also records the key as used, on `tasks`, off the request path.
-pub async fn authenticate(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderMap) -> Result<ApiKey> {
+/// A key past its `expires_at` is refused with a message saying so.
+pub async fn authenticate(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderMap) -> Result<Authorized> {
+    let found = identify(db, cache, tasks, headers).await?;
+    if let Some(at) = found.rules.expires_at
+        && at <= now_ms()
+    {
+        return Err(expired(at));
+    }
+    Ok(found)
+}
+
+async fn identify(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderMap) -> Result<Authorized> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(Error::Unauthorized(
             "You didn't provide an API key. Send it as `Authorization: Bearer sk-...`.".into(),
@@ -46,20 +194,21 @@ pub async fn authenticate(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: 
     let hash = keys::hash(token);
     let cache_key = cache::key_cache(&hash);
     if let Some(hit) = cache.get(&cache_key).await
-        && let Ok(key) = serde_json::from_str::<ApiKey>(&hit)
+        && let Ok(c) = serde_json::from_str::<Cached>(&hit)
     {
-        return Ok(key);
+        return Ok(Authorized { key: ApiKey { key_id: c.key_id, user_id: c.user_id }, rules: Arc::new(c.rules) });
     }
     if cache.get(&cache::revoked(&hash)).await.is_some() {
         return Err(invalid_key());
     }
-    let key = lookup(db, &hash).await?.ok_or_else(invalid_key)?;
-    if let Ok(v) = serde_json::to_string(&key) {
+    let (key, rules) = lookup(db, &hash).await?.ok_or_else(invalid_key)?;
+    let cached = Cached { key_id: key.key_id, user_id: key.user_id, rules };
+    if let Ok(v) = serde_json::to_string(&cached) {
         cache.set(&cache_key, &v, cache::KEY_TTL).await;
     }
     let db = db.clone();
     tasks.spawn(async move {
-        let now = crate::clock::now_ms();
+        let now = now_ms();
         let res = api_keys::Entity::update_many()
             .col_expr(api_keys::Column::LastUsedAt, sea_orm::sea_query::Expr::value(now))
             .filter(api_keys::Column::Id.eq(key.key_id))
@@ -69,11 +218,11 @@ pub async fn authenticate(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: 
             tracing::debug!(error = %err, "could not record key use");
         }
     });
-    Ok(key)
+    Ok(Authorized { key, rules: Arc::new(cached.rules) })
 }
 
-/// The key with this hash if it is usable: not revoked, not disabled, its user not disabled.
-async fn lookup(db: &Db, hash: &str) -> Result<Option<ApiKey>> {
+/// The key with this hash, and its controls, if it is usable: not revoked, not disabled, its user not disabled.
+async fn lookup(db: &Db, hash: &str) -> Result<Option<(ApiKey, KeyRules)>> {
     let Some(key) = api_keys::Entity::find()
         .filter(api_keys::Column::KeyHash.eq(hash))
         .filter(api_keys::Column::RevokedAt.is_null())
@@ -83,8 +232,8 @@ async fn lookup(db: &Db, hash: &str) -> Result<Option<ApiKey>> {
     else {
         return Ok(None);
     };
-    let user_ok = users::Entity::find_by_id(key.user_id).one(&db.read).await?.is_some_and(|u| !u.disabled);
-    Ok(user_ok.then_some(ApiKey { key_id: key.id, user_id: key.user_id }))
+    let user = users::Entity::find_by_id(key.user_id).one(&db.read).await?.filter(|u| !u.disabled);
+    Ok(user.map(|u| (ApiKey { key_id: key.id, user_id: key.user_id }, KeyRules::of(&key, &u))))
 }
 
 /// Drops the cached identity of every key of a user (after disabling them).
@@ -94,4 +243,27 @@ pub async fn forget_user_keys(db: &Db, cache: &Cache, user_id: i64) -> Result<()
         cache.delete(&cache::key_cache(&k.key_hash)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_allowlists_match_cidrs_and_bare_addresses() {
+        let rules = KeyRules {
+            allowed_ips: Some(vec!["10.0.0.0/8".into(), "2001:db8::1".into(), "192.0.2.7".into()]),
+            ..KeyRules::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(rules.allows_ip(ip("10.1.2.3")));
+        assert!(rules.allows_ip(ip("192.0.2.7")));
+        assert!(rules.allows_ip(ip("::ffff:10.9.9.9")));
+        assert!(rules.allows_ip(ip("2001:db8::1")));
+        assert!(!rules.allows_ip(ip("192.0.2.8")));
+        assert!(!rules.allows_ip(ip("2001:db8::2")));
+        assert!(KeyRules::default().allows_ip(ip("203.0.113.1")));
+        let none = KeyRules { allowed_ips: Some(vec![]), ..KeyRules::default() };
+        assert!(!none.allows_ip(ip("127.0.0.1")));
+    }
 }

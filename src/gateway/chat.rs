@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Gateway;
-use super::auth::ApiKey;
+use super::auth::{ApiKey, KeyRules};
 use super::exchange::{Exchange, Head};
 use super::settle::Settler;
 use super::tokens;
+use crate::billing::reservations::Affordable;
 use crate::billing::{ReserveRequest, reserve};
 use crate::cache::Cache;
 use crate::db::Db;
@@ -53,6 +54,16 @@ pub enum Reply {
     Stream(mpsc::Receiver<Bytes>),
 }
 
+/// An admitted request's answer, and headers for the client (`x-tollgate-output-cap` when the
+/// output cap was lowered to what the funds cover).
+pub struct Answer {
+    pub reply: Reply,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+/// The header that tells a client its output cap was lowered to what its funds cover.
+pub const OUTPUT_CAP_HEADER: &str = "x-tollgate-output-cap";
+
 /// An error, and who to log its refusal for (none once the settlement has logged the request).
 pub struct Failure {
     pub error: Error,
@@ -64,6 +75,8 @@ pub struct Failure {
     pub label: String,
     /// The settlement already wrote this request's usage row and log line.
     pub settled: bool,
+    /// Headers for the client (`x-ratelimit-*` on a rate-limit refusal).
+    pub headers: reqwest::header::HeaderMap,
 }
 
 pub fn bad(message: impl Into<String>) -> Error {
@@ -76,10 +89,11 @@ pub fn bad(message: impl Into<String>) -> Error {
 pub async fn complete(
     ctx: &Services<'_>,
     key: ApiKey,
+    rules: &KeyRules,
     request: ChatRequest,
     request_id: &str,
     started: Instant,
-) -> Result<Reply, Failure> {
+) -> Result<Answer, Failure> {
     let ChatRequest { model: model_name, stream, mut body, beta } = request;
     // Until the model is found in the catalogue its name is the client's to choose: refusals
     // are logged without it, so invented names cannot multiply the refusal rows (nor metrics
@@ -90,6 +104,7 @@ pub async fn complete(
         model: String::new(),
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
+        headers: reqwest::header::HeaderMap::new(),
     };
     let model = models::lookup(ctx.db, ctx.cache, &model_name).await.map_err(fail)?;
     // From here on the model is in the catalogue: its name may label metrics.
@@ -99,12 +114,20 @@ pub async fn complete(
         model: model.name.clone(),
         label: model.name.clone(),
         settled: false,
+        headers: reqwest::header::HeaderMap::new(),
     };
+    if !rules.allows_model(&model.name) {
+        return Err(fail(Error::ModelNotAllowed(format!(
+            "this API key is not allowed to use the model `{}`; its owner can change the key's allowed models in the dashboard",
+            model.name
+        ))));
+    }
     let choices = choices(&body, ctx.gateway.max_choices).map_err(fail)?;
     refuse_unpriced(&body).map_err(fail)?;
     let (cap_fields, requested_cap) = output_caps(&body).map_err(fail)?;
 
-    let Some(slot) = ctx.gateway.inflight.try_acquire(key.user_id).await else {
+    let max_concurrent = rules.user_max_concurrent.and_then(|n| u32::try_from(n).ok());
+    let Some(slot) = ctx.gateway.inflight.try_acquire_up_to(key.user_id, max_concurrent).await else {
         observability::rate_limited("concurrency");
         return Err(fail(Error::RateLimited {
             message: "too many concurrent requests for this account; retry shortly".into(),
@@ -124,14 +147,6 @@ pub async fn complete(
         .min(model.max_output_tokens)
         .min(model.context_window - prompt.text);
 
-    // The upstream body: our model name; the reserved cap in the field this model's upstream
-    // honours — and in no other, whatever the client sent — so the upstream cannot produce
-    // more than was reserved; usage requested for streams.
-    body.insert("model".into(), Value::String(model.upstream_model.clone()));
-    for field in cap_fields {
-        body.remove(field);
-    }
-    body.insert(model.cap_field.clone(), Value::from(max_out));
     let mut client_wants_usage = false;
     if stream {
         let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
@@ -141,14 +156,57 @@ pub async fn complete(
         client_wants_usage = options.get("include_usage").and_then(Value::as_bool).unwrap_or(false);
         options["include_usage"] = Value::Bool(true);
     }
-    let upstream_body = Bytes::from(serde_json::to_vec(&body).map_err(|e| fail(Error::Internal(e.into())))?);
 
-    // The worst case: the prompt (media included) and the cap for every choice.
+    // The worst case: the prompt (media included) and the cap for every choice. A client that
+    // named no cap may be given a lower one its funds cover; an explicit cap is never lowered.
     let reserved_prompt = prompt.reserved(model.context_window);
     let reserved_output = max_out.saturating_mul(i64::from(choices));
+    let affordable = requested_cap.is_none().then_some(Affordable {
+        choices: i64::from(choices),
+        min_per_choice: ctx.gateway.min_affordable_output_tokens,
+    });
+    // Requests and tokens per minute: the tokens are the worst case, corrected at settlement.
+    let limits = rules.rate_limits(key, ctx.gateway.default_user_rpm, ctx.gateway.default_user_tpm);
+    let rates = &ctx.gateway.rates;
+    let mut admitted = match rates.admit(&limits, reserved_prompt.saturating_add(reserved_output)).await {
+        Ok(a) => a,
+        Err(refused) => {
+            observability::rate_limited("rate");
+            let error = Error::RateLimited { message: refused.message, retry_after_secs: refused.retry_after_secs };
+            return Err(Failure { headers: *refused.headers, ..fail(error) });
+        }
+    };
     // From here on the settler resolves the reservation, whatever happens.
-    let billing = (reserved_prompt, reserved_output, prompt.estimate());
-    let settler = reserve_detached(ctx, request_id, key, &model, stream, started, billing).await.map_err(fail)?;
+    let billing = Billing { prompt: reserved_prompt, output: reserved_output, estimate: prompt.estimate(), affordable };
+    let mut settler = match reserve_detached(ctx, request_id, key, rules, &model, stream, started, billing).await {
+        Ok(s) => s,
+        Err(error) => {
+            // Refused: it used no tokens.
+            rates.settle(&mut admitted, 0).await;
+            return Err(fail(error));
+        }
+    };
+    let lowered = settler.reservation.lowered_cap;
+    let max_out = lowered.unwrap_or(max_out);
+    if let Some(cap) = lowered {
+        rates.settle(&mut admitted, reserved_prompt.saturating_add(cap.saturating_mul(i64::from(choices)))).await;
+    }
+    let mut headers = std::mem::take(&mut admitted.headers);
+    settler.rate = Some((Arc::clone(rates), admitted));
+
+    // The upstream body: our model name; the reserved cap in the field this model's upstream
+    // honours — and in no other, whatever the client sent — so the upstream cannot produce
+    // more than was reserved; usage requested for streams.
+    body.insert("model".into(), Value::String(model.upstream_model.clone()));
+    for field in cap_fields {
+        body.remove(field);
+    }
+    body.insert(model.cap_field.clone(), Value::from(max_out));
+    // Dropping the settler here (a body that cannot be written) voids the reservation.
+    let upstream_body = Bytes::from(serde_json::to_vec(&body).map_err(|e| fail(Error::Internal(e.into())))?);
+    if let Some(cap) = lowered {
+        headers.insert(OUTPUT_CAP_HEADER, HeaderValue::from(cap));
+    }
 
     // The upstream exchange runs in a tracked task of its own: a client that leaves does not
     // stop it, so the request is settled on what the upstream reports, never on less.
@@ -166,17 +224,23 @@ pub async fn complete(
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     ctx.tasks.spawn(exchange.run(head_tx));
     match head_rx.await {
-        Ok(Head::Failed(error)) => {
-            Err(Failure { error, key: None, label: model.name.clone(), model: model.name, settled: true })
-        }
-        Ok(Head::Json(body)) => Ok(Reply::Json(body)),
-        Ok(Head::Stream(frames)) => Ok(Reply::Stream(frames)),
+        Ok(Head::Failed(error)) => Err(Failure {
+            error,
+            key: None,
+            label: model.name.clone(),
+            model: model.name,
+            settled: true,
+            headers: reqwest::header::HeaderMap::new(),
+        }),
+        Ok(Head::Json(body)) => Ok(Answer { reply: Reply::Json(body), headers }),
+        Ok(Head::Stream(frames)) => Ok(Answer { reply: Reply::Stream(frames), headers }),
         Err(_) => Err(Failure {
             error: Error::Internal(anyhow::anyhow!("the upstream exchange stopped")),
             key: None,
             label: model.name.clone(),
             model: model.name,
             settled: true,
+            headers: reqwest::header::HeaderMap::new(),
         }),
     }
 }
@@ -184,17 +248,19 @@ pub async fn complete(
 /// Reserves from a tracked task of its own, which hands back the settlement guard. A client
 /// that goes away while the reservation commits drops this handler, not the reservation: the
 /// guard, received or not, is dropped and refunds it in full (the upstream was never called).
-/// `(prompt, max_out, estimate)`: the prompt and output tokens reserved, and the prompt billed
-/// when the upstream reports no usage.
+#[expect(clippy::too_many_arguments, reason = "one request's admission context")]
 async fn reserve_detached(
     ctx: &Services<'_>,
     request_id: &str,
     key: ApiKey,
+    rules: &KeyRules,
     model: &models::ModelConfig,
     stream: bool,
     started: Instant,
-    (prompt, max_out, estimate): (i64, i64, i64),
+    billing: Billing,
 ) -> Result<Settler, Error> {
+    let Billing { prompt, output: max_out, estimate, affordable } = billing;
+    let key_cap = rules.key_cap(key);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (db, cache, tasks, request_id, model_id, prices, model_name) = (
         ctx.db.clone(),
@@ -214,6 +280,8 @@ async fn reserve_detached(
             prompt_tokens: prompt,
             max_completion_tokens: max_out,
             prices,
+            key_cap,
+            affordable,
         };
         let result = reserve(&db, &req).await.map(|reservation| {
             Settler::new(db.clone(), cache, tasks, reservation, model_name, prices, stream, started, estimate)
@@ -223,6 +291,15 @@ async fn reserve_detached(
         drop(tx.send(result));
     });
     rx.await.map_err(|_| Error::Internal(anyhow::anyhow!("the reservation task stopped")))?
+}
+
+/// What a request reserves: the prompt and output tokens, the prompt billed when the upstream
+/// reports no usage, and whether the output may be lowered to what the funds cover.
+struct Billing {
+    prompt: i64,
+    output: i64,
+    estimate: i64,
+    affordable: Option<Affordable>,
 }
 
 /// The number of choices asked for (`n`): 1 when absent; 400 beyond `max`.

@@ -115,12 +115,18 @@ impl InFlight {
     /// A slot for `user_id`, or `None` when they already have `max` requests in flight (on
     /// every instance together when Redis answers, on this one otherwise).
     pub async fn try_acquire(self: &Arc<Self>, user_id: i64) -> Option<Slot> {
-        let mut slot = self.try_acquire_local(user_id)?;
+        self.try_acquire_up_to(user_id, None).await
+    }
+
+    /// As `try_acquire`, with the user's own limit when they have one (`None`: the instance's).
+    pub async fn try_acquire_up_to(self: &Arc<Self>, user_id: i64, max: Option<u32>) -> Option<Slot> {
+        let max = max.filter(|m| *m > 0).unwrap_or(self.max);
+        let mut slot = self.try_acquire_local(user_id, max)?;
         let Some(global) = &self.global else { return Some(slot) };
         let id = crate::crypto::random_token(12);
         let admitted: Option<i64> = global
             .redis
-            .eval(&global.acquire, &[set_key(user_id)], &[self.max.to_string(), id.clone(), ttl_ms()], false)
+            .eval(&global.acquire, &[set_key(user_id)], &[max.to_string(), id.clone(), ttl_ms()], false)
             .await;
         match admitted {
             Some(1) => {
@@ -141,10 +147,10 @@ impl InFlight {
     }
 
     /// The per-instance count.
-    fn try_acquire_local(self: &Arc<Self>, user_id: i64) -> Option<Slot> {
+    fn try_acquire_local(self: &Arc<Self>, user_id: i64, max: u32) -> Option<Slot> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let n = counts.entry(user_id).or_insert(0);
-        if *n >= self.max {
+        if *n >= max {
             return None;
         }
         *n += 1;

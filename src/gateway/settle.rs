@@ -58,6 +58,8 @@ pub struct Settler {
     pub error: Option<&'static str>,
     /// Upstream attempts made, retries included.
     pub attempts: u32,
+    /// The request's count in the rate limits, corrected to the tokens charged at the end.
+    pub rate: Option<(std::sync::Arc<super::rates::RateLimits>, super::rates::Admitted)>,
     done: bool,
 }
 
@@ -93,6 +95,7 @@ impl Settler {
             client_gone: false,
             error: None,
             attempts: 0,
+            rate: None,
             done: false,
         }
     }
@@ -181,7 +184,19 @@ impl Settler {
             stream: self.stream,
         };
         let (db, cache, reservation) = (self.db.clone(), self.cache.clone(), self.reservation.clone());
-        self.tasks.spawn(async move { settle_with_retries(&db, &cache, &reservation, &resolution, record).await });
+        // Tokens per minute count what was used: nothing for a void, the worst case for a sweep.
+        let used = match resolution.state {
+            FinalState::Settled { prompt_tokens, completion_tokens, .. } => Some(prompt_tokens + completion_tokens),
+            FinalState::Voided => Some(0),
+            FinalState::Swept => None,
+        };
+        let rate = self.rate.take();
+        self.tasks.spawn(async move {
+            if let (Some((rates, mut admitted)), Some(used)) = (rate, used) {
+                rates.settle(&mut admitted, used).await;
+            }
+            settle_with_retries(&db, &cache, &reservation, &resolution, record).await;
+        });
     }
 }
 

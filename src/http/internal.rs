@@ -53,6 +53,7 @@ fn key_json(k: &api_keys::Model) -> Value {
         "lastUsedAt": k.last_used_at.map(rfc3339),
         "disabled": k.disabled,
         "status": if k.disabled { "disabled" } else { "active" },
+        "settings": keys::settings_json(k),
     })
 }
 
@@ -103,23 +104,17 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyPatchBody {
-    name: Option<String>,
-    disabled: Option<bool>,
-}
-
-/// `PATCH /api/internal/keys/{id}`: renames, disables or re-enables one of the user's keys. A
-/// disabled key is refused by the gateway at once. Another user's or a revoked key is a 404 and
-/// changes nothing.
+/// `PATCH /api/internal/keys/{id}`: renames, disables or re-enables one of the user's keys, or
+/// changes its controls (`allowedModels`, `spendLimit`, `spendLimitPeriod`, `expiresAt`,
+/// `allowedIps`, `rpm`, `tpm`; `null` clears one). A disabled key is refused by the gateway at
+/// once. Another user's or a revoked key is a 404, and a bad value a 400; both change nothing.
 pub async fn update_key(
     State(state): State<AppState>,
     me: CurrentUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<KeyPatchBody>,
+    ApiJson(body): ApiJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let change = keys::KeyChange { name: body.name, disabled: body.disabled };
+    let change = keys::change_from_json(&body)?;
     let row = keys::update(&state.db, &state.cache, Some(me.user.id), key_id(&id)?, change).await?;
     tracing::info!(user.id = me.user.id, key.id = row.id, key.disabled = row.disabled, "key updated");
     Ok(Json(key_json(&row)))

@@ -6,14 +6,15 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Actor, Entry};
+use crate::billing::key_spend::{self, Period};
 use crate::cache::{self, Cache};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, rfc3339};
 use crate::crypto;
 use crate::db::Db;
-use crate::db::entities::{api_keys, audit_logs, users};
+use crate::db::entities::{api_keys, audit_logs, models, users};
 use crate::error::{Error, Result};
 
 /// Every key starts with this.
@@ -137,6 +138,153 @@ async fn create_in(conn: &impl ConnectionTrait, user_id: i64, name: &str) -> Res
 pub struct KeyChange {
     pub name: Option<String>,
     pub disabled: Option<bool>,
+    pub settings: SettingsChange,
+}
+
+/// A key's controls to change: `None` leaves one as it is, `Some(None)` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    pub allowed_models: Option<Option<Vec<String>>>,
+    /// Micro-units.
+    pub spend_limit: Option<Option<i64>>,
+    pub spend_limit_period: Option<Option<Period>>,
+    /// Unix ms.
+    pub expires_at: Option<Option<i64>>,
+    /// CIDRs, normalized.
+    pub allowed_ips: Option<Option<Vec<String>>>,
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+}
+
+impl SettingsChange {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The most models or address ranges one key may list.
+pub const MAX_LIST: usize = 100;
+/// The largest RPM or TPM a key or user may be given.
+pub const MAX_RATE: i64 = 1_000_000_000_000;
+
+/// A key's controls as the dashboard and the admin API show them (camelCase, money as decimal
+/// strings, times RFC 3339; `null` when unset).
+pub fn settings_json(k: &api_keys::Model) -> Value {
+    let list = |raw: &Option<String>| raw.as_deref().and_then(|j| serde_json::from_str::<Value>(j).ok());
+    json!({
+        "allowedModels": list(&k.allowed_models),
+        "spendLimit": k.spend_limit.map(crate::money::format_amount),
+        "spendLimitPeriod": k.spend_limit.and(k.spend_limit_period.clone()),
+        "expiresAt": k.expires_at.map(rfc3339),
+        "allowedIps": list(&k.allowed_ips),
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+    })
+}
+
+/// Reads a key PATCH body (`name`, `disabled` and the camelCase controls; `null` clears a
+/// control). Anything else, or a value of the wrong shape, is a `BadRequest` naming the field.
+pub fn change_from_json(body: &Map<String, Value>) -> Result<KeyChange> {
+    let bad = |m: String| Err(Error::BadRequest(m));
+    let mut change = KeyChange::default();
+    for (field, value) in body {
+        let set = &mut change.settings;
+        match field.as_str() {
+            "name" => match value {
+                Value::String(n) => change.name = Some(n.clone()),
+                Value::Null => {}
+                _ => return bad("`name` must be a string".into()),
+            },
+            "disabled" => match value {
+                Value::Bool(d) => change.disabled = Some(*d),
+                Value::Null => {}
+                _ => return bad("`disabled` must be true or false".into()),
+            },
+            "allowedModels" => set.allowed_models = Some(nullable(value, |v| string_list(v, field, 128))?),
+            "allowedIps" => {
+                set.allowed_ips = Some(nullable(value, |v| {
+                    string_list(v, field, 64)?
+                        .iter()
+                        .map(|raw| {
+                            crate::gateway::auth::parse_cidr(raw).map(|n| n.trunc().to_string()).ok_or_else(|| {
+                                Error::BadRequest(format!("`allowedIps`: `{raw}` is not an address or CIDR range"))
+                            })
+                        })
+                        .collect()
+                })?);
+            }
+            "spendLimit" => {
+                set.spend_limit = Some(nullable(value, |v| {
+                    let raw = v.as_str().ok_or_else(|| {
+                        Error::BadRequest("`spendLimit` must be a decimal string such as \"5.00\"".into())
+                    })?;
+                    match crate::money::parse_amount(raw) {
+                        Ok(a) if a > 0 && a <= crate::money::MAX_AMOUNT => Ok(a),
+                        Ok(_) => Err(Error::BadRequest("`spendLimit` must be more than zero".into())),
+                        Err(e) => Err(Error::BadRequest(format!("`spendLimit`: {e}"))),
+                    }
+                })?);
+            }
+            "spendLimitPeriod" => {
+                set.spend_limit_period = Some(nullable(value, |v| {
+                    v.as_str().and_then(Period::parse).ok_or_else(|| {
+                        Error::BadRequest("`spendLimitPeriod` must be \"total\", \"day\" or \"month\"".into())
+                    })
+                })?);
+            }
+            "expiresAt" => {
+                set.expires_at = Some(nullable(value, |v| {
+                    let raw = v.as_str().unwrap_or_default();
+                    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+                        .ok_or_else(|| {
+                            Error::BadRequest(
+                                "`expiresAt` must be an RFC 3339 time such as 2027-01-31T00:00:00Z".into(),
+                            )
+                        })
+                })?);
+            }
+            "rpm" | "tpm" => {
+                let limit = nullable(value, |v| match v.as_i64() {
+                    Some(n) if (1..=MAX_RATE).contains(&n) => Ok(n),
+                    _ => Err(Error::BadRequest(format!("`{field}` must be an integer from 1 to {MAX_RATE}"))),
+                })?;
+                if field == "rpm" {
+                    set.rpm = Some(limit);
+                } else {
+                    set.tpm = Some(limit);
+                }
+            }
+            other => return bad(format!("unknown field `{other}`")),
+        }
+    }
+    Ok(change)
+}
+
+/// `null` as `None`, anything else through `parse`.
+fn nullable<T>(value: &Value, parse: impl FnOnce(&Value) -> Result<T>) -> Result<Option<T>> {
+    if value.is_null() { Ok(None) } else { parse(value).map(Some) }
+}
+
+/// A non-empty list of at most `MAX_LIST` distinct non-empty strings of at most `max_len`
+/// characters.
+fn string_list(value: &Value, field: &str, max_len: usize) -> Result<Vec<String>> {
+    let shape = || {
+        Error::BadRequest(format!(
+            "`{field}` must be a list of 1 to {MAX_LIST} strings (send null to lift the restriction)"
+        ))
+    };
+    let items = value.as_array().filter(|a| !a.is_empty() && a.len() <= MAX_LIST).ok_or_else(shape)?;
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let s = item.as_str().map(str::trim).filter(|s| !s.is_empty() && s.chars().count() <= max_len);
+        let s = s.ok_or_else(shape)?;
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Locks the key `key_id`, not revoked, of `owner` when given (`None`: any owner, for
@@ -184,8 +332,42 @@ pub async fn update(
     key_id: i64,
     change: KeyChange,
 ) -> Result<api_keys::Model> {
-    if change.name.is_none() && change.disabled.is_none() {
-        return Err(Error::BadRequest("nothing to change: send `name` and/or `disabled`".into()));
+    update_as(db, cache, owner, key_id, change, &Actor { user_id: owner, ip: None }).await
+}
+
+/// `update`, audited as `actor` (an administrator changing a customer's key, from an address).
+/// Changed controls reach the gateway at once here (the key's cached identity is dropped) and
+/// on other instances within the key cache's lifetime.
+pub async fn update_as(
+    db: &Db,
+    cache: &Cache,
+    owner: Option<i64>,
+    key_id: i64,
+    change: KeyChange,
+    actor: &Actor,
+) -> Result<api_keys::Model> {
+    if change.name.is_none() && change.disabled.is_none() && change.settings.is_empty() {
+        return Err(Error::BadRequest(
+            "nothing to change: send `name`, `disabled` or a control such as `allowedModels`".into(),
+        ));
+    }
+    let set = &change.settings;
+    if let Some(Some(at)) = set.expires_at
+        && at <= now_ms()
+    {
+        return Err(Error::BadRequest("`expiresAt` must be in the future (disable the key to stop it now)".into()));
+    }
+    if let Some(Some(names)) = &set.allowed_models {
+        let known: Vec<String> = models::Entity::find()
+            .filter(models::Column::Name.is_in(names.iter().cloned()))
+            .all(&db.read)
+            .await?
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+            return Err(Error::BadRequest(format!("`allowedModels`: there is no model `{unknown}`")));
+        }
     }
     let name = match change.name.as_deref() {
         Some(raw) if raw.trim().is_empty() => return Err(Error::BadRequest("a key name cannot be blank".into())),
@@ -209,26 +391,84 @@ pub async fn update(
     if let Some(d) = change.disabled {
         update = update.col_expr(api_keys::Column::Disabled, Expr::value(d));
     }
+    let updated = apply_settings(&key, set);
+    if updated.spend_limit.is_none() && matches!(set.spend_limit_period, Some(Some(_))) {
+        return Err(Error::BadRequest("`spendLimitPeriod` needs a `spendLimit`".into()));
+    }
+    if !set.is_empty() {
+        update = update
+            .col_expr(api_keys::Column::AllowedModels, Expr::value(updated.allowed_models.clone()))
+            .col_expr(api_keys::Column::SpendLimit, Expr::value(updated.spend_limit))
+            .col_expr(api_keys::Column::SpendLimitPeriod, Expr::value(updated.spend_limit_period.clone()))
+            .col_expr(api_keys::Column::ExpiresAt, Expr::value(updated.expires_at))
+            .col_expr(api_keys::Column::AllowedIps, Expr::value(updated.allowed_ips.clone()))
+            .col_expr(api_keys::Column::Rpm, Expr::value(updated.rpm))
+            .col_expr(api_keys::Column::Tpm, Expr::value(updated.tpm));
+    }
     update.filter(api_keys::Column::Id.eq(key.id)).exec(&txn).await?;
+    let (before, after) = (settings_json(&key), settings_json(&updated));
+    if before != after {
+        // A cap newly set, or moved to another period, counts from the usage rows afresh.
+        let period = |k: &api_keys::Model| k.spend_limit.map(|_| k.spend_limit_period.clone());
+        if period(&key) != period(&updated) {
+            key_spend::forget(&txn, key.id).await?;
+        }
+        let entry = key_entry(actor.user_id, "key.settings", &key, before, after);
+        audit::record_from(&txn, entry, actor.ip.as_deref()).await?;
+    }
     if let Some(n) = &name
         && *n != key.name
     {
-        let entry = key_entry(owner, "key.rename", &key, json!({ "name": key.name }), json!({ "name": n }));
-        audit::record(&txn, entry).await?;
+        let entry = key_entry(actor.user_id, "key.rename", &key, json!({ "name": key.name }), json!({ "name": n }));
+        audit::record_from(&txn, entry, actor.ip.as_deref()).await?;
     }
     if let Some(d) = change.disabled
         && d != key.disabled
     {
         let action = if d { "key.disable" } else { "key.enable" };
-        let entry = key_entry(owner, action, &key, json!({ "disabled": key.disabled }), json!({ "disabled": d }));
-        audit::record(&txn, entry).await?;
+        let entry =
+            key_entry(actor.user_id, action, &key, json!({ "disabled": key.disabled }), json!({ "disabled": d }));
+        audit::record_from(&txn, entry, actor.ip.as_deref()).await?;
     }
     txn.commit().await?;
     let disabled = change.disabled.unwrap_or(key.disabled);
-    if disabled {
+    if disabled || !set.is_empty() {
         cache.delete(&cache::key_cache(&key.key_hash)).await;
     }
-    Ok(api_keys::Model { name: name.unwrap_or(key.name), disabled, ..key })
+    Ok(api_keys::Model { name: name.unwrap_or(updated.name.clone()), disabled, ..updated })
+}
+
+/// The key with `change` applied to its controls (a spend period with no cap is dropped; a cap
+/// with no period counts in total).
+fn apply_settings(key: &api_keys::Model, change: &SettingsChange) -> api_keys::Model {
+    let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+    let mut k = key.clone();
+    if let Some(v) = &change.allowed_models {
+        k.allowed_models = v.as_ref().map(list);
+    }
+    if let Some(v) = change.spend_limit {
+        k.spend_limit = v;
+    }
+    if let Some(v) = change.spend_limit_period {
+        k.spend_limit_period = v.map(|p| p.as_str().to_owned());
+    }
+    if let Some(v) = change.expires_at {
+        k.expires_at = v;
+    }
+    if let Some(v) = &change.allowed_ips {
+        k.allowed_ips = v.as_ref().map(list);
+    }
+    if let Some(v) = change.rpm {
+        k.rpm = v;
+    }
+    if let Some(v) = change.tpm {
+        k.tpm = v;
+    }
+    k.spend_limit_period = match k.spend_limit {
+        None => None,
+        Some(_) => Some(k.spend_limit_period.unwrap_or_else(|| Period::Total.as_str().to_owned())),
+    };
+    k
 }
 
 /// Who disabled `key` last, from the audit log: the owner themselves, or `None` for the operator
@@ -246,7 +486,7 @@ async fn disabled_by(conn: &impl ConnectionTrait, key: &api_keys::Model) -> Resu
 
 /// Renames a key of `owner` (any owner when `None`); see `update`.
 pub async fn rename(db: &Db, cache: &Cache, owner: Option<i64>, key_id: i64, name: &str) -> Result<api_keys::Model> {
-    update(db, cache, owner, key_id, KeyChange { name: Some(name.to_owned()), disabled: None }).await
+    update(db, cache, owner, key_id, KeyChange { name: Some(name.to_owned()), ..KeyChange::default() }).await
 }
 
 /// Disables or re-enables a key of `owner` (any owner when `None`) without revoking it; see
@@ -258,7 +498,7 @@ pub async fn set_disabled(
     key_id: i64,
     disabled: bool,
 ) -> Result<api_keys::Model> {
-    update(db, cache, owner, key_id, KeyChange { name: None, disabled: Some(disabled) }).await
+    update(db, cache, owner, key_id, KeyChange { disabled: Some(disabled), ..KeyChange::default() }).await
 }
 
 /// Revokes a key of `owner` (any owner when `None`), with an audit entry, and makes it fail

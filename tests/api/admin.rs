@@ -141,6 +141,13 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
             200,
         ),
         (Method::GET, "/api/admin/keys", "/api/admin/keys".into(), None, 200),
+        (
+            Method::PATCH,
+            "/api/admin/keys/{id}",
+            format!("/api/admin/keys/{}", key.id),
+            Some(json!({ "rpm": 60, "allowedModels": ["gpt-4o-mini"] })),
+            200,
+        ),
         (Method::DELETE, "/api/admin/keys/{id}", format!("/api/admin/keys/{}", key.id), None, 204),
         (Method::GET, "/api/admin/audit-logs", "/api/admin/audit-logs".into(), None, 200),
         (Method::GET, "/api/admin/revenue", "/api/admin/revenue".into(), None, 200),

@@ -83,6 +83,11 @@ async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_brow
     assert!(first.revoked_at.is_none());
     assert!(second.revoked_at.is_some());
     assert_eq!(second.name, "ci-laptop");
+    assert_eq!(
+        (first.spend_limit, first.spend_limit_period.as_deref(), first.rpm),
+        (Some(5_000_000), Some("day"), Some(60))
+    );
+    assert_eq!(first.allowed_ips, None, "the refused address changed nothing");
     let calls = usage_logs::Entity::find().all(&app.db.read).await.unwrap();
     let answered: Vec<_> = calls.iter().filter(|r| r.status_code == 200).collect();
     assert_eq!(answered.len(), 3, "{calls:?}");
@@ -95,6 +100,8 @@ async fn a_customer_signs_in_manages_keys_and_follows_their_usage_in_a_real_brow
         "usage",
         "usage-zh",
         "keys-zh",
+        "key-settings",
+        "key-settings-zh",
         "pricing-zh",
         "login-zh-signed-out",
     ]);

@@ -68,6 +68,7 @@ async fn concurrent_reservations_admit_exactly_what_is_covered(backend: Backend)
                         prompt_tokens: 1000,
                         max_completion_tokens: 1000,
                         prices,
+                        ..ReserveRequest::default()
                     },
                 )
                 .await

@@ -432,5 +432,6 @@ pub fn reserve_request(
         prompt_tokens: prompt,
         max_completion_tokens: max_out,
         prices,
+        ..tollgate::billing::ReserveRequest::default()
     }
 }

@@ -441,3 +441,50 @@ async fn with_redis_silent_the_limit_counts_per_instance() {
     });
     without_an_answering_redis_the_limit_counts_per_instance(&format!("redis://127.0.0.1:{port}")).await;
 }
+
+/// Sets a key's own requests-per-minute limit (before any instance has cached the key).
+async fn limit_key(db: &Db, key: &str, rpm: i64) {
+    let id = api_keys::Entity::find_by_hash(key, db).await;
+    let settings = tollgate::keys::SettingsChange { rpm: Some(Some(rpm)), ..Default::default() };
+    let change = tollgate::keys::KeyChange { settings, ..Default::default() };
+    tollgate::keys::update(db, &tollgate::cache::Cache::in_process(), None, id, change).await.unwrap();
+}
+
+/// 30 requests split across both instances against a key limited to 10 per minute: how many
+/// were admitted. Every refusal is a 429 with `Retry-After`, never an error.
+async fn admitted_of_thirty(a: &Instance, b: &Instance, db: &Db) -> usize {
+    let (user, key) = customer(db, "rpm@example.com", 100_000_000).await;
+    limit_key(db, &key, 10).await;
+    let answers = join_all((0..30).map(|i| {
+        let (instance, key) = (if i % 2 == 0 { a } else { b }, key.clone());
+        async move {
+            let res = instance.chat(&key, false).await;
+            let retry = res.headers().get("retry-after").is_some();
+            (res.status().as_u16(), retry)
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|(s, retry)| *s == 200 || (*s == 429 && *retry)), "{answers:?}");
+    settled(db, user).await;
+    assert_books_balance(db, user).await;
+    answers.iter().filter(|(s, _)| *s == 200).count()
+}
+
+async fn rate_limits_hold_across_instances_with_redis(backend: Backend) {
+    let Some(redis) = redis_url() else { return };
+    let (db, _fake, _shared, a, b) = deployment(backend, Mode::Normal, Some(redis), 1000).await;
+    let admitted = admitted_of_thirty(&a, &b, &db.db).await;
+    eprintln!("rate limit across two instances with Redis: {admitted} of 30 admitted at 10 per minute");
+    // The sliding estimate floors the previous minute's share: a run that straddles a minute
+    // boundary may admit one more.
+    assert!((10..=11).contains(&admitted), "10 per minute across both instances, admitted {admitted}");
+}
+
+async fn rate_limits_count_per_instance_without_redis(backend: Backend) {
+    let (db, _fake, _shared, a, b) = deployment(backend, Mode::Normal, None, 1000).await;
+    let admitted = admitted_of_thirty(&a, &b, &db.db).await;
+    eprintln!("rate limit on two instances without Redis: {admitted} of 30 admitted at 10 per minute");
+    assert!((20..=22).contains(&admitted), "10 per minute on each instance, admitted {admitted}");
+}
+
+on_shared_databases!(rate_limits_hold_across_instances_with_redis, rate_limits_count_per_instance_without_redis);

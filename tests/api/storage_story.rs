@@ -108,6 +108,7 @@ async fn storage_story(backend: Backend) {
             prompt_tokens: 400,
             max_completion_tokens: 1000,
             prices,
+            ..tollgate::billing::ReserveRequest::default()
         },
     )
     .await

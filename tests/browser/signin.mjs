@@ -86,6 +86,29 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#keys tbody tr').length === 2);
   await photograph(page, 'keys');
 
+  // The first key's settings: two models, a daily cap and a rate limit, saved from the dialog.
+  const firstId = await page.locator('#keys tbody tr').first().getAttribute('data-key-id');
+  await page.locator(`#keys tr[data-key-id="${firstId}"] [data-settings]`).click();
+  await page.waitForSelector('#key-settings[open]');
+  await page.fill('#ks-models', 'test-model, other-model');
+  await page.fill('#ks-limit', '5.00');
+  await page.selectOption('#ks-period', 'day');
+  await page.fill('#ks-rpm', '60');
+  await photograph(page, 'key-settings');
+  await page.click('#ks-save');
+  await page.waitForSelector('#key-settings', { state: 'hidden' });
+  await page.waitForFunction((id) => /5\.00\/day/.test(document.querySelector(`#keys tr[data-key-id="${id}"] .key-summary`)?.textContent || ''), firstId);
+  const saved = await page.evaluate(async () => (await (await fetch('/api/internal/keys')).json()).data[0].settings);
+  await check(saved.spendLimit === '5.00' && saved.spendLimitPeriod === 'day' && saved.rpm === 60
+    && saved.allowedModels.join() === 'test-model,other-model', `the settings saved: ${JSON.stringify(saved)}`);
+  // A bad value is refused in the dialog, which stays open.
+  await page.locator(`#keys tr[data-key-id="${firstId}"] [data-settings]`).click();
+  await page.waitForSelector('#key-settings[open]');
+  await page.fill('#ks-ips', 'not-an-address');
+  await page.click('#ks-save');
+  await page.waitForSelector('#ks-error:not([hidden])');
+  await page.click('#ks-cancel');
+
   // Revoke the second key, after a confirmation.
   await page.locator(`#keys tr[data-key-id="${secondId}"] [data-revoke]`).click();
   await page.waitForSelector('#confirm-revoke[open]');
@@ -134,6 +157,11 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#keys tbody tr').length === 1);
   await check(await text(page, '#create-key') === '创建密钥', 'the keys page is not in Chinese');
   await photograph(page, 'keys-zh');
+  await page.locator('#keys tbody tr [data-settings]').first().click();
+  await page.waitForSelector('#key-settings[open]');
+  await check(await text(page, '#ks-save') === '保存', 'the key settings dialog is not in Chinese');
+  await photograph(page, 'key-settings-zh');
+  await page.click('#ks-cancel');
   await page.goto(`${base}/dashboard`);
   await check(await text(page, '#nav-overview') === '概览', 'the dashboard is not in Chinese');
   await photograph(page, 'dashboard-zh');

@@ -18,6 +18,20 @@ pub struct Model {
     pub last_used_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// JSON list of the model names this key may use; `None`: every enabled model.
+    pub allowed_models: Option<String>,
+    /// The most this key may spend (micro-units) per `spend_limit_period`; `None`: no cap.
+    pub spend_limit: Option<i64>,
+    /// `total`, `day` or `month` (periods reset at 00:00 UTC).
+    pub spend_limit_period: Option<String>,
+    /// Unix ms after which the key is refused.
+    pub expires_at: Option<i64>,
+    /// JSON list of CIDRs the key may be used from; `None`: anywhere.
+    pub allowed_ips: Option<String>,
+    /// Requests per minute; `None`: the user's limit only.
+    pub rpm: Option<i64>,
+    /// Tokens per minute; `None`: the user's limit only.
+    pub tpm: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

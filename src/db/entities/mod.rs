@@ -6,6 +6,7 @@ pub mod audit_logs;
 pub mod balances;
 pub mod credit_transactions;
 pub mod idempotency_keys;
+pub mod key_spend;
 pub mod models;
 pub mod oauth_states;
 pub mod redemption_batches;

@@ -31,6 +31,9 @@ pub struct Model {
     pub created_at: i64,
     pub updated_at: i64,
     pub resolved_at: Option<i64>,
+    /// The key-spend period (`key_spend.period`) `amount` was also counted in, when the key
+    /// has a spend cap.
+    pub key_period: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

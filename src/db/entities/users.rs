@@ -16,6 +16,12 @@ pub struct Model {
     pub password_hash: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Requests per minute; `None`: the instance default (`DEFAULT_USER_RPM`).
+    pub rpm: Option<i64>,
+    /// Tokens per minute; `None`: the instance default (`DEFAULT_USER_TPM`).
+    pub tpm: Option<i64>,
+    /// Concurrent requests; `None`: the instance default (`MAX_CONCURRENT_PER_USER`).
+    pub max_concurrent: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

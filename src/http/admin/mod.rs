@@ -64,6 +64,7 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/api/admin/subscriptions/{id}/renew", post(people::renew)),
         ("GET", "/api/admin/keys", get(people::keys)),
         ("DELETE", "/api/admin/keys/{id}", delete(people::revoke_key)),
+        ("PATCH", "/api/admin/keys/{id}", patch(people::update_key)),
         ("GET", "/api/admin/audit-logs", get(reports::audit_logs)),
         ("GET", "/api/admin/revenue", get(reports::revenue)),
         ("GET", "/api/admin/redemption-codes", get(codes::list)),

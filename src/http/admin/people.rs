@@ -99,6 +99,7 @@ pub async fn detail(
     let d = admin::users::detail(&state.db, path_id(&id, "user")?).await?;
     let mut value = summary_json(&d.summary);
     value["apiKeys"] = d.keys.iter().map(key_json).collect();
+    value["limits"] = accounts::limits_json(&d.summary.user);
     value["subscriptions"] = d.subscriptions.iter().map(subscription_json).collect();
     value["recentUsage"] = d.usage.iter().map(usage_json).collect();
     value["ledger"] = d.ledger.iter().map(ledger_json).collect();
@@ -110,10 +111,22 @@ pub async fn detail(
 pub struct UserPatch {
     role: Option<String>,
     disabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    tpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrent: Option<Option<i64>>,
 }
 
-/// `PATCH /api/admin/users/{id}` `{role?, disabled?}`. Disabling ends the user's sessions and
-/// stops their keys at once. An admin cannot lock themselves out.
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `PATCH /api/admin/users/{id}` `{role?, disabled?, rpm?, tpm?, maxConcurrent?}`. Disabling
+/// ends the user's sessions and stops their keys at once. An admin cannot lock themselves out.
+/// The limits are the user's own (`null`: the instance default).
 pub async fn update(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -121,12 +134,18 @@ pub async fn update(
     ApiJson(body): ApiJson<UserPatch>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id, "user")?;
-    if body.role.is_none() && body.disabled.is_none() {
-        return Err(ApiError(Error::BadRequest("nothing to change: send role and/or disabled".into())));
+    let limits = accounts::LimitsChange { rpm: body.rpm, tpm: body.tpm, max_concurrent: body.max_concurrent };
+    if body.role.is_none() && body.disabled.is_none() && limits == accounts::LimitsChange::default() {
+        return Err(ApiError(Error::BadRequest(
+            "nothing to change: send role, disabled, rpm, tpm or maxConcurrent".into(),
+        )));
     }
     accounts::require(&state.db.read, id).await?;
     if id == admin.user.id && (body.disabled == Some(true) || body.role.as_deref().is_some_and(|r| r != "admin")) {
         return Err(ApiError(Error::BadRequest("you cannot disable yourself or remove your own admin role".into())));
+    }
+    if limits != accounts::LimitsChange::default() {
+        accounts::set_limits(&state.db, &state.cache, id, limits, &admin.actor).await?;
     }
     if let Some(role) = body.role.as_deref() {
         let target = accounts::require(&state.db.read, id).await?;
@@ -145,7 +164,9 @@ pub async fn update(
         }
     }
     let d = admin::users::detail(&state.db, id).await?;
-    Ok(Json(summary_json(&d.summary)))
+    let mut value = summary_json(&d.summary);
+    value["limits"] = accounts::limits_json(&d.summary.user);
+    Ok(Json(value))
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +324,21 @@ pub async fn keys(
     let paging = Paging::parse(q.page.as_deref(), q.page_size.as_deref())?;
     let found = admin::keys::list(&state.db, &admin::keys::KeyQuery { user: q.user, q: q.q, paging }).await?;
     Ok(Json(page_json(&found, crate::admin::views::key_row_json)))
+}
+
+/// `PATCH /api/admin/keys/{id}`: renames, disables or re-enables any user's key, or changes its
+/// controls (the same fields as the dashboard's), audited as the administrator.
+pub async fn update_key(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id, "active key")?;
+    let change = keys::change_from_json(&body)?;
+    let row = keys::update_as(&state.db, &state.cache, None, id, change, &admin.actor).await?;
+    tracing::info!(key.id = row.id, user.id = row.user_id, "key changed by an administrator");
+    Ok(Json(key_json(&row)))
 }
 
 /// `DELETE /api/admin/keys/{id}`: revokes any user's key, audited, refused everywhere at once.

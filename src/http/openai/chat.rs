@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{Authenticated, Route, with_request_id};
 use crate::error::Error;
-use crate::gateway::auth::ApiKey;
+use crate::gateway::auth::{ApiKey, KeyRules};
 use crate::gateway::chat::{self, ChatRequest, Failure, Reply, Services, bad};
 use crate::gateway::refusals::Refusal;
 use crate::http::ApiError;
@@ -24,10 +24,10 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Authenticated { key, request_id, started, .. } = auth;
-    let res = match handle(&state, key, &headers, body, &request_id, started).await {
+    let Authenticated { key, rules, request_id, started, .. } = auth;
+    let res = match handle(&state, key, &rules, &headers, body, &request_id, started).await {
         Ok(res) => res,
-        Err(Failure { error, key, model, label, settled }) => {
+        Err(Failure { error, key, model, label, settled, headers }) => {
             if !settled {
                 let mut record = RequestRecord::local(&request_id, ROUTE, started.elapsed(), error.status());
                 record.error = Some(error.label());
@@ -39,7 +39,9 @@ pub async fn chat_completions(
             if let Some(key) = key {
                 log_failure(&state, &request_id, key, model, error.status(), started);
             }
-            ApiError(error).into_response()
+            let mut res = ApiError(error).into_response();
+            res.headers_mut().extend(headers);
+            res
         }
     };
     with_request_id(res, &request_id)
@@ -56,6 +58,7 @@ const ROUTE: &str = ChatCompletions::NAME;
 async fn handle(
     state: &AppState,
     key: ApiKey,
+    rules: &KeyRules,
     headers: &HeaderMap,
     body: Body,
     request_id: &str,
@@ -67,6 +70,7 @@ async fn handle(
         model: model.to_owned(),
         label: String::new(),
         settled: false,
+        headers: HeaderMap::new(),
     };
 
     let limit = state.gateway.max_request_bytes;
@@ -98,6 +102,7 @@ async fn handle(
         model: String::new(),
         label: UNKNOWN_MODEL.to_owned(),
         settled: false,
+        headers: HeaderMap::new(),
     };
     match wire.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => {}
@@ -116,11 +121,12 @@ async fn handle(
         gateway: &state.gateway,
         hard_stop: &state.hard_stop,
     };
-    match chat::complete(&services, key, request, request_id, started).await? {
+    let answer = chat::complete(&services, key, rules, request, request_id, started).await?;
+    let mut res = match answer.reply {
         Reply::Json(body) => {
             let mut res = Response::new(Body::from(body));
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(res)
+            res
         }
         Reply::Stream(frames) => {
             let body = futures_util::stream::unfold(frames, |mut rx| async move {
@@ -131,9 +137,11 @@ async fn handle(
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            Ok(res)
+            res
         }
-    }
+    };
+    res.headers_mut().extend(answer.headers);
+    Ok(res)
 }
 
 /// A usage-log row for an authenticated call that failed before a reservation (cost 0),

@@ -6,6 +6,8 @@ pub mod chat;
 pub mod models;
 
 use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
@@ -15,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::gateway::auth::{self, ApiKey};
+use crate::gateway::auth::{self, ApiKey, KeyRules};
 use crate::http::ApiError;
 use crate::observability::RequestRecord;
 use crate::state::AppState;
@@ -42,6 +44,8 @@ pub trait Route: Send + Sync + 'static {
 /// OpenAI's shape, with `x-request-id`) and logged under the route `R` before the handler runs.
 pub struct Authenticated<R> {
     pub key: ApiKey,
+    /// The key's own controls (allowed models, spend cap, limits).
+    pub rules: Arc<KeyRules>,
     pub request_id: String,
     pub started: Instant,
     route: PhantomData<R>,
@@ -53,8 +57,24 @@ impl<R: Route> FromRequestParts<AppState> for Authenticated<R> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let started = Instant::now();
         let request_id = new_request_id();
-        match auth::authenticate(&state.db, &state.cache, &state.tasks, &parts.headers).await {
-            Ok(key) => Ok(Self { key, request_id, started, route: PhantomData }),
+        let admitted = auth::authenticate(&state.db, &state.cache, &state.tasks, &parts.headers).await.and_then(|a| {
+            // A key with an address allowlist is used only from those addresses (the client's,
+            // as the trusted proxies report it); no known peer is no allowed address.
+            if a.rules.allowed_ips.is_some() {
+                let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+                let ip =
+                    peer.map(|p| crate::http::client_ip::client_ip(p, &parts.headers, &state.config.trusted_proxies));
+                if !ip.is_some_and(|ip| a.rules.allows_ip(ip)) {
+                    let shown = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+                    return Err(Error::Forbidden(format!(
+                        "this API key may not be used from {shown}: the address is not in the key's allowlist"
+                    )));
+                }
+            }
+            Ok(a)
+        });
+        match admitted {
+            Ok(auth::Authorized { key, rules }) => Ok(Self { key, rules, request_id, started, route: PhantomData }),
             Err(err) => {
                 let mut record = RequestRecord::local(&request_id, R::NAME, started.elapsed(), err.status());
                 record.error = Some(err.label());

@@ -14,9 +14,12 @@ use crate::state::AppState;
 /// `GET /v1/models`: the enabled models, in OpenAI's list shape.
 pub async fn list(State(state): State<AppState>, auth: Authenticated<List>) -> Response {
     let result = models::enabled(&state.db.read).await;
-    auth.reply(
-        result.map(|models| json!({ "object": "list", "data": models.iter().map(model_entry).collect::<Vec<_>>() })),
-    )
+    // A key limited to some models sees only those.
+    let rules = auth.rules.clone();
+    auth.reply(result.map(|models| {
+        let data: Vec<Value> = models.iter().filter(|m| rules.allows_model(&m.name)).map(model_entry).collect();
+        json!({ "object": "list", "data": data })
+    }))
 }
 
 pub struct List;
@@ -32,13 +35,14 @@ pub fn model_entry(m: &model_rows::Model) -> Value {
 /// `GET /v1/models/{id}`: one enabled model, or 404 `model_not_found`.
 pub async fn model(State(state): State<AppState>, Path(id): Path<String>, auth: Authenticated<One>) -> Response {
     let db = &state.db;
+    let rules = auth.rules.clone();
     let result = async {
         let found = model_rows::Entity::find()
             .filter(model_rows::Column::Name.eq(id.as_str()))
             .filter(model_rows::Column::Enabled.eq(true))
             .one(&db.read)
             .await?;
-        found.as_ref().map(model_entry).ok_or_else(|| {
+        found.as_ref().filter(|m| rules.allows_model(&m.name)).map(model_entry).ok_or_else(|| {
             Error::ModelNotFound(format!("The model `{id}` does not exist or you do not have access to it."))
         })
     };
