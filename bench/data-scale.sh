@@ -35,8 +35,8 @@ queries() {
 usage totals|SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(total_tokens), 0), COALESCE(SUM(request_count), 0) FROM usage_logs WHERE user_id = $USER_ID
 usage page|SELECT * FROM usage_logs WHERE user_id = $USER_ID ORDER BY created_at DESC, id DESC LIMIT 20 OFFSET 980
 usage page, one model, 30 days|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND model = 'gpt-4o' AND created_at >= $SINCE ORDER BY created_at DESC, id DESC LIMIT 20
-CSV export batch|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND id < $MAX_ID ORDER BY id DESC LIMIT 1000
-daily chart|SELECT day, SUM(request_count), SUM(total_tokens), SUM(cost) FROM usage_logs WHERE user_id = $USER_ID AND day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY day
+CSV export batch|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND (created_at < $NOW_MS OR (created_at = $NOW_MS AND id < $MAX_ID)) ORDER BY created_at DESC, id DESC LIMIT 1000
+daily chart|SELECT day, model, SUM(request_count), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(cost) FROM usage_logs WHERE user_id = $USER_ID AND day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY day, model
 revenue by month|SELECT SUBSTR(day, 1, 7), model, SUM(cost), SUM(total_tokens), SUM(request_count) FROM usage_logs WHERE day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY SUBSTR(day, 1, 7), model
 paying customers by month|SELECT SUBSTR(day, 1, 7), COUNT(DISTINCT CASE WHEN cost > 0 THEN user_id END) FROM usage_logs WHERE day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY SUBSTR(day, 1, 7)
 SQL
@@ -91,6 +91,7 @@ for engine in $BACKENDS; do
   USER_ID=$(sql "$engine" "SELECT id FROM users WHERE email = 'seed-00000@seed.invalid'")
   MAX_ID=$(sql "$engine" "SELECT MAX(id) FROM usage_logs")
   SINCE=$(( ($(date +%s) - 30 * 86400) * 1000 ))
+  NOW_MS=$(( $(date +%s) * 1000 ))
   FROM_DAY=$(date -u -d "-$((DAYS - 1)) days" +%F)
   TO_DAY=$(date -u +%F)
   {
