@@ -2,15 +2,15 @@
 //! rows (grouped in SQL on their `day` column; a month is its first seven characters), top-ups
 //! from the ledger, and a breakdown per model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect};
 use time::{Date, Duration, macros::format_description};
 
 use super::int_expr;
 use crate::clock::{MS_PER_DAY, day_of, now_ms};
-use crate::db::entities::{credit_transactions, usage_logs};
+use crate::db::entities::credit_transactions;
 use crate::db::{Backend, Db};
 use crate::error::{Error, Result};
 
@@ -144,39 +144,88 @@ fn epoch_day_sql(backend: Backend) -> &'static str {
     }
 }
 
+/// One period's sums for one model.
+#[derive(FromQueryResult)]
+struct ModelSums {
+    period: String,
+    model: String,
+    charged: i64,
+    tokens: i64,
+    requests: i64,
+}
+
+/// Per period and model, the money charged, tokens and requests in `table` (`usage_logs`, or
+/// the rollups in `usage_daily`) over the days `[from, to]`.
+async fn model_sums(
+    db: &Db,
+    table: &str,
+    requests: &str,
+    period: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<ModelSums>> {
+    let b = db.backend;
+    let sum = |c: &str| crate::usage::sum_sql(b, c);
+    let sql = format!(
+        "SELECT {period} AS period, model, {charged} AS charged, {tokens} AS tokens, {requests} AS requests \
+         FROM {table} WHERE day >= {p1} AND day <= {p2} GROUP BY {period}, model",
+        charged = sum("cost"),
+        tokens = sum("total_tokens"),
+        requests = sum(requests),
+        p1 = crate::usage::rollup::ph(b, 1),
+        p2 = crate::usage::rollup::ph(b, 2),
+    );
+    Ok(ModelSums::find_by_statement(sea_orm::Statement::from_sql_and_values(
+        db.read.get_database_backend(),
+        sql,
+        [from.into(), to.into()],
+    ))
+    .all(&db.read)
+    .await?)
+}
+
+/// The (period, customer) pairs with a charge in `table` over the days `[from, to]`.
+async fn paying_pairs(db: &Db, table: &str, period: &str, from: &str, to: &str) -> Result<Vec<(String, i64)>> {
+    #[derive(FromQueryResult)]
+    struct Pair {
+        period: String,
+        user_id: i64,
+    }
+    let b = db.backend;
+    let sql = format!(
+        "SELECT {period} AS period, user_id FROM {table} WHERE day >= {p1} AND day <= {p2} AND cost > 0 \
+         GROUP BY {period}, user_id",
+        p1 = crate::usage::rollup::ph(b, 1),
+        p2 = crate::usage::rollup::ph(b, 2),
+    );
+    let pairs = Pair::find_by_statement(sea_orm::Statement::from_sql_and_values(
+        db.read.get_database_backend(),
+        sql,
+        [from.into(), to.into()],
+    ))
+    .all(&db.read)
+    .await?;
+    Ok(pairs.into_iter().map(|p| (p.period, p.user_id)).collect())
+}
+
 /// Revenue between `start` and `end` (whole UTC days, inclusive).
 pub async fn report(db: &Db, granularity: Granularity, start: Date, end: Date) -> Result<Revenue> {
     let (first, last) = (format_day(start), format_day(end));
     let period = period_sql(granularity);
-    let in_range = || {
-        sea_orm::Condition::all()
-            .add(usage_logs::Column::Day.gte(first.clone()))
-            .add(usage_logs::Column::Day.lte(last.clone()))
-    };
-    let by_model: Vec<(String, String, i64, i64, i64)> = usage_logs::Entity::find()
-        .select_only()
-        .column_as(Expr::cust(period), "period")
-        .column(usage_logs::Column::Model)
-        .column_as(int_expr(db.backend, "SUM(cost)"), "charged")
-        .column_as(int_expr(db.backend, "SUM(total_tokens)"), "tokens")
-        .column_as(int_expr(db.backend, "SUM(request_count)"), "requests")
-        .filter(in_range())
-        .group_by(Expr::cust(period))
-        .group_by(usage_logs::Column::Model)
-        .into_tuple()
-        .all(&db.read)
-        .await?;
-    let paying: HashMap<String, i64> = usage_logs::Entity::find()
-        .select_only()
-        .column_as(Expr::cust(period), "period")
-        .column_as(int_expr(db.backend, "COUNT(DISTINCT CASE WHEN cost > 0 THEN user_id END)"), "paying")
-        .filter(in_range())
-        .group_by(Expr::cust(period))
-        .into_tuple::<(String, i64)>()
-        .all(&db.read)
-        .await?
-        .into_iter()
-        .collect();
+    // Days already rolled up are read from `usage_daily`, the rest from `usage_logs`.
+    let done = crate::usage::rollup::rolled_through(db).await?;
+    let (rolled, raw) = crate::usage::rollup::split(&first, &last, done.as_deref())?;
+    let mut by_model: Vec<ModelSums> = Vec::new();
+    let mut payers: HashSet<(String, i64)> = HashSet::new();
+    for (table, requests, range) in [("usage_daily", "requests", rolled), ("usage_logs", "request_count", raw)] {
+        let Some((from, to)) = range else { continue };
+        by_model.extend(model_sums(db, table, requests, period, &from, &to).await?);
+        payers.extend(paying_pairs(db, table, period, &from, &to).await?);
+    }
+    let mut paying: HashMap<String, i64> = HashMap::new();
+    for (key, _) in payers {
+        *paying.entry(key).or_default() += 1;
+    }
     let epoch_day = epoch_day_sql(db.backend);
     let topups: Vec<(i64, i64)> = credit_transactions::Entity::find()
         .select_only()
@@ -207,7 +256,7 @@ pub async fn report(db: &Db, granularity: Granularity, start: Date, end: Date) -
     }
     let mut models: HashMap<String, Figures> = HashMap::new();
     let mut totals = Figures::default();
-    for (key, model, charged, tokens, requests) in by_model {
+    for ModelSums { period: key, model, charged, tokens, requests } in by_model {
         let p = periods.entry(key.clone()).or_insert_with(|| Period { period: key, ..Default::default() });
         for f in [&mut p.figures, models.entry(model).or_default(), &mut totals] {
             f.charged += charged;

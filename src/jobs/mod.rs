@@ -1,5 +1,6 @@
 //! Scheduled work inside `serve`: the daily subscription expiry, the stale-reservation
-//! sweeper, and the hourly removal of expired sessions and abandoned OAuth attempts.
+//! sweeper, the hourly removal of expired sessions and abandoned OAuth attempts, and the hourly
+//! daily roll-up of usage for days that are over (`usage::rollup`).
 //!
 //! With several instances every instance runs both. That is safe because both jobs are
 //! idempotent compare-and-set loops (see `subscriptions::expire_due` and
@@ -73,6 +74,11 @@ pub fn start(config: &Config, db: &Db, tracker: &TaskTracker, shutdown: &Cancell
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "abandoned OAuth attempts removed"),
                     Err(err) => tracing::error!(error = %err, "OAuth-state cleanup failed"),
+                }
+                match crate::usage::rollup::roll_closed_days(&db, now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(days = n, "usage rolled up by day"),
+                    Err(err) => tracing::error!(error = %err, "usage roll-up failed"),
                 }
             }
             match billing::sweep_stale(&db, max_age_ms).await {

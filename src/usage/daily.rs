@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QuerySelect};
+use sea_orm::FromQueryResult;
 
-use super::{bad, key_id_param, model_param, sum};
+use super::rollup::ph;
+use super::{bad, key_id_param, model_param, sum_sql};
 use crate::clock::{MS_PER_DAY, day_of};
 use crate::db::Db;
-use crate::db::entities::usage_logs;
 use crate::error::Result;
 
 pub const DEFAULT_DAYS: u32 = 30;
@@ -99,6 +99,49 @@ fn day_names(now_ms: i64, days: u32) -> Vec<String> {
     (0..i64::from(days)).rev().map(|back| day_of(now_ms - back * MS_PER_DAY)).collect()
 }
 
+/// `filter.user_id`'s sums per day and model in `table` (`usage_logs`, or the rollups in
+/// `usage_daily`) over the days `[first, last]` (`YYYY-MM-DD`, so text order is date order on
+/// every engine).
+async fn day_model_groups(
+    db: &Db,
+    table: &str,
+    requests: &str,
+    filter: &DailyFilter,
+    first: &str,
+    last: &str,
+) -> Result<Vec<DayModelTotals>> {
+    let b = db.backend;
+    let mut values: Vec<sea_orm::Value> = vec![filter.user_id.into(), first.into(), last.into()];
+    let mut sql = format!(
+        "SELECT day, model, {requests} AS requests, {prompt} AS prompt_tokens, {completion} AS completion_tokens, \
+         {total} AS total_tokens, {cost} AS cost FROM {table} WHERE user_id = {p1} AND day >= {p2} AND day <= {p3}",
+        requests = sum_sql(b, requests),
+        prompt = sum_sql(b, "prompt_tokens"),
+        completion = sum_sql(b, "completion_tokens"),
+        total = sum_sql(b, "total_tokens"),
+        cost = sum_sql(b, "cost"),
+        p1 = ph(b, 1),
+        p2 = ph(b, 2),
+        p3 = ph(b, 3),
+    );
+    if let Some(m) = &filter.model {
+        values.push(m.clone().into());
+        sql.push_str(&format!(" AND model = {}", ph(b, values.len())));
+    }
+    if let Some(k) = filter.key_id {
+        values.push(k.into());
+        sql.push_str(&format!(" AND key_id = {}", ph(b, values.len())));
+    }
+    sql.push_str(" GROUP BY day, model");
+    Ok(DayModelTotals::find_by_statement(sea_orm::Statement::from_sql_and_values(
+        db.read.get_database_backend(),
+        sql,
+        values,
+    ))
+    .all(&db.read)
+    .await?)
+}
+
 /// Usage of `filter.user_id` per day for the `filter.days` days ending today (`now_ms`), by the
 /// precomputed UTC `day` of each row.
 pub async fn daily(db: &Db, filter: &DailyFilter, now_ms: i64) -> Result<Daily> {
@@ -107,34 +150,17 @@ pub async fn daily(db: &Db, filter: &DailyFilter, now_ms: i64) -> Result<Daily> 
         (Some(f), Some(t)) => (f.clone(), t.clone()),
         _ => return Err(bad("days must be at least 1")),
     };
-    // `day` is `YYYY-MM-DD`, so text order is date order on every engine.
-    let mut c = Condition::all()
-        .add(usage_logs::Column::UserId.eq(filter.user_id))
-        .add(usage_logs::Column::Day.gte(from.clone()))
-        .add(usage_logs::Column::Day.lte(to.clone()));
-    if let Some(m) = &filter.model {
-        c = c.add(usage_logs::Column::Model.eq(m.clone()));
+    // Days already rolled up are read from `usage_daily`, the rest from `usage_logs`; each in
+    // one pass by day and model (at most days × models groups). The per-day series and the
+    // per-model breakdown are both sums of these.
+    let done = super::rollup::rolled_through(db).await?;
+    let (rolled, raw) = super::rollup::split(&from, &to, done.as_deref())?;
+    let mut groups: Vec<DayModelTotals> = Vec::new();
+    for (table, requests, range) in [("usage_daily", "requests", rolled), ("usage_logs", "request_count", raw)] {
+        if let Some((first, last)) = range {
+            groups.extend(day_model_groups(db, table, requests, filter, &first, &last).await?);
+        }
     }
-    if let Some(k) = filter.key_id {
-        c = c.add(usage_logs::Column::KeyId.eq(k));
-    }
-    // One pass over the customer's rows in the window, by day and model (at most days × models
-    // groups); the per-day series and the per-model breakdown are both sums of these.
-    let groups: Vec<DayModelTotals> = usage_logs::Entity::find()
-        .select_only()
-        .column(usage_logs::Column::Day)
-        .column(usage_logs::Column::Model)
-        .column_as(sum(db.backend, "request_count"), "requests")
-        .column_as(sum(db.backend, "prompt_tokens"), "prompt_tokens")
-        .column_as(sum(db.backend, "completion_tokens"), "completion_tokens")
-        .column_as(sum(db.backend, "total_tokens"), "total_tokens")
-        .column_as(sum(db.backend, "cost"), "cost")
-        .filter(c)
-        .group_by(usage_logs::Column::Day)
-        .group_by(usage_logs::Column::Model)
-        .into_model::<DayModelTotals>()
-        .all(&db.read)
-        .await?;
     let mut per_day: HashMap<String, DayTotals> = HashMap::new();
     let mut per_model: HashMap<String, ModelTotals> = HashMap::new();
     for g in groups {

@@ -3,6 +3,7 @@
 
 mod csv;
 pub mod daily;
+pub mod rollup;
 
 pub use csv::{CSV_HEADER, csv_record, neutralise};
 
@@ -174,13 +175,17 @@ pub struct Totals {
 }
 
 /// `SUM` of a BIGINT is DECIMAL on MySQL and NUMERIC on PostgreSQL: cast it back, per engine.
-pub(crate) fn sum(backend: Backend, column: &str) -> SimpleExpr {
-    let sql = match backend {
+pub(crate) fn sum_sql(backend: Backend, column: &str) -> String {
+    match backend {
         Backend::Postgres => format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT)"),
         Backend::MySql => format!("CAST(COALESCE(SUM({column}), 0) AS SIGNED)"),
         Backend::Sqlite => format!("COALESCE(SUM({column}), 0)"),
-    };
-    Expr::cust(sql)
+    }
+}
+
+/// `sum_sql` as an expression for the query builder.
+pub(crate) fn sum(backend: Backend, column: &str) -> SimpleExpr {
+    Expr::cust(sum_sql(backend, column))
 }
 
 pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {

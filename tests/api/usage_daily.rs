@@ -193,3 +193,96 @@ async fn daily_usage_is_zero_filled_summed_in_sql_and_private(backend: Backend) 
 }
 
 on_all_backends!(daily_usage_is_zero_filled_summed_in_sql_and_private);
+
+/// The daily roll-up is invisible in the answers: the revenue report (by day and by month) and
+/// the customers' charts (all, one model, one key) say the same before and after days are
+/// rolled up, and today's rows keep counting. Days still open are never rolled up; a second
+/// run and two runs at once roll up nothing twice.
+async fn rolled_up_days_answer_exactly_as_the_rows_did(backend: Backend) {
+    use tollgate::admin::revenue::{Granularity, report};
+    use tollgate::usage::daily::{DailyFilter, daily};
+    use tollgate::usage::rollup::{roll_closed_days, rolled_through};
+
+    let app = spawn_app_with(backend, &[]).await;
+    let db = &app.db;
+    let a = crate::helpers::user_with_balance(db, "roll-a@example.com", 0).await;
+    let b = crate::helpers::user_with_balance(db, "roll-b@example.com", 0).await;
+    let (ka, _) = tollgate::keys::create(&db.write, a, Some("one")).await.unwrap();
+    let (kb, _) = tollgate::keys::create(&db.write, a, Some("two")).await.unwrap();
+    // 40 days of rows: two customers, two keys, two models, refusals (cost 0, repeated) and a
+    // row without a key; some days have nothing.
+    let mut n = 0i64;
+    for back in 0..40 {
+        if back % 7 == 3 {
+            continue;
+        }
+        for (user, key, model) in [
+            (a, Some(ka.id), "gpt-4o"),
+            (a, Some(kb.id), "gpt-4o-mini"),
+            (b, None, "gpt-4o"),
+            (a, Some(ka.id), "gpt-4o-mini"),
+        ] {
+            n += 1;
+            let cost = if n % 5 == 0 { 0 } else { n * 1_000 };
+            row(user, key, model, noon_days_ago(back) + n, (n, 2 * n), cost, 1 + n % 3)
+                .insert(&db.write)
+                .await
+                .unwrap();
+        }
+    }
+    let today = OffsetDateTime::now_utc().date();
+    let views = || async {
+        let month = report(db, Granularity::Month, today - Duration::days(60), today).await.unwrap();
+        let day = report(db, Granularity::Day, today - Duration::days(45), today).await.unwrap();
+        let now = tollgate::clock::now_ms();
+        let mut charts = Vec::new();
+        for (model, key_id) in [(None, None), (Some("gpt-4o-mini".to_owned()), None), (None, Some(kb.id))] {
+            let f = DailyFilter { user_id: a, days: 90, model, key_id };
+            charts.push(daily(db, &f, now).await.unwrap());
+        }
+        charts.push(daily(db, &DailyFilter { user_id: b, days: 30, model: None, key_id: None }, now).await.unwrap());
+        (month, day, charts)
+    };
+    let before = views().await;
+    assert!(before.0.totals.charged > 0 && before.0.periods.iter().any(|p| p.paying_users == 2));
+
+    // Two runs at once: every day from the first row's to the day before yesterday, once.
+    let now = tollgate::clock::now_ms();
+    let (r1, r2) = tokio::join!(roll_closed_days(db, now), roll_closed_days(db, now));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert!(r1 + r2 >= 38, "{r1} + {r2} days rolled up");
+    let last = rolled_through(db).await.unwrap().unwrap();
+    assert_eq!(last, day_of(now - 2 * tollgate::clock::MS_PER_DAY), "yesterday and today stay open");
+    assert_eq!(roll_closed_days(db, now).await.unwrap(), 0, "nothing is rolled up twice");
+    let after = views().await;
+    assert_eq!(after, before, "the roll-up changed an answer");
+
+    // The rolled-up sums are the rows' sums.
+    let sums = |table: &str, requests: &str| {
+        let sql = format!(
+            "SELECT CAST(SUM(cost) AS CHAR(40)) AS c, CAST(SUM({requests}) AS CHAR(40)) AS r, CAST(SUM(total_tokens) AS CHAR(40)) AS t FROM {table} WHERE day <= '{last}'"
+        );
+        let sql = if backend == Backend::Postgres { sql.replace("AS CHAR(40)", "AS TEXT") } else { sql };
+        let sql = if backend == Backend::Sqlite { sql.replace("AS CHAR(40)", "AS TEXT") } else { sql };
+        async move {
+            use sea_orm::ConnectionTrait;
+            let row = db
+                .read
+                .query_one_raw(sea_orm::Statement::from_string(db.read.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap();
+            let get = |c: &str| row.try_get::<String>("", c).unwrap();
+            (get("c"), get("r"), get("t"))
+        }
+    };
+    assert_eq!(sums("usage_daily", "requests").await, sums("usage_logs", "request_count").await);
+
+    // Today's rows count at once, in the report and in the chart.
+    row(a, Some(ka.id), "gpt-4o", tollgate::clock::now_ms(), (1, 1), 777_000, 1).insert(&db.write).await.unwrap();
+    let later = views().await;
+    assert_eq!(later.0.totals.charged, before.0.totals.charged + 777_000);
+    assert_eq!(later.2[0].cost, before.2[0].cost + 777_000);
+}
+
+on_all_backends!(rolled_up_days_answer_exactly_as_the_rows_did);

@@ -1,0 +1,254 @@
+//! Daily rollups: the sums of each day's usage rows per customer, key and model, in
+//! `usage_daily`, for days that are over. The revenue report and the customers' charts read
+//! rolled-up days from there and only the last days from `usage_logs`, so their cost grows
+//! with customers × days, not with requests.
+//!
+//! A usage row is written on the day it names (`day` is the UTC day of its `created_at`, set
+//! when the row is written), so once a day is over its rows never change. Days before
+//! yesterday are rolled up (one day of margin for instances whose clocks disagree), oldest
+//! first, each once: `usage_daily_days` records the days done, and every day up to the latest
+//! one recorded is done, so readers split a range at that day. Several instances may run the
+//! job at once: a day's rows and its record are written in one transaction, and one already
+//! recorded is skipped.
+
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
+use time::{Date, Duration, macros::format_description};
+
+use super::sum_sql as sum;
+use crate::clock::{MS_PER_DAY, day_of};
+use crate::db::{Backend, Db};
+use crate::error::{Error, Result};
+
+/// Days before this many days ago are over and may be rolled up.
+pub const OPEN_DAYS: i64 = 2;
+/// Rolled-up rows written per INSERT statement.
+const ROWS_PER_INSERT: usize = 500;
+
+/// One group of a day's usage rows.
+#[derive(Clone, Debug, FromQueryResult)]
+struct Group {
+    user_id: i64,
+    key_id: i64,
+    model: String,
+    requests: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    total_tokens: i64,
+    cost: i64,
+}
+
+fn db_backend(backend: Backend) -> DbBackend {
+    match backend {
+        Backend::Sqlite => DbBackend::Sqlite,
+        Backend::MySql => DbBackend::MySql,
+        Backend::Postgres => DbBackend::Postgres,
+    }
+}
+
+/// The `n`-th (1-based) bind placeholder.
+pub(crate) fn ph(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::MySql | Backend::Sqlite => "?".to_owned(),
+    }
+}
+
+fn parse_day(day: &str) -> Result<Date> {
+    Date::parse(day, format_description!("[year]-[month]-[day]"))
+        .map_err(|e| Error::Internal(anyhow::anyhow!("a usage day `{day}` is not a date: {e}")))
+}
+
+fn format_day(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// The day after `day` (`YYYY-MM-DD`).
+pub fn next_day(day: &str) -> Result<String> {
+    Ok(format_day(parse_day(day)? + Duration::days(1)))
+}
+
+/// The latest day rolled up; every day up to it is. `None` before the first roll-up.
+pub async fn rolled_through(db: &Db) -> Result<Option<String>> {
+    #[derive(FromQueryResult)]
+    struct Last {
+        day: Option<String>,
+    }
+    let row = Last::find_by_statement(Statement::from_string(
+        db_backend(db.backend),
+        "SELECT MAX(day) AS day FROM usage_daily_days",
+    ))
+    .one(&db.read)
+    .await?;
+    Ok(row.and_then(|r| r.day))
+}
+
+/// Rolls up, oldest first, every day that is over (before `OPEN_DAYS` days ago, as of
+/// `now_ms`) and not rolled up yet; answers how many days it rolled up.
+pub async fn roll_closed_days(db: &Db, now_ms: i64) -> Result<u32> {
+    let last_closed = day_of(now_ms - OPEN_DAYS * MS_PER_DAY);
+    let mut day = match rolled_through(db).await? {
+        Some(done) => next_day(&done)?,
+        None => {
+            #[derive(FromQueryResult)]
+            struct First {
+                day: Option<String>,
+            }
+            let first = First::find_by_statement(Statement::from_string(
+                db_backend(db.backend),
+                "SELECT MIN(day) AS day FROM usage_logs",
+            ))
+            .one(&db.read)
+            .await?
+            .and_then(|r| r.day);
+            match first {
+                Some(d) => d,
+                None => return Ok(0),
+            }
+        }
+    };
+    let mut rolled = 0;
+    while day <= last_closed {
+        if let Err(err) = roll_day(db, &day).await {
+            // Another instance rolling the same day at the same moment makes one of the two
+            // fail on the rollup's primary key: the day is done all the same.
+            if rolled_through(db).await?.is_none_or(|done| done < day) {
+                return Err(err);
+            }
+        } else {
+            rolled += 1;
+        }
+        day = next_day(&day)?;
+    }
+    Ok(rolled)
+}
+
+/// Rolls up one day that is over: its groups are read outside the write transaction (the
+/// day's rows no longer change), then written with the day's record in one transaction.
+async fn roll_day(db: &Db, day: &str) -> Result<()> {
+    let b = db.backend;
+    let sql = format!(
+        "SELECT user_id, COALESCE(key_id, 0) AS key_id, model, {requests} AS requests, {prompt} AS prompt_tokens, \
+         {completion} AS completion_tokens, {total} AS total_tokens, {cost} AS cost FROM usage_logs WHERE day = {p} \
+         GROUP BY user_id, COALESCE(key_id, 0), model",
+        requests = sum(b, "request_count"),
+        prompt = sum(b, "prompt_tokens"),
+        completion = sum(b, "completion_tokens"),
+        total = sum(b, "total_tokens"),
+        cost = sum(b, "cost"),
+        p = ph(b, 1),
+    );
+    let groups = Group::find_by_statement(Statement::from_sql_and_values(db_backend(b), sql, [day.into()]))
+        .all(&db.read)
+        .await?;
+    let groups = Arc::new(groups);
+    let day = day.to_owned();
+    db.write(move |txn| {
+        let (groups, day) = (Arc::clone(&groups), day.clone());
+        Box::pin(async move { write_day(txn, b, &day, &groups).await })
+    })
+    .await
+}
+
+async fn write_day(txn: &impl ConnectionTrait, b: Backend, day: &str, groups: &[Group]) -> Result<()> {
+    let backend = db_backend(b);
+    let done = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            format!("SELECT day FROM usage_daily_days WHERE day = {}", ph(b, 1)),
+            [day.into()],
+        ))
+        .await?;
+    if done.is_some() {
+        // Another instance rolled it up meanwhile.
+        return Ok(());
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!("DELETE FROM usage_daily WHERE day = {}", ph(b, 1)),
+        [day.into()],
+    ))
+    .await?;
+    for chunk in groups.chunks(ROWS_PER_INSERT) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for g in chunk {
+            let n = values.len();
+            rows.push(format!("({})", (1..=9).map(|i| ph(b, n + i)).collect::<Vec<_>>().join(", ")));
+            values.extend([
+                day.into(),
+                g.user_id.into(),
+                g.key_id.into(),
+                g.model.clone().into(),
+                g.requests.into(),
+                g.prompt_tokens.into(),
+                g.completion_tokens.into(),
+                g.total_tokens.into(),
+                g.cost.into(),
+            ]);
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "INSERT INTO usage_daily (day, user_id, key_id, model, requests, prompt_tokens, completion_tokens, \
+                 total_tokens, cost) VALUES {}",
+                rows.join(", ")
+            ),
+            values,
+        ))
+        .await?;
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!("INSERT INTO usage_daily_days (day, rolled_at) VALUES ({}, {})", ph(b, 1), ph(b, 2)),
+        [day.into(), crate::clock::now_ms().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A range of days, `(first, last)`, both included.
+pub type Days = (String, String);
+
+/// How a day range `[first, last]` splits between the rollups and the usage rows: the
+/// rolled-up part (if any) and the part still read from `usage_logs` (if any).
+pub fn split(first: &str, last: &str, rolled_through: Option<&str>) -> Result<(Option<Days>, Option<Days>)> {
+    match rolled_through {
+        Some(done) if done >= first => {
+            let rolled_last = if done < last { done.to_owned() } else { last.to_owned() };
+            let raw = if done < last { Some((next_day(done)?, last.to_owned())) } else { None };
+            Ok((Some((first.to_owned(), rolled_last)), raw))
+        }
+        _ => Ok((None, Some((first.to_owned(), last.to_owned())))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_splits_at_the_last_rolled_day() {
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(split("2026-11-01", "2026-11-30", None).unwrap(), (None, Some(s("2026-11-01", "2026-11-30"))));
+        assert_eq!(
+            split("2026-11-01", "2026-11-30", Some("2026-10-31")).unwrap(),
+            (None, Some(s("2026-11-01", "2026-11-30")))
+        );
+        assert_eq!(
+            split("2026-11-01", "2026-11-30", Some("2026-11-28")).unwrap(),
+            (Some(s("2026-11-01", "2026-11-28")), Some(s("2026-11-29", "2026-11-30")))
+        );
+        assert_eq!(
+            split("2026-11-01", "2026-11-30", Some("2026-12-02")).unwrap(),
+            (Some(s("2026-11-01", "2026-11-30")), None)
+        );
+        assert_eq!(
+            split("2026-12-01", "2026-12-31", Some("2026-12-01")).unwrap(),
+            (Some(s("2026-12-01", "2026-12-01")), Some(s("2026-12-02", "2026-12-31")))
+        );
+        assert_eq!(next_day("2028-02-28").unwrap(), "2028-02-29");
+        assert_eq!(next_day("2026-12-31").unwrap(), "2027-01-01");
+    }
+}
