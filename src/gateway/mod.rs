@@ -24,6 +24,8 @@ use crate::config::Config;
 #[derive(Debug)]
 pub struct Gateway {
     pub upstream: Upstream,
+    /// The routing directory, channel health and the settings channel changes need.
+    pub channels: crate::channels::Runtime,
     pub inflight: Arc<InFlight>,
     pub refusals: Refusals,
     pub max_request_bytes: usize,
@@ -36,6 +38,7 @@ impl Gateway {
     pub fn new(config: &Config, cache: &crate::cache::Cache) -> anyhow::Result<Self> {
         Ok(Self {
             upstream: Upstream::new(config)?,
+            channels: crate::channels::Runtime::new(config, cache),
             inflight: InFlight::new(config.max_concurrent_per_user, cache.redis()),
             refusals: Refusals::default(),
             max_request_bytes: config.max_request_bytes,
