@@ -229,9 +229,9 @@ fn no_channel() -> Error {
 }
 
 /// The channels to try for `model`, in order, each with its body: those of the OpenAI
-/// provider serving the model and not cooling down — or, when every one of them is cooling
-/// down, all of them (a cool-down steers traffic to healthy channels; it never turns the only
-/// upstream into an outage).
+/// provider serving the model and not cooling down (one whose cool-down is over only as the
+/// one probe) — or, when none of them is healthy, all of them: a cool-down steers traffic to
+/// healthy channels; it never turns the only upstream into an outage.
 async fn candidates(
     gateway: &Gateway,
     db: &crate::db::Db,
@@ -252,12 +252,13 @@ async fn candidates(
     }
     let ids: Vec<i64> = serving.iter().map(|(r, _)| r.id).collect();
     let states = gateway.channels.health.states(&ids).await;
-    let all_cooling = states.iter().all(|s| *s == State::Open);
+    // With no healthy channel left, every one is tried (no probe needed).
+    let none_healthy = states.iter().all(|s| *s != State::Closed);
     let usable: Vec<_> = serving
         .into_iter()
         .zip(states)
-        .filter(|(_, state)| all_cooling || *state != State::Open)
-        .map(|((route, name), state)| (route, (name, state == State::HalfOpen && !all_cooling)))
+        .filter(|(_, state)| none_healthy || *state != State::Open)
+        .map(|((route, name), state)| (route, (name, state == State::HalfOpen && !none_healthy)))
         .collect();
     let mut rng = Rng::seeded();
     let mut bodies: std::collections::HashMap<String, Bytes> = std::collections::HashMap::new();
