@@ -221,7 +221,7 @@ async fn a_refused_key_disables_its_channel_and_traffic_moves_on(backend: Backen
     assert_eq!((revoked.calls(), backup.calls()), (1, 1));
     let view = channels::get(&app.db, bad.id).await.unwrap();
     assert!(!view.enabled && !view.routable, "the channel without an enabled key is off");
-    assert!(view.disabled_reason.unwrap().contains("401"));
+    assert!(view.disabled_reason.as_deref().unwrap().contains("401"));
     assert!(!view.keys[0].enabled && view.keys[0].disabled_reason.is_some());
     let audit = audit_logs::Entity::find()
         .filter(audit_logs::Column::Action.eq("channel.auto_disable"))
@@ -235,6 +235,15 @@ async fn a_refused_key_disables_its_channel_and_traffic_moves_on(backend: Backen
         assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);
     }
     assert_eq!(revoked.calls(), 1, "the disabled channel gets no more calls");
+    // The operator puts the key back once the account is fixed.
+    let patch = channels::ChannelPatch {
+        enabled: Some(true),
+        keys: Some(channels::KeyChange::Enable(vec![view.keys[0].id])),
+        ..Default::default()
+    };
+    let restored =
+        channels::update(&app.db, &app.cache(), &settings(true), &Actor::system(), bad.id, patch).await.unwrap();
+    assert!(restored.routable && restored.keys[0].enabled && restored.disabled_reason.is_none());
     app.settled(user).await;
     assert_books_balance(&app.db, user).await;
 }
