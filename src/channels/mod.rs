@@ -18,6 +18,7 @@
 //! | [`list`]`(db) -> Vec<ChannelView>` / [`get`]`(db, id)` / [`find_by_name`]`(db, name)` | read, by priority then name |
 //! | [`test`]`(db, gateway, actor, id) -> TestReport` | a 1-token request to the channel's first model through the gateway's client and SSRF guard; audits `channel.test` |
 //! | [`disable_key`] | the gateway's auto-disable on upstream 401/403 (actor none, `channel.auto_disable`) |
+//! | `gateway.channels.health.states(&[id, …])` | each channel's breaker: `Closed`, `Open` (cooling down) or `HalfOpen` (one probe may go), shared through Redis |
 //!
 //! Each change is audited in its transaction and then bumps the `channels_version` cache key,
 //! which every instance's routing directory compares on each request: this instance routes by
