@@ -569,6 +569,7 @@ async fn audited(
 
 /// Tells every instance's routing directory that channels changed (see the module doc).
 pub async fn invalidate(cache: &Cache) {
+    directory::changed_here();
     cache.set(VERSION_KEY, &crate::crypto::random_token(12), VERSION_TTL).await;
 }
 
