@@ -65,6 +65,8 @@ impl Application {
         // harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cache = build_cache(&config)?;
+        crate::channels::check_encryption_key(&db, &config).await?;
+        crate::channels::ensure_default(&db, &cache, &config).await?;
         let gateway = Arc::new(Gateway::new(&config, &cache)?);
         let public_url = if config.public_url_explicit {
             config.public_url.clone()

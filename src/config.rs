@@ -91,6 +91,19 @@ pub struct Config {
     pub openai_api_key: Option<Secret>,
     /// `OPENAI_BASE_URL`: any OpenAI-compatible endpoint.
     pub openai_base_url: Url,
+    /// True when `OPENAI_BASE_URL` was set (the default channel is created from it).
+    pub openai_base_url_explicit: bool,
+    /// `ENCRYPTION_KEY`: 32 bytes (base64 or hex) that encrypt channel keys and headers at rest.
+    pub encryption_key: Option<crate::channels::seal::Sealer>,
+    /// `ALLOW_PRIVATE_UPSTREAMS`: let channels reach loopback, private and link-local addresses.
+    pub allow_private_upstreams: bool,
+    /// `UPSTREAM_MAX_ATTEMPTS`: upstream attempts of one request at most, over all channels
+    /// (failover and retries together).
+    pub upstream_max_attempts: u32,
+    /// `CHANNEL_FAILURE_THRESHOLD`: consecutive failures that cool a channel down.
+    pub channel_failure_threshold: u32,
+    /// `CHANNEL_COOLDOWN_SECS`: how long a channel is skipped after it cooled down.
+    pub channel_cooldown: Duration,
     /// `CRON_SECRET`: bearer secret of the cron endpoint; the endpoint is off without a usable one.
     pub cron_secret: Option<Secret>,
     /// `LISTEN_ADDR`.
@@ -189,6 +202,15 @@ pub struct Config {
     pub redeem_failure_limit: usize,
 }
 
+/// Retries of the same channel before the first byte when no other channel is left.
+pub const DEFAULT_UPSTREAM_MAX_RETRIES: u32 = 2;
+/// Attempts of one request over all channels, unless `UPSTREAM_MAX_RETRIES` asks for more.
+pub const DEFAULT_UPSTREAM_MAX_ATTEMPTS: u32 = 3;
+/// The most attempts `UPSTREAM_MAX_ATTEMPTS` may allow.
+pub const MAX_UPSTREAM_ATTEMPTS: u32 = 20;
+pub const DEFAULT_CHANNEL_FAILURE_THRESHOLD: u32 = 3;
+pub const DEFAULT_CHANNEL_COOLDOWN_SECS: u64 = 30;
+
 /// The minimum length of a usable `CRON_SECRET`.
 pub const MIN_CRON_SECRET_LEN: usize = 16;
 const MIN_AUTH_SECRET_LEN: usize = 32;
@@ -250,6 +272,11 @@ impl Config {
 
         let openai_api_key = get("OPENAI_API_KEY").map(Secret::new);
         let openai_base_url = url(&get, "OPENAI_BASE_URL", "https://api.openai.com/v1")?;
+        let openai_base_url_explicit = get("OPENAI_BASE_URL").is_some();
+        let encryption_key = match get("ENCRYPTION_KEY") {
+            Some(v) => Some(crate::channels::seal::Sealer::parse(&v).map_err(|m| invalid("ENCRYPTION_KEY", m))?),
+            None => None,
+        };
         let cron_secret = get("CRON_SECRET").map(Secret::new);
 
         let listen_addr: SocketAddr =
@@ -388,6 +415,24 @@ impl Config {
             return Err(invalid("HTTP2_KEEPALIVE_SECS", "must be at least 1"));
         }
         let sweep_interval_secs: u64 = parse(&get, "SWEEP_INTERVAL_SECS", 60)?;
+        let upstream_max_retries: u32 = parse(&get, "UPSTREAM_MAX_RETRIES", DEFAULT_UPSTREAM_MAX_RETRIES)?;
+        let upstream_max_attempts: u32 = parse(
+            &get,
+            "UPSTREAM_MAX_ATTEMPTS",
+            DEFAULT_UPSTREAM_MAX_ATTEMPTS.max(upstream_max_retries.saturating_add(1)),
+        )?;
+        if !(1..=MAX_UPSTREAM_ATTEMPTS).contains(&upstream_max_attempts) {
+            return Err(invalid("UPSTREAM_MAX_ATTEMPTS", format!("must be between 1 and {MAX_UPSTREAM_ATTEMPTS}")));
+        }
+        let channel_failure_threshold: u32 =
+            parse(&get, "CHANNEL_FAILURE_THRESHOLD", DEFAULT_CHANNEL_FAILURE_THRESHOLD)?;
+        if channel_failure_threshold == 0 {
+            return Err(invalid("CHANNEL_FAILURE_THRESHOLD", "must be at least 1"));
+        }
+        let channel_cooldown_secs: u64 = parse(&get, "CHANNEL_COOLDOWN_SECS", DEFAULT_CHANNEL_COOLDOWN_SECS)?;
+        if channel_cooldown_secs == 0 {
+            return Err(invalid("CHANNEL_COOLDOWN_SECS", "must be at least 1"));
+        }
         if sweep_interval_secs == 0 {
             return Err(invalid("SWEEP_INTERVAL_SECS", "must be at least 1"));
         }
@@ -403,6 +448,12 @@ impl Config {
             google,
             openai_api_key,
             openai_base_url,
+            openai_base_url_explicit,
+            encryption_key,
+            allow_private_upstreams: boolean(&get, "ALLOW_PRIVATE_UPSTREAMS", false)?,
+            upstream_max_attempts,
+            channel_failure_threshold,
+            channel_cooldown: Duration::from_secs(channel_cooldown_secs),
             cron_secret,
             listen_addr,
             public_url,
@@ -424,7 +475,7 @@ impl Config {
             upstream_first_byte_timeout,
             upstream_idle_timeout,
             upstream_total_timeout,
-            upstream_max_retries: parse(&get, "UPSTREAM_MAX_RETRIES", 2)?,
+            upstream_max_retries,
             max_concurrent_per_user,
             max_request_bytes,
             session_idle: Duration::from_secs(secs("SESSION_IDLE_SECS", 7 * 24 * 3600)?),
@@ -563,6 +614,10 @@ mod tests {
             (&[("MAX_CONNECTIONS", "3")], "MAX_CONNECTIONS"),
             (&[("PASSWORD_HASH_CONCURRENCY", "0")], "PASSWORD_HASH_CONCURRENCY"),
             (&[("DATABASE_ACQUIRE_TIMEOUT_MS", "0")], "DATABASE_ACQUIRE_TIMEOUT_MS"),
+            (&[("ENCRYPTION_KEY", "short")], "ENCRYPTION_KEY"),
+            (&[("UPSTREAM_MAX_ATTEMPTS", "0")], "UPSTREAM_MAX_ATTEMPTS"),
+            (&[("CHANNEL_FAILURE_THRESHOLD", "0")], "CHANNEL_FAILURE_THRESHOLD"),
+            (&[("ALLOW_PRIVATE_UPSTREAMS", "maybe")], "ALLOW_PRIVATE_UPSTREAMS"),
         ];
         for (vars, var) in cases {
             let err = config(vars).unwrap_err();

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod cache;
+pub mod channels;
 pub mod cli;
 pub mod clock;
 pub mod config;

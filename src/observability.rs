@@ -11,8 +11,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
 
-/// The channel label of upstream attempts until several upstream channels exist.
-pub const DEFAULT_CHANNEL: &str = "default";
 /// The model label of a request whose model is not in the catalogue (never the name sent).
 pub const UNKNOWN_MODEL: &str = "unknown";
 
@@ -118,8 +116,8 @@ pub struct RequestRecord {
     pub cost: Option<i64>,
     pub latency: Duration,
     pub ttfb: Option<Duration>,
-    /// The upstream channel, when the request went upstream.
-    pub channel: Option<&'static str>,
+    /// The name of the channel that served (or was tried last), when the request went upstream.
+    pub channel: Option<String>,
     /// Upstream attempts made (0 when it never went upstream).
     pub attempts: u32,
     pub stream: bool,
@@ -163,7 +161,7 @@ impl RequestRecord {
             cost = self.cost,
             latency_ms = ms(self.latency),
             ttfb_ms = self.ttfb.map(ms),
-            channel = self.channel,
+            channel = self.channel.as_deref(),
             attempts = self.attempts,
             stream = self.stream,
             "request"
@@ -197,9 +195,9 @@ impl RequestRecord {
     }
 }
 
-/// Counts one upstream attempt and how it went.
-pub fn upstream_attempt(outcome: &'static str) {
-    metrics::counter!("tollgate_upstream_attempts_total", "channel" => DEFAULT_CHANNEL, "outcome" => outcome)
+/// Counts one upstream attempt of `channel` and how it went.
+pub fn upstream_attempt(channel: &str, outcome: &'static str) {
+    metrics::counter!("tollgate_upstream_attempts_total", "channel" => channel.to_owned(), "outcome" => outcome)
         .increment(1);
 }
 

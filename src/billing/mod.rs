@@ -21,6 +21,6 @@ pub mod reconcile;
 pub mod reservations;
 
 pub use reservations::{
-    Charge, FinalState, Prices, Reservation, ReserveRequest, Resolution, Resolved, UsageLog, charge_for, reserve,
-    resolve, resolve_reservation, sweep_stale, usage_row,
+    Charge, FinalState, Prices, Reservation, ReserveRequest, Resolution, Resolved, Served, UsageLog, charge_for,
+    reserve, resolve, resolve_reservation, resolve_reservation_served, sweep_stale, usage_row,
 };

@@ -356,6 +356,13 @@ pub struct UsageLog {
     pub usage_source: &'static str,
 }
 
+/// Which channel served a call and how many upstream attempts it took, for its usage row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub channel_id: Option<i64>,
+    pub attempts: i32,
+}
+
 /// One resolution: the end state and the usage row to write with it.
 #[derive(Clone, Debug)]
 pub struct Resolution {
@@ -401,7 +408,7 @@ pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Resu
                     key_period: res.key_period,
                     lowered_cap: None,
                 };
-                resolve_in(txn, &known, &resolution).await
+                resolve_in(txn, &known, &resolution, Served::default()).await
             })
         })
         .await;
@@ -416,10 +423,20 @@ pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Resu
 /// As `resolve`, for the reservation this process made: no need to read it back; the guard on
 /// its state still makes a second resolution a no-op.
 pub async fn resolve_reservation(db: &Db, reservation: &Reservation, resolution: &Resolution) -> Result<Resolved> {
+    resolve_reservation_served(db, reservation, resolution, Served::default()).await
+}
+
+/// As `resolve_reservation`, recording the channel that served and the attempts it took.
+pub async fn resolve_reservation_served(
+    db: &Db,
+    reservation: &Reservation,
+    resolution: &Resolution,
+    served: Served,
+) -> Result<Resolved> {
     let (known, resolution) = (reservation.clone(), resolution.clone());
     let outcome = db.write(move |txn| {
         let (known, resolution) = (known.clone(), resolution.clone());
-        Box::pin(async move { resolve_in(txn, &known, &resolution).await })
+        Box::pin(async move { resolve_in(txn, &known, &resolution, served).await })
     });
     match outcome.await {
         // Another resolution won the guard between our read and our update (a concurrent
@@ -429,7 +446,12 @@ pub async fn resolve_reservation(db: &Db, reservation: &Reservation, resolution:
     }
 }
 
-async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &Resolution) -> Result<Resolved> {
+async fn resolve_in(
+    txn: &DatabaseTransaction,
+    res: &Reservation,
+    resolution: &Resolution,
+    served: Served,
+) -> Result<Resolved> {
     let now = now_ms();
     let (mut charge, state, prompt, completion) = match resolution.state {
         FinalState::Settled { prompt_tokens, completion_tokens, prices } => (
@@ -502,7 +524,9 @@ async fn resolve_in(txn: &DatabaseTransaction, res: &Reservation, resolution: &R
         .await?;
     }
 
-    let row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, prompt, completion, charge);
+    let mut row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, prompt, completion, charge);
+    row.channel_id = Set(served.channel_id);
+    row.attempts = Set(served.attempts);
     usage_logs::Entity::insert(row).exec(txn).await?;
     Ok(Resolved::Charged(charge))
 }

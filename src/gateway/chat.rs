@@ -215,6 +215,8 @@ pub async fn complete(
         hard_stop: ctx.hard_stop.clone(),
         settler,
         body: upstream_body,
+        wire: body,
+        upstream_model: model.upstream_model.clone(),
         stream,
         beta,
         client_wants_usage,

@@ -26,6 +26,8 @@ use crate::config::Config;
 #[derive(Debug)]
 pub struct Gateway {
     pub upstream: Upstream,
+    /// The routing directory, channel health and the settings channel changes need.
+    pub channels: crate::channels::Runtime,
     pub inflight: Arc<InFlight>,
     /// Requests and tokens per minute, per key and per user.
     pub rates: Arc<RateLimits>,
@@ -45,6 +47,7 @@ impl Gateway {
     pub fn new(config: &Config, cache: &crate::cache::Cache) -> anyhow::Result<Self> {
         Ok(Self {
             upstream: Upstream::new(config)?,
+            channels: crate::channels::Runtime::new(config, cache),
             inflight: InFlight::new(config.max_concurrent_per_user, cache.redis()),
             rates: Arc::new(RateLimits::new(cache.redis())),
             default_user_rpm: config.default_user_rpm,

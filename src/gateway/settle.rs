@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::tokens::count_text;
-use crate::billing::{FinalState, Prices, Reservation, Resolution, Resolved, UsageLog, resolve_reservation};
+use crate::billing::{
+    FinalState, Prices, Reservation, Resolution, Resolved, Served, UsageLog, resolve_reservation_served,
+};
 use crate::cache::{self, Cache};
 use crate::db::Db;
 use crate::error::Error;
-use crate::observability::{self, DEFAULT_CHANNEL, RequestRecord};
+use crate::observability::{self, RequestRecord};
 
 /// Usage as the upstream reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,10 +58,12 @@ pub struct Settler {
     pub client_gone: bool,
     /// The error label of a request that did not end well (none for a success).
     pub error: Option<&'static str>,
-    /// Upstream attempts made, retries included.
+    /// Upstream attempts made, retries and failover included.
     pub attempts: u32,
     /// The request's count in the rate limits, corrected to the tokens charged at the end.
     pub rate: Option<(std::sync::Arc<super::rates::RateLimits>, super::rates::Admitted)>,
+    /// The channel that served (or was tried last): id and name.
+    pub channel: Option<(i64, String)>,
     done: bool,
 }
 
@@ -96,6 +100,7 @@ impl Settler {
             error: None,
             attempts: 0,
             rate: None,
+            channel: None,
             done: false,
         }
     }
@@ -179,7 +184,7 @@ impl Settler {
             cost: None,
             latency: self.started.elapsed(),
             ttfb: self.ttfb,
-            channel: self.upstream_called.then_some(DEFAULT_CHANNEL),
+            channel: self.channel.as_ref().map(|(_, name)| name.clone()),
             attempts: self.attempts,
             stream: self.stream,
         };
@@ -191,11 +196,15 @@ impl Settler {
             FinalState::Swept => None,
         };
         let rate = self.rate.take();
+        let served = Served {
+            channel_id: self.channel.as_ref().map(|(id, _)| *id),
+            attempts: i32::try_from(self.attempts).unwrap_or(i32::MAX),
+        };
         self.tasks.spawn(async move {
             if let (Some((rates, mut admitted)), Some(used)) = (rate, used) {
                 rates.settle(&mut admitted, used).await;
             }
-            settle_with_retries(&db, &cache, &reservation, &resolution, record).await;
+            settle_with_retries(&db, &cache, &reservation, &resolution, served, record).await;
         });
     }
 }
@@ -221,12 +230,13 @@ async fn settle_with_retries(
     cache: &Cache,
     reservation: &Reservation,
     resolution: &Resolution,
+    served: Served,
     mut record: RequestRecord,
 ) {
     let (request_id, user_id) = (reservation.request_id.as_str(), reservation.user_id);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=8 {
-        match resolve_reservation(db, reservation, resolution).await {
+        match resolve_reservation_served(db, reservation, resolution, served).await {
             Ok(Resolved::Charged(charge)) => {
                 tracing::debug!(request.id = request_id, cost = charge.amount, tokens = charge.tokens, "settled");
                 if charge.excess > 0 {

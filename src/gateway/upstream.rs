@@ -1,12 +1,30 @@
-//! The upstream client: pooled connections, separate timeouts, no redirects, our credentials
-//! only, and bounded retries before the first byte that honour the upstream's `Retry-After`.
+//! The upstream client: pooled connections, separate timeouts, no redirects, the channel's
+//! credentials only, the SSRF guard at connect time, and failover before the first byte.
+//!
+//! One request tries its candidate channels in order (see `channels::directory`): a failure
+//! before the first byte — connection error, timeout, 429, 5xx, or a key the upstream refuses
+//! (401/403, which disables that key) — moves on to the next candidate at once. When the
+//! candidates run out and attempts remain, those that failed retriably are tried again after
+//! a backoff (100 ms × 3ⁿ, or the upstream's `Retry-After` when it asks for a pause that is at
+//! most `UPSTREAM_MAX_RETRY_WAIT_MS`; a longer one is passed on to the client), at most
+//! `UPSTREAM_MAX_RETRIES` times. `UPSTREAM_MAX_ATTEMPTS` bounds all attempts of one request
+//! together (by default 3, or `UPSTREAM_MAX_RETRIES + 1` if that is more, so a single channel
+//! behaves as before channels existed). A non-streamed request that was sent and timed out is
+//! never retried: the upstream may have done, and billed, the work.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use url::Url;
 
-use crate::config::{Config, Secret};
+use crate::cache::Cache;
+use crate::channels::directory::{Directory, Route, RouteKey};
+use crate::channels::health::Health;
+use crate::channels::ssrf;
+use crate::config::Config;
+use crate::db::Db;
 use crate::observability;
 
 #[derive(Clone, Debug)]
@@ -20,13 +38,29 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-#[derive(Clone, Debug)]
+impl Timeouts {
+    /// These timeouts with a channel's own where it sets them.
+    pub fn for_route(&self, route: &Route) -> Self {
+        let pick = |own: Option<i64>, default: Duration| {
+            own.and_then(|ms| u64::try_from(ms).ok()).map_or(default, Duration::from_millis)
+        };
+        Self {
+            connect: pick(route.timeouts.connect_ms, self.connect),
+            first_byte: pick(route.timeouts.first_byte_ms, self.first_byte),
+            idle: pick(route.timeouts.idle_ms, self.idle),
+            total: pick(route.timeouts.total_ms, self.total),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct Upstream {
-    client: reqwest::Client,
-    completions_url: Url,
-    api_key: Option<Secret>,
+    /// One pooled client per connect timeout in use (a channel may set its own).
+    clients: Mutex<HashMap<Duration, reqwest::Client>>,
+    allow_private: bool,
     pub timeouts: Timeouts,
     max_retries: u32,
+    max_attempts: u32,
     /// The longest `Retry-After` waited out before a retry; a longer one ends the retries.
     max_retry_wait: Duration,
 }
@@ -43,26 +77,38 @@ pub enum UpstreamFailure {
     Connect(String),
     /// A response with a non-success status; `retry_after` in whole seconds, rounded up.
     Status { status: u16, retry_after: Option<u64>, body: String },
+    /// No channel could be tried (every key refused, or every probe taken).
+    NoChannel,
+}
+
+/// One channel a request may go to, with the body for it (its upstream model name).
+pub struct Candidate {
+    pub route: Arc<Route>,
+    pub body: Bytes,
+    /// The channel's cool-down is over: it may be tried only as the one probe.
+    pub probe: bool,
+}
+
+/// What failover needs besides the candidates.
+pub struct Env<'a> {
+    pub db: &'a Db,
+    pub cache: &'a Cache,
+    pub directory: &'a Directory,
+    pub health: &'a Health,
+}
+
+/// A response head from a channel, and the timeouts that apply to its body.
+pub struct Sent {
+    pub response: reqwest::Response,
+    pub idle: Duration,
+    pub deadline: Instant,
 }
 
 impl Upstream {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.upstream_connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let mut base = config.openai_base_url.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        Ok(Self {
-            client,
-            completions_url: base.join("chat/completions")?,
-            api_key: config.openai_api_key.clone(),
+        let upstream = Self {
+            clients: Mutex::new(HashMap::new()),
+            allow_private: config.allow_private_upstreams,
             timeouts: Timeouts {
                 connect: config.upstream_connect_timeout,
                 first_byte: config.upstream_first_byte_timeout,
@@ -70,16 +116,42 @@ impl Upstream {
                 total: config.upstream_total_timeout,
             },
             max_retries: config.upstream_max_retries,
+            max_attempts: config.upstream_max_attempts,
             max_retry_wait: config.upstream_max_retry_wait,
-        })
+        };
+        upstream.client(config.upstream_connect_timeout)?;
+        Ok(upstream)
     }
 
-    fn headers(&self, stream: bool, beta: Option<&HeaderValue>) -> HeaderMap {
+    fn client(&self, connect: Duration) -> anyhow::Result<reqwest::Client> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = clients.get(&connect) {
+            return Ok(c.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+        if !self.allow_private {
+            builder = builder.dns_resolver(ssrf::GuardedResolver);
+        }
+        let client = builder.build()?;
+        clients.insert(connect, client.clone());
+        Ok(client)
+    }
+
+    fn headers(route: &Route, key: Option<&RouteKey>, stream: bool, beta: Option<&HeaderValue>) -> HeaderMap {
         let mut h = HeaderMap::new();
+        for (name, value) in &route.headers {
+            h.insert(name.clone(), value.clone());
+        }
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(ACCEPT, HeaderValue::from_static(if stream { "text/event-stream" } else { "application/json" }));
-        if let Some(key) = &self.api_key
-            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        if let Some(key) = key
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.secret.expose()))
         {
             v.set_sensitive(true);
             h.insert(AUTHORIZATION, v);
@@ -90,77 +162,199 @@ impl Upstream {
         h
     }
 
-    /// Sends the request, retrying (with the same body and reservation) on connection errors,
-    /// timeouts, 429 and 5xx, until a successful response head arrives or retries run out.
-    /// A 429 or 5xx that asks for a pause (`Retry-After`, `retry-after-ms`) is retried only
-    /// after that pause, and only when it is at most `UPSTREAM_MAX_RETRY_WAIT_MS` and ends
-    /// before the deadline; otherwise it is returned at once, with its `Retry-After`, so the
-    /// client waits instead of us hammering a rate limit.
+    /// One request to `route` with `key`, waiting at most `wait` for the response head.
+    #[expect(clippy::too_many_arguments, reason = "one attempt's context")]
+    async fn attempt(
+        &self,
+        route: &Route,
+        key: Option<&RouteKey>,
+        body: Bytes,
+        stream: bool,
+        beta: Option<&HeaderValue>,
+        timeouts: &Timeouts,
+        wait: Duration,
+    ) -> (Result<reqwest::Response, UpstreamFailure>, Option<Duration>) {
+        let url = route.url("chat/completions");
+        if let Err(why) = ssrf::check_literal(&url, self.allow_private) {
+            return (Err(UpstreamFailure::Connect(why)), None);
+        }
+        let client = match self.client(timeouts.connect) {
+            Ok(c) => c,
+            Err(e) => return (Err(UpstreamFailure::Connect(e.to_string())), None),
+        };
+        let req = client.post(url).headers(Self::headers(route, key, stream, beta)).body(body);
+        match tokio::time::timeout(wait, req.send()).await {
+            Err(_) if !stream => (Err(UpstreamFailure::Unanswered), None),
+            Err(_) => (Err(UpstreamFailure::Timeout), None),
+            Ok(Err(e)) if e.is_timeout() => (Err(UpstreamFailure::Timeout), None),
+            Ok(Err(e)) => (Err(UpstreamFailure::Connect(error_chain(&e.without_url()))), None),
+            Ok(Ok(res)) if res.status().is_success() => (Ok(res), None),
+            Ok(Ok(res)) => {
+                let status = res.status().as_u16();
+                let asked_wait = retry_wait(res.headers(), SystemTime::now());
+                let retry_after = asked_wait.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                let body = read_error_body(res).await;
+                (Err(UpstreamFailure::Status { status, retry_after, body }), asked_wait)
+            }
+        }
+    }
+
+    /// Sends the request to the candidates in order until one answers with a success head
+    /// (see the module doc for failover, retries and their bounds). `last` is set to the
+    /// channel of the latest attempt.
+    #[expect(clippy::too_many_arguments, reason = "one request's routing context")]
     pub async fn send(
         &self,
-        body: bytes::Bytes,
+        env: &Env<'_>,
+        candidates: &[Candidate],
         stream: bool,
         beta: Option<&HeaderValue>,
         deadline: Instant,
         attempts: &mut u32,
-    ) -> Result<reqwest::Response, UpstreamFailure> {
-        let mut attempt = 0;
+        last: &mut Option<Arc<Route>>,
+    ) -> Result<Sent, UpstreamFailure> {
+        let mut queue: VecDeque<usize> = (0..candidates.len()).collect();
+        let mut again: Vec<usize> = Vec::new();
+        let mut dead_keys: Vec<i64> = Vec::new();
+        let mut retries = 0u32;
+        let mut failure: Option<UpstreamFailure> = None;
+        let mut asked_wait: Option<Duration> = None;
         loop {
+            if *attempts >= self.max_attempts || Instant::now() >= deadline {
+                return Err(failure.unwrap_or(UpstreamFailure::NoChannel));
+            }
+            let Some(index) = queue.pop_front() else {
+                // Every candidate was tried: retry those that may recover, after a backoff.
+                let Some(previous) = failure.take() else { return Err(UpstreamFailure::NoChannel) };
+                if again.is_empty() || retries >= self.max_retries {
+                    return Err(previous);
+                }
+                let mut backoff = Duration::from_millis(100 * 3u64.pow(retries));
+                if let Some(asked) = asked_wait {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if asked > self.max_retry_wait || asked >= left {
+                        tracing::info!(
+                            retry_after_ms = asked.as_millis() as u64,
+                            "the upstream asks for a longer pause than we wait; passing it on"
+                        );
+                        return Err(previous);
+                    }
+                    backoff = backoff.max(asked);
+                }
+                retries += 1;
+                tracing::info!(attempt = retries, backoff_ms = backoff.as_millis() as u64, "retrying the upstream");
+                tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+                failure = Some(previous);
+                queue.extend(again.drain(..));
+                continue;
+            };
+            let candidate = &candidates[index];
+            let route = &candidate.route;
+            if candidate.probe && !env.health.try_probe(route.id).await {
+                continue;
+            }
+            let Some(key) = env.directory.next_key(route, &dead_keys) else { continue };
             *attempts += 1;
+            *last = Some(Arc::clone(route));
+            let timeouts = self.timeouts.for_route(route);
             let left = deadline.saturating_duration_since(Instant::now());
-            let wait = self.timeouts.first_byte.min(left);
-            let req =
-                self.client.post(self.completions_url.clone()).headers(self.headers(stream, beta)).body(body.clone());
-            let mut asked_wait = None;
-            let failure = match tokio::time::timeout(wait, req.send()).await {
-                Err(_) if !stream => UpstreamFailure::Unanswered,
-                Err(_) => UpstreamFailure::Timeout,
-                Ok(Err(e)) if e.is_timeout() => UpstreamFailure::Timeout,
-                Ok(Err(e)) => UpstreamFailure::Connect(e.without_url().to_string()),
-                Ok(Ok(res)) if res.status().is_success() => {
-                    observability::upstream_attempt("ok");
-                    return Ok(res);
+            let wait = timeouts.first_byte.min(left);
+            let started = Instant::now();
+            let (result, asked) =
+                self.attempt(route, key.as_ref(), candidate.body.clone(), stream, beta, &timeouts, wait).await;
+            let failed = match result {
+                Ok(response) => {
+                    observability::upstream_attempt(&route.name, "ok");
+                    env.health.success(route.id).await;
+                    return Ok(Sent {
+                        response,
+                        idle: timeouts.idle,
+                        deadline: deadline.min(started + timeouts.total),
+                    });
                 }
-                Ok(Ok(res)) => {
-                    let status = res.status().as_u16();
-                    asked_wait = retry_wait(res.headers(), SystemTime::now());
-                    let retry_after = asked_wait.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-                    let body = read_error_body(res).await;
-                    UpstreamFailure::Status { status, retry_after, body }
-                }
+                Err(f) => f,
             };
-            observability::upstream_attempt(match &failure {
-                UpstreamFailure::Timeout | UpstreamFailure::Unanswered => "timeout",
-                UpstreamFailure::Connect(_) => "unreachable",
-                UpstreamFailure::Status { status: 429, .. } => "rate_limited",
-                UpstreamFailure::Status { status, .. } if *status >= 500 => "server_error",
-                UpstreamFailure::Status { .. } => "refused",
-            });
-            let retriable = match &failure {
-                UpstreamFailure::Timeout | UpstreamFailure::Connect(_) => true,
-                UpstreamFailure::Unanswered => false,
-                UpstreamFailure::Status { status, .. } => *status == 429 || *status >= 500,
-            };
-            if !retriable || attempt >= self.max_retries || Instant::now() >= deadline {
-                return Err(failure);
-            }
-            let mut backoff = Duration::from_millis(100 * 3u64.pow(attempt));
-            if let Some(asked) = asked_wait {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if asked > self.max_retry_wait || asked >= left {
-                    tracing::info!(
-                        retry_after_ms = asked.as_millis() as u64,
-                        "the upstream asks for a longer pause than we wait; passing it on"
-                    );
-                    return Err(failure);
+            observability::upstream_attempt(
+                &route.name,
+                match &failed {
+                    UpstreamFailure::Timeout | UpstreamFailure::Unanswered => "timeout",
+                    UpstreamFailure::Connect(_) | UpstreamFailure::NoChannel => "unreachable",
+                    UpstreamFailure::Status { status: 429, .. } => "rate_limited",
+                    UpstreamFailure::Status { status: 401 | 403, .. } => "auth_refused",
+                    UpstreamFailure::Status { status, .. } if *status >= 500 => "server_error",
+                    UpstreamFailure::Status { .. } => "refused",
+                },
+            );
+            match &failed {
+                UpstreamFailure::Unanswered => {
+                    env.health.failure(route.id).await;
+                    return Err(failed);
                 }
-                backoff = backoff.max(asked);
+                UpstreamFailure::Status { status: status @ (401 | 403), .. } => {
+                    if candidate.probe {
+                        env.health.release(route.id).await;
+                    }
+                    let key_id = key.as_ref().map(|k| k.id);
+                    if let Some(id) = key_id {
+                        dead_keys.push(id);
+                    }
+                    if let Err(e) = crate::channels::disable_key(env.db, env.cache, route.id, key_id, *status).await {
+                        tracing::error!(channel.id = route.id, error = %e, "cannot record a refused channel key");
+                    }
+                    // Another key of the same channel may still serve.
+                    if key_id.is_some() && route.keys.iter().any(|k| !dead_keys.contains(&k.id)) {
+                        queue.push_back(index);
+                    }
+                }
+                UpstreamFailure::Status { status, .. } if *status != 429 && *status < 500 => {
+                    // The request itself was refused: another channel would refuse it too.
+                    if candidate.probe {
+                        env.health.release(route.id).await;
+                    }
+                    return Err(failed);
+                }
+                UpstreamFailure::Connect(detail) => {
+                    tracing::warn!(channel.name = %route.name, error = %detail, "channel unreachable");
+                    env.health.failure(route.id).await;
+                    again.push(index);
+                }
+                _ => {
+                    env.health.failure(route.id).await;
+                    again.push(index);
+                }
             }
-            attempt += 1;
-            tracing::info!(attempt, backoff_ms = backoff.as_millis() as u64, "retrying the upstream");
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            asked_wait = asked;
+            failure = Some(failed);
         }
     }
+
+    /// One 1-token request to `route` with its first key (a channel test). The status, or
+    /// why no answer came.
+    pub async fn probe(&self, route: &Route, body: Bytes) -> Result<u16, String> {
+        let timeouts = self.timeouts.for_route(route);
+        let wait = timeouts.first_byte.min(Duration::from_secs(60));
+        match self.attempt(route, route.keys.first(), body, false, None, &timeouts, wait).await.0 {
+            Ok(res) => Ok(res.status().as_u16()),
+            Err(UpstreamFailure::Status { status, .. }) => Ok(status),
+            Err(UpstreamFailure::Timeout | UpstreamFailure::Unanswered) => {
+                Err("the upstream did not answer in time".into())
+            }
+            Err(UpstreamFailure::Connect(why)) => Err(redact(&why)),
+            Err(UpstreamFailure::NoChannel) => Err("no usable key".into()),
+        }
+    }
+}
+
+/// An error and its causes, one line (the SSRF refusal is a cause of the connect error).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// The pause an error response asks for: `retry-after-ms` (OpenAI's, in milliseconds) when

@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, FindByHash, Mode, UPSTREAM_KEY, assert_books_balance, chat_body, spawn_gateway};
+use crate::helpers::{
+    Backend, FindByHash, Mode, UPSTREAM_KEY, assert_books_balance, chat_body, restore_default_channel, spawn_gateway,
+};
 use crate::on_all_backends;
 
 async fn database_down_means_503_and_no_upstream_call(backend: Backend) {
@@ -51,6 +53,10 @@ async fn upstream_errors_are_retried_then_refunded(backend: Backend) {
         assert!(!text.contains("org-FAKE") && !text.contains("sk-fake"), "upstream account details leaked: {text}");
         let retried = status == 429 || status >= 500;
         assert_eq!(g.fake.calls() - before, if retried { 3 } else { 1 }, "upstream {status}");
+        if status == 401 || status == 403 {
+            // A refused key disables the channel's only key, and so the channel: put it back.
+            restore_default_channel(&g.app).await;
+        }
     }
     g.app.settled(user).await;
     assert_eq!(g.app.balance(user).await, 1_000_000 - 27, "failed requests are refunded in full");

@@ -138,12 +138,18 @@ pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Config {
         ("CRON_SECRET".into(), CRON_SECRET.into()),
         ("NEXTAUTH_SECRET".into(), "test-secret-test-secret-test-secret-0123".into()),
         ("SCHEDULER_ENABLED".into(), "false".into()),
+        // Fake upstreams listen on loopback; channel keys are stored encrypted.
+        ("ALLOW_PRIVATE_UPSTREAMS".into(), "true".into()),
+        ("ENCRYPTION_KEY".into(), ENCRYPTION_KEY.into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
     Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
 }
+
+/// The `ENCRYPTION_KEY` of test apps (32 bytes, base64).
+pub const ENCRYPTION_KEY: &str = "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1ieXRlcy0wMDE=";
 
 pub const CRON_SECRET: &str = "cron-secret-for-tests-0123456789";
 
@@ -434,4 +440,22 @@ pub fn reserve_request(
         prices,
         ..tollgate::billing::ReserveRequest::default()
     }
+}
+
+/// Puts the `default` channel back as `spawn_gateway` made it (enabled, with `UPSTREAM_KEY`)
+/// after the upstream refused its key.
+pub async fn restore_default_channel(app: &TestApp) {
+    let channel = tollgate::channels::find_by_name(&app.db, tollgate::channels::DEFAULT_CHANNEL_NAME).await.unwrap();
+    let settings = tollgate::channels::Settings {
+        sealer: Some(tollgate::channels::seal::Sealer::parse(ENCRYPTION_KEY).unwrap()),
+        allow_private: true,
+    };
+    let patch = tollgate::channels::ChannelPatch {
+        enabled: Some(true),
+        keys: Some(tollgate::channels::KeyChange::Replace(vec![tollgate::config::Secret::new(UPSTREAM_KEY)])),
+        ..Default::default()
+    };
+    tollgate::channels::update(&app.db, &app.cache(), &settings, &tollgate::audit::Actor::system(), channel.id, patch)
+        .await
+        .unwrap();
 }

@@ -77,6 +77,8 @@ impl Shared {
         cmd.env("DATABASE_URL", &self.database_url)
             .env("OPENAI_BASE_URL", &self.upstream)
             .env("OPENAI_API_KEY", UPSTREAM_KEY)
+            .env("ALLOW_PRIVATE_UPSTREAMS", "true")
+            .env("ENCRYPTION_KEY", crate::helpers::ENCRYPTION_KEY)
             .env("CRON_SECRET", CRON_SECRET)
             .env("NEXTAUTH_SECRET", "multi-instance-secret-multi-instance-secret")
             .env("MAX_CONCURRENT_REQUESTS_PER_USER", self.max_concurrent.to_string())

@@ -166,6 +166,8 @@ async fn every_api_request_leaves_one_json_log_line_without_secrets() {
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("OPENAI_BASE_URL", fake.base_url())
         .env("OPENAI_API_KEY", UPSTREAM_KEY)
+        .env("ALLOW_PRIVATE_UPSTREAMS", "true")
+        .env("ENCRYPTION_KEY", crate::helpers::ENCRYPTION_KEY)
         .env("NEXTAUTH_SECRET", "request-log-secret-request-log-secret")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")

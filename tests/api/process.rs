@@ -33,6 +33,8 @@ fn serve(
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("OPENAI_BASE_URL", upstream)
         .env("OPENAI_API_KEY", UPSTREAM_KEY)
+        .env("ALLOW_PRIVATE_UPSTREAMS", "true")
+        .env("ENCRYPTION_KEY", crate::helpers::ENCRYPTION_KEY)
         .env("CRON_SECRET", CRON_SECRET)
         .env("NEXTAUTH_SECRET", "process-test-secret-process-test-secret")
         .env("SWEEP_INTERVAL_SECS", "1")

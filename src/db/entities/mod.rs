@@ -4,6 +4,8 @@ pub mod accounts;
 pub mod api_keys;
 pub mod audit_logs;
 pub mod balances;
+pub mod channel_keys;
+pub mod channels;
 pub mod credit_transactions;
 pub mod idempotency_keys;
 pub mod key_spend;

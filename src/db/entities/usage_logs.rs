@@ -31,6 +31,10 @@ pub struct Model {
     pub shortfall: i64,
     /// Calls this row stands for: 1, or more for repeated refusals of one key in one minute.
     pub request_count: i64,
+    /// The channel that served the call (none when it never went upstream).
+    pub channel_id: Option<i64>,
+    /// Upstream attempts made, failover and retries included.
+    pub attempts: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

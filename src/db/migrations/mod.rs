@@ -7,6 +7,7 @@ mod m0002_starter_models;
 mod m0003_edges;
 mod m0004_back_office;
 mod m0005_redemption_codes;
+mod m0006_channels;
 mod m0007_key_controls;
 mod m0008_usage_daily;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_edges::Migration),
             Box::new(m0004_back_office::Migration),
             Box::new(m0005_redemption_codes::Migration),
+            Box::new(m0006_channels::Migration),
             Box::new(m0007_key_controls::Migration),
             Box::new(m0008_usage_daily::Migration),
         ]
