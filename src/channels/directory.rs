@@ -2,7 +2,9 @@
 //! headers parsed) and reloads them from the database when the `channels_version` cache key
 //! changes — at once after a change made by this instance, within a second after another
 //! instance's change with Redis (the in-process layer keeps Redis entries for at most a second)
-//! — and in any case every `RELOAD_EVERY`, which bounds staleness without Redis.
+//! — and in any case every `RELOAD_EVERY`, which bounds staleness without Redis. Changes made
+//! in this process also bump a process-wide generation, so they apply here at once whatever
+//! the cache holds.
 //!
 //! Candidate order for a model: enabled channels of the inbound protocol's provider that serve
 //! the model and are not cooling down, highest priority first; within one priority a weighted
@@ -11,6 +13,7 @@
 //! robin.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -74,9 +77,19 @@ impl Route {
     }
 }
 
+/// Bumped by every channel change in this process, so this process's directories reload at
+/// once whatever the cache says.
+static LOCAL_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Marks the directories of this process stale.
+pub fn changed_here() {
+    LOCAL_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
 struct Snapshot {
     routes: Vec<Arc<Route>>,
     version: Option<Arc<str>>,
+    generation: u64,
     loaded_at: Option<Instant>,
 }
 
@@ -87,6 +100,8 @@ pub struct Directory {
     reloading: tokio::sync::Mutex<()>,
     /// Round-robin positions of multi-key channels, kept across reloads.
     rotation: Mutex<HashMap<i64, usize>>,
+    /// Until when an absent version is taken as still absent.
+    absent_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -99,9 +114,15 @@ impl Directory {
     pub fn new(sealer: Option<Sealer>) -> Self {
         Self {
             sealer,
-            snapshot: RwLock::new(Arc::new(Snapshot { routes: Vec::new(), version: None, loaded_at: None })),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                routes: Vec::new(),
+                version: None,
+                generation: 0,
+                loaded_at: None,
+            })),
             reloading: tokio::sync::Mutex::new(()),
             rotation: Mutex::new(HashMap::new()),
+            absent_until: Mutex::new(None),
         }
     }
 
@@ -112,20 +133,28 @@ impl Directory {
     /// The routable channels, reloaded when stale (see the module doc). A database failure
     /// keeps serving the last good list; with none yet it is the error.
     pub async fn routes(&self, db: &Db, cache: &Cache) -> Result<Vec<Arc<Route>>> {
-        let version = cache.get(VERSION_KEY).await;
-        let fresh = |s: &Snapshot| s.loaded_at.is_some_and(|t| t.elapsed() < RELOAD_EVERY) && s.version == version;
+        let asked_at = Instant::now();
+        let generation = LOCAL_GENERATION.load(Ordering::Acquire);
+        let version = self.version(cache).await;
+        let fresh = |s: &Snapshot| {
+            s.loaded_at.is_some_and(|t| t.elapsed() < RELOAD_EVERY)
+                && s.version == version
+                && s.generation == generation
+        };
         let current = self.current();
         if fresh(&current) {
             return Ok(current.routes.clone());
         }
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.current();
-        if fresh(&current) {
+        // Reloaded by another request since this one looked: as fresh as what it saw.
+        if fresh(&current) || current.loaded_at.is_some_and(|t| t >= asked_at) {
             return Ok(current.routes.clone());
         }
         match load_all(db, self.sealer.as_ref()).await {
             Ok(routes) => {
-                let next = Arc::new(Snapshot { routes: routes.clone(), version, loaded_at: Some(Instant::now()) });
+                let next =
+                    Arc::new(Snapshot { routes: routes.clone(), version, generation, loaded_at: Some(Instant::now()) });
                 if let Ok(mut slot) = self.snapshot.write() {
                     *slot = next;
                 }
@@ -137,6 +166,22 @@ impl Directory {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The current `channels_version`. An absent one is not asked for again for a second
+    /// (the cache keeps no negative entries, and with Redis each miss would be a round trip).
+    async fn version(&self, cache: &Cache) -> Option<Arc<str>> {
+        let now = Instant::now();
+        if self.absent_until.lock().is_ok_and(|until| until.is_some_and(|t| now < t)) {
+            return None;
+        }
+        let found = cache.get(VERSION_KEY).await;
+        if found.is_none()
+            && let Ok(mut until) = self.absent_until.lock()
+        {
+            *until = Some(now + Duration::from_secs(1));
+        }
+        found
     }
 
     /// The next key of `route` (round robin), skipping `dead` ones; `Some(None)` for a keyless

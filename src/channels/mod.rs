@@ -13,11 +13,12 @@
 //! |---|---|
 //! | [`create`]`(db, cache, settings, actor, NewChannel) -> ChannelView` | validates (name, URL, SSRF, weight, models, keys, headers), encrypts keys and headers, inserts, audits `channel.create` |
 //! | [`update`]`(db, cache, settings, actor, id, ChannelPatch) -> ChannelView` | changes what the patch names (keys: [`KeyChange::Replace`] or [`KeyChange::Add`]), audits `channel.update` |
-//! | [`set_enabled`]`(db, cache, actor, id, bool) -> ChannelView` | enables (clearing the disabled reason) or disables, audits `channel.enable`/`channel.disable` |
+//! | [`set_enabled`]`(db, cache, actor, id, bool) -> ChannelView` | enables (clearing the disabled reason) or disables, audits `channel.enable`/`channel.disable`; keys the upstream refused stay disabled (`KeyChange::Enable` or `Replace` in an update) |
 //! | [`delete`]`(db, cache, actor, id) -> ChannelView` | deletes the channel and its keys (usage rows keep the id), audits `channel.delete` |
 //! | [`list`]`(db) -> Vec<ChannelView>` / [`get`]`(db, id)` / [`find_by_name`]`(db, name)` | read, by priority then name |
 //! | [`test`]`(db, gateway, actor, id) -> TestReport` | a 1-token request to the channel's first model through the gateway's client and SSRF guard; audits `channel.test` |
 //! | [`disable_key`] | the gateway's auto-disable on upstream 401/403 (actor none, `channel.auto_disable`) |
+//! | `gateway.channels.health.states(&[id, …])` | each channel's breaker: `Closed`, `Open` (cooling down) or `HalfOpen` (one probe may go), shared through Redis |
 //!
 //! Each change is audited in its transaction and then bumps the `channels_version` cache key,
 //! which every instance's routing directory compares on each request: this instance routes by
@@ -188,6 +189,8 @@ pub enum KeyChange {
     Replace(Vec<Secret>),
     /// These keys in addition to the present ones.
     Add(Vec<Secret>),
+    /// Enables these keys again (by id), e.g. after the upstream refused them for a while.
+    Enable(Vec<i64>),
 }
 
 /// A change to a channel; `None` keeps the current value.
@@ -566,6 +569,7 @@ async fn audited(
 
 /// Tells every instance's routing directory that channels changed (see the module doc).
 pub async fn invalidate(cache: &Cache) {
+    directory::changed_here();
     cache.set(VERSION_KEY, &crate::crypto::random_token(12), VERSION_TTL).await;
 }
 
@@ -673,7 +677,7 @@ pub async fn update(
     let keys = match &patch.keys {
         Some(KeyChange::Replace(k)) => Some((true, check_keys(k)?)),
         Some(KeyChange::Add(k)) => Some((false, check_keys(k)?)),
-        None => None,
+        Some(KeyChange::Enable(_)) | None => None,
     };
     let headers = patch.headers.as_deref().map(check_headers).transpose()?;
     if let Some(t) = &patch.timeouts {
@@ -756,6 +760,20 @@ pub async fn update(
         if let Some(sealer) = sealer {
             insert_keys(&txn, sealer, id, &new_keys).await?;
         }
+    }
+    if let Some(KeyChange::Enable(ids)) = &patch.keys {
+        let known: Vec<i64> = before.keys.iter().map(|k| k.id).collect();
+        if let Some(unknown) = ids.iter().find(|k| !known.contains(k)) {
+            return Err(bad(format!("the channel has no key with id {unknown}")));
+        }
+        channel_keys::Entity::update_many()
+            .col_expr(channel_keys::Column::Enabled, sea_orm::sea_query::Expr::value(true))
+            .col_expr(channel_keys::Column::DisabledReason, sea_orm::sea_query::Expr::value(Option::<String>::None))
+            .col_expr(channel_keys::Column::DisabledAt, sea_orm::sea_query::Expr::value(Option::<i64>::None))
+            .filter(channel_keys::Column::ChannelId.eq(id))
+            .filter(channel_keys::Column::Id.is_in(ids.clone()))
+            .exec(&txn)
+            .await?;
     }
     let after = view(&txn, id).await?;
     audited(&txn, actor, "channel.update", id, Some(&before), Some(&after)).await?;

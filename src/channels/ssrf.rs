@@ -93,9 +93,14 @@ pub async fn check_url(url: &Url, allow_private: bool) -> Result<(), String> {
     }
     let Some(Host::Domain(name)) = url.host() else { return Ok(()) };
     let port = url.port_or_known_default().unwrap_or(443);
+    // A name that does not resolve now is not refused (DNS may be down at start, or the name
+    // not public yet): the resolver checks every address again at connect time.
     let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((name, port)).await {
         Ok(a) => a.collect(),
-        Err(e) => return Err(format!("the upstream host `{name}` cannot be resolved: {e}")),
+        Err(e) => {
+            tracing::debug!(host = name, error = %e, "the upstream host does not resolve now");
+            Vec::new()
+        }
     };
     if addrs.iter().any(|a| is_forbidden(a.ip())) {
         return Err(refusal(name));

@@ -221,7 +221,7 @@ async fn a_refused_key_disables_its_channel_and_traffic_moves_on(backend: Backen
     assert_eq!((revoked.calls(), backup.calls()), (1, 1));
     let view = channels::get(&app.db, bad.id).await.unwrap();
     assert!(!view.enabled && !view.routable, "the channel without an enabled key is off");
-    assert!(view.disabled_reason.unwrap().contains("401"));
+    assert!(view.disabled_reason.as_deref().unwrap().contains("401"));
     assert!(!view.keys[0].enabled && view.keys[0].disabled_reason.is_some());
     let audit = audit_logs::Entity::find()
         .filter(audit_logs::Column::Action.eq("channel.auto_disable"))
@@ -235,6 +235,15 @@ async fn a_refused_key_disables_its_channel_and_traffic_moves_on(backend: Backen
         assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);
     }
     assert_eq!(revoked.calls(), 1, "the disabled channel gets no more calls");
+    // The operator puts the key back once the account is fixed.
+    let patch = channels::ChannelPatch {
+        enabled: Some(true),
+        keys: Some(channels::KeyChange::Enable(vec![view.keys[0].id])),
+        ..Default::default()
+    };
+    let restored =
+        channels::update(&app.db, &app.cache(), &settings(true), &Actor::system(), bad.id, patch).await.unwrap();
+    assert!(restored.routable && restored.keys[0].enabled && restored.disabled_reason.is_none());
     app.settled(user).await;
     assert_books_balance(&app.db, user).await;
 }
@@ -511,4 +520,79 @@ async fn no_log_line_at_trace_level_holds_an_upstream_key() {
     assert!(!text.contains(UPSTREAM_KEY), "the upstream key appears in the trace log");
     assert!(!text.contains(&UPSTREAM_KEY[12..]), "part of the upstream key appears in the trace log");
     let _ = user;
+}
+
+async fn the_test_action_sends_one_token_and_reports(backend: Backend) {
+    let app = app(backend, &[]).await;
+    let (good, revoked) = (fake(Mode::Normal).await, fake(Mode::Status(401)).await);
+    let mut new = NewChannel::new(
+        "mapped",
+        "openai",
+        &good.base_url(),
+        vec![ModelRoute::parse("test-model=vendor-model-v2")],
+        vec![Secret::new(UPSTREAM_KEY)],
+    );
+    new.priority = 1;
+    let mapped = channels::create(&app.db, &app.cache(), &settings(true), &Actor::system(), new).await.unwrap();
+    let bad = channel(&app, "revoked", &revoked.base_url(), 0, 1).await;
+    let config = crate::helpers::test_config(&app.database_url, &[]);
+    let gateway = tollgate::gateway::Gateway::new(&config, &app.cache()).unwrap();
+
+    let ok = channels::test(&app.db, &gateway, &Actor::system(), mapped.id).await.unwrap();
+    assert_eq!((ok.status, ok.error.as_deref(), ok.model.as_deref()), (Some(200), None, Some("vendor-model-v2")));
+    let sent = good.bodies().pop().unwrap();
+    assert_eq!(sent["model"], "vendor-model-v2", "the channel's upstream name");
+    assert_eq!(sent["max_completion_tokens"], 1, "one token");
+    let refused = channels::test(&app.db, &gateway, &Actor::system(), bad.id).await.unwrap();
+    assert_eq!(refused.status, Some(401));
+    assert!(refused.error.is_some());
+    assert!(channels::get(&app.db, bad.id).await.unwrap().enabled, "a test changes nothing");
+    let tests = audit_logs::Entity::find()
+        .filter(audit_logs::Column::Action.eq("channel.test"))
+        .count(&app.db.read)
+        .await
+        .unwrap();
+    assert_eq!(tests, 2);
+
+    // Requests use the mapping too, and a channel of another protocol is never used for them.
+    let other_protocol = fake(Mode::Normal).await;
+    let mut anthropic =
+        NewChannel::new("anthropic", "anthropic", &other_protocol.base_url(), vec![ModelRoute::parse("*")], Vec::new());
+    anthropic.priority = 100;
+    channels::create(&app.db, &app.cache(), &settings(true), &Actor::system(), anthropic).await.unwrap();
+    let (user, key) = app.customer("mapped@example.com", 1_000_000).await;
+    assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);
+    assert_eq!(good.bodies().pop().unwrap()["model"], "vendor-model-v2");
+    assert_eq!(other_protocol.calls(), 0);
+    app.settled(user).await;
+}
+
+on_all_backends!(the_test_action_sends_one_token_and_reports);
+
+#[tokio::test]
+async fn without_redis_the_breaker_is_local_and_a_probe_follows_the_cool_down() {
+    // Redis configured but unreachable: health falls back to this instance, never an error.
+    let extra = [
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+        ("REDIS_TIMEOUT_MS", "100"),
+        ("CHANNEL_FAILURE_THRESHOLD", "1"),
+        ("CHANNEL_COOLDOWN_SECS", "1"),
+    ];
+    let app = app(Backend::Sqlite, &extra).await;
+    let (failing, backup) = (fake(Mode::FailThenOk { status: 500, times: 1 }).await, fake(Mode::Normal).await);
+    channel(&app, "flaky", &failing.base_url(), 1, 1).await;
+    channel(&app, "backup", &backup.base_url(), 0, 1).await;
+    let (user, key) = app.customer("local-breaker@example.com", 1_000_000).await;
+    for _ in 0..3 {
+        assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);
+    }
+    assert_eq!((failing.calls(), backup.calls()), (1, 3), "cooling after one failure");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);
+    assert_eq!(failing.calls(), 2, "one probe once the cool-down is over");
+    assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);
+    assert_eq!(failing.calls(), 3, "the probe succeeded: the channel is healthy again");
+    assert_eq!(backup.calls(), 3);
+    app.settled(user).await;
+    assert_books_balance(&app.db, user).await;
 }
