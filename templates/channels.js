@@ -32,8 +32,17 @@
     for (const k of c.keys) {
       const code = document.createElement('code');
       code.textContent = k.hint;
-      if (!k.enabled) { code.className = 'off'; code.title = k.disabledReason || T('admin.channels.disabled'); code.textContent += ' ✕'; }
       td.append(code);
+      if (!k.enabled) {
+        code.className = 'off';
+        code.title = k.disabledReason || T('admin.channels.disabled');
+        code.textContent += ' ✕';
+        td.append(button(T('admin.channels.enable_key'), 'secondary small', { enableKey: k.id }));
+        const why = document.createElement('span');
+        why.className = 'reason muted';
+        why.textContent = k.disabledReason || T('admin.channels.disabled');
+        td.append(why);
+      }
     }
     return td;
   }
@@ -138,6 +147,10 @@
     if (b.dataset.test) {
       b.disabled = true;
       try { showResult(c, await api('POST', `/api/admin/channels/${c.id}/test`)); fail(null); } catch (e) { fail(e); } finally { b.disabled = false; }
+      return;
+    }
+    if (b.dataset.enableKey) {
+      try { await api('PATCH', `/api/admin/channels/${c.id}`, { enableKeys: [Number(b.dataset.enableKey)] }); await load(); fail(null); } catch (e) { fail(e); }
       return;
     }
     if (b.dataset.toggle) {

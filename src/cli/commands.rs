@@ -742,9 +742,16 @@ async fn channel(db: &Db, cache: &Cache, config: &Config, cmd: ChannelCommand) -
             }
             out(&text)
         }
-        ChannelCommand::Set { channel, name, clear_headers, args } => {
+        ChannelCommand::Set { channel, name, clear_headers, enable_keys, args } => {
             refuse_key_flag(&args)?;
             let c = channels::find_by_name(db, &channel).await?;
+            let keys = if args.keys_stdin {
+                Some(KeyChange::Replace(keys_from_stdin()?))
+            } else if enable_keys {
+                Some(KeyChange::Enable(c.keys.iter().filter(|k| !k.enabled).map(|k| k.id).collect()))
+            } else {
+                None
+            };
             let patch = ChannelPatch {
                 name,
                 provider: args.provider,
@@ -752,7 +759,7 @@ async fn channel(db: &Db, cache: &Cache, config: &Config, cmd: ChannelCommand) -
                 models: args.models.map(|m| m.iter().map(|s| ModelRoute::parse(s)).collect()),
                 priority: args.priority,
                 weight: args.weight,
-                keys: if args.keys_stdin { Some(KeyChange::Replace(keys_from_stdin()?)) } else { None },
+                keys,
                 headers: if clear_headers {
                     Some(Vec::new())
                 } else if args.headers.is_empty() {

@@ -155,6 +155,9 @@ pub enum ChannelCommand {
         /// Remove every extra header.
         #[arg(long, conflicts_with = "headers")]
         clear_headers: bool,
+        /// Enable again every key that is disabled (such as keys the upstream refused).
+        #[arg(long, conflicts_with = "keys_stdin")]
+        enable_keys: bool,
         #[command(flatten)]
         args: ChannelArgs,
     },

@@ -120,6 +120,19 @@ async fn channels_are_managed_through_the_admin_api(backend: Backend) {
         admin.send(Method::PATCH, &format!("/api/admin/channels/{id}"), &json!({ "addKeys": [SECOND_KEY] })).await;
     assert_eq!(status, 200);
     assert_eq!(changed["keys"].as_array().unwrap().len(), 2);
+    // A key the upstream refused is disabled with its reason; enableKeys turns it on again.
+    let refused = changed["keys"][0]["id"].as_i64().unwrap();
+    tollgate::channels::disable_key(&app.db, &app.cache(), id, Some(refused), 401).await.unwrap();
+    let (_, list) = admin.get("/api/admin/channels").await;
+    let key = &list["data"][0]["keys"][0];
+    assert_eq!((key["enabled"].as_bool(), key["disabledReason"].is_string()), (Some(false), true), "{key}");
+    let (status, _) =
+        admin.send(Method::PATCH, &format!("/api/admin/channels/{id}"), &json!({ "enableKeys": [999_999] })).await;
+    assert_eq!(status, 400, "an unknown key id");
+    let (status, on) =
+        admin.send(Method::PATCH, &format!("/api/admin/channels/{id}"), &json!({ "enableKeys": [refused] })).await;
+    assert_eq!(status, 200);
+    assert_eq!((on["keys"][0]["enabled"].as_bool(), on["keys"][0]["disabledReason"].is_null()), (Some(true), true));
 
     // The test action: one call to the upstream, with its status and latency.
     assert_eq!(fake.calls(), 0);
@@ -409,6 +422,19 @@ async fn channels_are_managed_from_the_command_line(backend: Backend) {
     assert_eq!((c["priority"].as_i64(), c["weight"].as_i64()), (Some(5), Some(7)));
     assert_eq!(c["keys"].as_array().unwrap().len(), 1);
     assert_eq!(c["keys"][0]["hint"], "sk-…zzzz");
+    // A key the upstream refused: listed as disabled, enabled again with --enable-keys.
+    let key_id = c["keys"][0]["id"].as_i64().unwrap();
+    let channel_id = c["id"].as_i64().unwrap();
+    let cache = tollgate::cache::Cache::in_process();
+    tollgate::channels::disable_key(&test_db.db, &cache, channel_id, Some(key_id), 403).await.unwrap();
+    let c = &listed(&url)[0];
+    assert_eq!((c["keys"][0]["enabled"].as_bool(), c["enabled"].as_bool()), (Some(false), Some(false)));
+    let table = ok(&tollgate(&url, &["channel", "list"], None));
+    assert!(table.contains("(disabled)") && table.contains("HTTP 403"), "{table}");
+    ok(&tollgate(&url, &["channel", "set", "primary", "--enable-keys"], None));
+    ok(&tollgate(&url, &["channel", "enable", "primary"], None));
+    let c = &listed(&url)[0];
+    assert_eq!((c["keys"][0]["enabled"].as_bool(), c["enabled"].as_bool()), (Some(true), Some(true)));
     ok(&tollgate(&url, &["channel", "set", "primary", "--name", "renamed", "--clear-headers"], None));
     assert_eq!(listed(&url)[0]["header_names"], json!([]));
 

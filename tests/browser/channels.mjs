@@ -1,9 +1,10 @@
 // An operator manages channels from the back office: adds one pointing at the test's fake
 // upstream (its key typed once, then shown masked only), tests it (status and latency), edits
 // its weight without retyping the key, disables and enables it, and deletes a second one after
-// confirming. Photographed in English, in Chinese and at 375 px; nothing may be blocked by the
+// confirming, and brings back a channel whose key the upstream refused. Photographed in English, in Chinese and at 375 px; nothing may be blocked by the
 // content security policy. Prints a JSON summary on the last line.
-// Environment: see harness.mjs, and ADMIN_EMAIL, PASSWORD, FAKE_UPSTREAM, UPSTREAM_KEY.
+// Environment: see harness.mjs, and ADMIN_EMAIL, PASSWORD, FAKE_UPSTREAM, UPSTREAM_KEY, and
+// REFUSED_KEY (the key of the channel `refused-upstream`, which the upstream refused).
 import { base, browser, check, fail, finish, photograph, text, watch } from './harness.mjs';
 
 const key = process.env.UPSTREAM_KEY;
@@ -88,7 +89,18 @@ try {
   await check((await text(page, '#confirm-text')).includes('spare-upstream'), 'the confirmation names the channel');
   await page.click('#confirm-yes');
   await page.waitForSelector(rowOf('spare-upstream'), { state: 'detached' });
+
+  // A channel whose key the upstream refused: disabled, with the reason; its key enabled again,
+  // then the channel.
+  const refusedState = await text(page, `${rowOf('refused-upstream')} td:nth-child(7)`);
+  await check(refusedState.includes('Disabled') && refusedState.includes('HTTP 401'), `the refused channel's state: ${refusedState}`);
+  await check((await text(page, `${rowOf('refused-upstream')} td:nth-child(8)`)).includes('sk-…wxyz'), 'the refused key is not listed');
+  await check(!(await page.content()).includes(process.env.REFUSED_KEY), 'the page holds the refused plaintext key');
   await photograph(page, 'admin-channels');
+  await page.click(`${rowOf('refused-upstream')} button[data-enable-key]`);
+  await page.waitForSelector(`${rowOf('refused-upstream')} button[data-enable-key]`, { state: 'detached' });
+  await page.click(`${rowOf('refused-upstream')} button[data-toggle]`);
+  await page.waitForFunction((sel) => document.querySelector(sel + ' td:nth-child(7)').textContent.includes('Healthy'), rowOf('refused-upstream'));
 
   // In Chinese.
   await page.click('#lang-switch a[data-lang="zh-CN"]');

@@ -121,8 +121,9 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Opti
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// A channel's fields as the API takes them. On PATCH, `keys` replaces every key and `addKeys`
-/// adds to them; `headers` replaces every extra header (`{}` removes them).
+/// A channel's fields as the API takes them. On PATCH, `keys` replaces every key, `addKeys`
+/// adds to them and `enableKeys` (ids) enables keys the upstream refused again; `headers`
+/// replaces every extra header (`{}` removes them).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChannelBody {
@@ -136,6 +137,7 @@ pub struct ChannelBody {
     enabled: Option<bool>,
     keys: Option<Vec<String>>,
     add_keys: Option<Vec<String>>,
+    enable_keys: Option<Vec<i64>>,
     headers: Option<BTreeMap<String, String>>,
     timeouts: Option<TimeoutsBody>,
     #[serde(default, deserialize_with = "nullable")]
@@ -155,13 +157,16 @@ fn secrets(keys: Vec<String>) -> Vec<Secret> {
 
 impl ChannelBody {
     fn into_patch(self) -> Result<ChannelPatch, Error> {
-        let keys = match (self.keys, self.add_keys) {
-            (Some(_), Some(_)) => {
-                return Err(Error::BadRequest("give keys (replace) or addKeys (add), not both".into()));
+        let keys = match (self.keys, self.add_keys, self.enable_keys) {
+            (Some(k), None, None) => Some(KeyChange::Replace(secrets(k))),
+            (None, Some(k), None) => Some(KeyChange::Add(secrets(k))),
+            (None, None, Some(ids)) => Some(KeyChange::Enable(ids)),
+            (None, None, None) => None,
+            _ => {
+                return Err(Error::BadRequest(
+                    "give one of keys (replace), addKeys (add) or enableKeys (enable again), not several".into(),
+                ));
             }
-            (Some(k), None) => Some(KeyChange::Replace(secrets(k))),
-            (None, Some(k)) => Some(KeyChange::Add(secrets(k))),
-            (None, None) => None,
         };
         Ok(ChannelPatch {
             input_cost: cost("inputCost", self.input_cost)?,
@@ -210,8 +215,10 @@ pub async fn create(
     admin: AdminUser,
     ApiJson(body): ApiJson<ChannelBody>,
 ) -> Result<Response, ApiError> {
-    if body.add_keys.is_some() {
-        return Err(ApiError(Error::BadRequest("addKeys is for changes; give the keys as keys".into())));
+    if body.add_keys.is_some() || body.enable_keys.is_some() {
+        return Err(ApiError(Error::BadRequest(
+            "addKeys and enableKeys are for changes; give the keys as keys".into(),
+        )));
     }
     let p = body.into_patch()?;
     let keys = match p.keys {
