@@ -243,8 +243,9 @@ function userDetail() {
     document.querySelector('#u-keys tbody').replaceChildren(...(keyRows.length ? keyRows : [emptyRow('u-keys', 6)]));
     const ledger = user.ledger.map((t) => row([timeElement(t.createdAt, 'datetime'), t.kind, money(t.amount), t.reason || '']));
     document.querySelector('#u-ledger tbody').replaceChildren(...(ledger.length ? ledger : [emptyRow('u-ledger', 4)]));
-    const usage = user.recentUsage.map((r) => row([timeElement(r.createdAt, 'datetime'), r.model, String(r.statusCode), number(r.totalTokens), money(r.cost)]));
-    document.querySelector('#u-usage tbody').replaceChildren(...(usage.length ? usage : [emptyRow('u-usage', 5)]));
+    const usage = user.recentUsage.map((r) => row([timeElement(r.createdAt, 'datetime'), r.model, String(r.statusCode), number(r.totalTokens), money(r.cost),
+      r.channel || '–', String(r.attempts)]));
+    document.querySelector('#u-usage tbody').replaceChildren(...(usage.length ? usage : [emptyRow('u-usage', 7)]));
   };
   const run = async (fn) => { try { await fn(); await load(); fail(null); } catch (e) { fail(e); } };
   // One idempotency key per intended change: a retried submit of the same form is a no-op.
@@ -441,4 +442,6 @@ function codes() {
   list.refresh();
 }
 
-({ admin: home, 'admin-models': models, 'admin-users': users, 'admin-user': userDetail, 'admin-revenue': revenue, 'admin-audit': audit, 'admin-codes': codes })[PAGE]();
+// A page with a script of its own (/admin/channels: channels.js) has no entry here.
+const pageScript = ({ admin: home, 'admin-models': models, 'admin-users': users, 'admin-user': userDetail, 'admin-revenue': revenue, 'admin-audit': audit, 'admin-codes': codes })[PAGE];
+if (pageScript) pageScript();

@@ -13,16 +13,17 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder}
 use serde_json::json;
 
 use super::{
-    AuditCommand, Cli, CodeCommand, Command, DevCommand, KeyCommand, ModelCommand, PageArgs, SubscriptionCommand,
-    UserCommand,
+    AuditCommand, ChannelArgs, ChannelCommand, Cli, CodeCommand, Command, DevCommand, KeyCommand, ModelCommand,
+    PageArgs, SubscriptionCommand, UserCommand,
 };
 use crate::accounts::{self, NewUser, ROLE_ADMIN, ROLE_USER, password};
 use crate::app::{Application, build_cache};
 use crate::audit::Actor;
 use crate::billing::{balance, ledger};
 use crate::cache::Cache;
+use crate::channels::{self, ChannelPatch, ChannelView, KeyChange, ModelRoute, NewChannel};
 use crate::clock::rfc3339;
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::db::entities::{api_keys, subscriptions as subs};
 use crate::db::{Backend, Db};
 
@@ -169,6 +170,13 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             };
             db.close().await;
             out(&result?)
+        }
+        Command::Channel(cmd) => {
+            announce(&config);
+            let db = open(&config, create).await?;
+            let result = channel(&db, &build_cache(&config)?, &config, cmd).await;
+            db.close().await;
+            result
         }
         Command::Subscription(cmd) => {
             announce(&config);
@@ -616,6 +624,191 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             let m = models::find_by_name(&db.read, &name).await?;
             models::delete(db, cache, m.id, &Actor::system()).await?;
             out(&format!("deleted model {}", m.name))
+        }
+    }
+}
+
+/// Upstream keys from standard input, one per line (blank lines skipped).
+fn keys_from_stdin() -> anyhow::Result<Vec<Secret>> {
+    let mut keys = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading the keys from standard input")?;
+        let key = line.trim();
+        if !key.is_empty() {
+            keys.push(Secret::new(key));
+        }
+    }
+    if keys.is_empty() {
+        bail!("--keys-stdin: standard input held no key (give one upstream key per line)");
+    }
+    Ok(keys)
+}
+
+/// `Name: value` headers.
+fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<(String, Secret)>> {
+    raw.iter()
+        .map(|h| {
+            let (name, value) =
+                h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header: give it as `Name: value`"))?;
+            Ok((name.trim().to_owned(), Secret::new(value.trim())))
+        })
+        .collect()
+}
+
+fn refuse_key_flag(args: &ChannelArgs) -> anyhow::Result<()> {
+    if args.key.is_some() {
+        bail!(
+            "upstream keys are never taken from the command line (they would stay in the shell history and the \
+             process list): pass --keys-stdin and give one key per line on standard input"
+        );
+    }
+    Ok(())
+}
+
+fn channel_line(c: &ChannelView) -> String {
+    let models: Vec<String> = c
+        .models
+        .iter()
+        .map(|m| match &m.upstream {
+            Some(u) => format!("{}={u}", m.public),
+            None => m.public.clone(),
+        })
+        .collect();
+    let keys: Vec<String> =
+        c.keys.iter().map(|k| if k.enabled { k.hint.clone() } else { format!("{} (disabled)", k.hint) }).collect();
+    let state = if c.enabled {
+        "enabled".to_owned()
+    } else {
+        format!("disabled: {}", c.disabled_reason.as_deref().unwrap_or("by an operator"))
+    };
+    format!(
+        "{:<5} {:<20} {:<10} {:<40} {:>8} {:>6}  {:<30} {:<24} {}",
+        c.id,
+        c.name,
+        c.provider,
+        c.base_url,
+        c.priority,
+        c.weight,
+        models.join(","),
+        if keys.is_empty() { "-".to_owned() } else { keys.join(",") },
+        state
+    )
+}
+
+fn channel_json(c: &ChannelView) -> serde_json::Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "type": c.provider,
+        "base_url": c.base_url,
+        "models": c.models.iter().map(|m| json!({ "name": m.public, "upstream": m.upstream })).collect::<Vec<_>>(),
+        "priority": c.priority,
+        "weight": c.weight,
+        "enabled": c.enabled,
+        "disabled_reason": c.disabled_reason,
+        "keys": c.keys.iter().map(|k| json!({
+            "id": k.id,
+            "hint": k.hint,
+            "enabled": k.enabled,
+            "disabled_reason": k.disabled_reason,
+        })).collect::<Vec<_>>(),
+        "header_names": c.header_names,
+        "created_at": rfc3339(c.created_at),
+        "updated_at": rfc3339(c.updated_at),
+    })
+}
+
+async fn channel(db: &Db, cache: &Cache, config: &Config, cmd: ChannelCommand) -> anyhow::Result<()> {
+    let settings = channels::Settings::from_config(config);
+    let actor = Actor::system();
+    match cmd {
+        ChannelCommand::Add { name, args } => {
+            refuse_key_flag(&args)?;
+            let keys = if args.keys_stdin { keys_from_stdin()? } else { Vec::new() };
+            let provider = args.provider.ok_or_else(|| anyhow::anyhow!("--type is required (openai or anthropic)"))?;
+            let base_url = args.base_url.ok_or_else(|| anyhow::anyhow!("--base-url is required"))?;
+            let models = args.models.ok_or_else(|| anyhow::anyhow!("--models is required (`*` for every model)"))?;
+            let routes = models.iter().map(|m| ModelRoute::parse(m)).collect();
+            let mut new = NewChannel::new(&name, &provider, &base_url, routes, keys);
+            new.priority = args.priority.unwrap_or(new.priority);
+            new.weight = args.weight.unwrap_or(new.weight);
+            new.headers = parse_headers(&args.headers)?;
+            let c = channels::create(db, cache, &settings, &actor, new).await?;
+            out(&format!("added channel {} (id {}) with {} key(s)", c.name, c.id, c.keys.len()))
+        }
+        ChannelCommand::List { json } => {
+            let all = channels::list(db).await?;
+            if json {
+                let rows: Vec<_> = all.iter().map(channel_json).collect();
+                return out(&serde_json::to_string_pretty(&rows)?);
+            }
+            let mut text = format!(
+                "{:<5} {:<20} {:<10} {:<40} {:>8} {:>6}  {:<30} {:<24} {}",
+                "ID", "NAME", "TYPE", "BASE URL", "PRIORITY", "WEIGHT", "MODELS", "KEYS", "STATE"
+            );
+            for c in &all {
+                text.push('\n');
+                text.push_str(&channel_line(c));
+            }
+            out(&text)
+        }
+        ChannelCommand::Set { channel, name, clear_headers, enable_keys, args } => {
+            refuse_key_flag(&args)?;
+            let c = channels::find_by_name(db, &channel).await?;
+            let keys = if args.keys_stdin {
+                Some(KeyChange::Replace(keys_from_stdin()?))
+            } else if enable_keys {
+                Some(KeyChange::Enable(c.keys.iter().filter(|k| !k.enabled).map(|k| k.id).collect()))
+            } else {
+                None
+            };
+            let patch = ChannelPatch {
+                name,
+                provider: args.provider,
+                base_url: args.base_url,
+                models: args.models.map(|m| m.iter().map(|s| ModelRoute::parse(s)).collect()),
+                priority: args.priority,
+                weight: args.weight,
+                keys,
+                headers: if clear_headers {
+                    Some(Vec::new())
+                } else if args.headers.is_empty() {
+                    None
+                } else {
+                    Some(parse_headers(&args.headers)?)
+                },
+                ..ChannelPatch::default()
+            };
+            let c = channels::update(db, cache, &settings, &actor, c.id, patch).await?;
+            out(&format!("changed channel {} (id {})", c.name, c.id))
+        }
+        ChannelCommand::Test { channel } => {
+            let c = channels::find_by_name(db, &channel).await?;
+            // reqwest needs the process-wide rustls provider (as `serve` installs it).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let gateway = crate::gateway::Gateway::new(config, cache)?;
+            let r = channels::test(db, &gateway, &actor, c.id).await?;
+            let status = r.status.map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
+            let model = r.model.as_deref().map(|m| format!(", model {m}")).unwrap_or_default();
+            match r.error {
+                None => out(&format!("{}: {status} in {} ms{model}", c.name, r.latency_ms)),
+                Some(why) => bail!("{}: {status} after {} ms{model}: {why}", c.name, r.latency_ms),
+            }
+        }
+        ChannelCommand::Enable { channel } => {
+            let c = channels::find_by_name(db, &channel).await?;
+            let c = channels::set_enabled(db, cache, &actor, c.id, true).await?;
+            out(&format!("enabled channel {} (id {})", c.name, c.id))
+        }
+        ChannelCommand::Disable { channel } => {
+            let c = channels::find_by_name(db, &channel).await?;
+            let c = channels::set_enabled(db, cache, &actor, c.id, false).await?;
+            out(&format!("disabled channel {} (id {})", c.name, c.id))
+        }
+        ChannelCommand::Delete { channel } => {
+            let c = channels::find_by_name(db, &channel).await?;
+            let c = channels::delete(db, cache, &actor, c.id).await?;
+            out(&format!("deleted channel {} (id {}) and its {} key(s)", c.name, c.id, c.keys.len()))
         }
     }
 }

@@ -52,6 +52,9 @@ pub enum Command {
     /// the back office's queries (see bench/data-scale.sh). Not for a production database.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Manage channels: the upstream accounts requests are routed to.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// Ask the server on LISTEN_ADDR for /healthz; exit 0 when it answers 200 (the container's
     /// health check: the image has no curl).
     Healthcheck {
@@ -98,6 +101,90 @@ pub enum ModelCommand {
     Delete {
         /// The model's name.
         name: String,
+    },
+}
+
+/// A channel's settings, for `channel add` and `channel set`.
+#[derive(Debug, Args)]
+pub struct ChannelArgs {
+    /// The provider type: `openai` (any OpenAI-compatible API) or `anthropic`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub provider: Option<String>,
+    /// The upstream API's base URL, such as https://api.openai.com/v1.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// The models served, comma-separated; `name=upstream-name` maps a catalogue name to the
+    /// upstream's, and `*` serves every catalogue model.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// Higher priorities are tried first; lower ones serve when they fail.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Share of the traffic among channels of one priority (1 to 1000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub weight: Option<i32>,
+    /// An extra request header, `Name: value` (repeatable); stored encrypted.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Read the upstream keys from standard input, one per line (`set`: they replace the
+    /// current keys). Keys are never taken from the command line.
+    #[arg(long)]
+    pub keys_stdin: bool,
+    /// Refused: a key on the command line lands in the shell history and the process list.
+    #[arg(long = "key", alias = "keys", alias = "api-key", hide = true, num_args = 0.., allow_hyphen_values = true)]
+    pub key: Option<Vec<String>>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Add a channel (keys with --keys-stdin: `tollgate channel add … --keys-stdin < keys.txt`).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        args: ChannelArgs,
+    },
+    /// List channels with their masked keys and state.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a channel (by name or id); options not given keep their value.
+    Set {
+        /// The channel's name or id.
+        channel: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Remove every extra header.
+        #[arg(long, conflicts_with = "headers")]
+        clear_headers: bool,
+        /// Enable again every key that is disabled (such as keys the upstream refused).
+        #[arg(long, conflicts_with = "keys_stdin")]
+        enable_keys: bool,
+        #[command(flatten)]
+        args: ChannelArgs,
+    },
+    /// Send a 1-token request through the channel and print the status and latency.
+    Test {
+        /// The channel's name or id.
+        channel: String,
+    },
+    /// Route requests to the channel again (clears a disabled reason).
+    Enable {
+        /// The channel's name or id.
+        channel: String,
+    },
+    /// Stop routing requests to the channel.
+    Disable {
+        /// The channel's name or id.
+        channel: String,
+    },
+    /// Delete the channel and its keys (usage rows keep its id).
+    Delete {
+        /// The channel's name or id.
+        channel: String,
     },
 }
 

@@ -36,6 +36,13 @@ struct ModelsPage {
 }
 
 #[derive(Template, WebTemplate)]
+#[template(path = "admin_channels.html")]
+struct ChannelsPage {
+    t: Tr,
+    c: Chrome,
+}
+
+#[derive(Template, WebTemplate)]
 #[template(path = "admin_users.html")]
 struct UsersPage {
     t: Tr,
@@ -97,6 +104,16 @@ pub async fn home(State(state): State<AppState>, me: CurrentUser, headers: Heade
 /// `GET /admin/models`.
 pub async fn models(State(state): State<AppState>, me: CurrentUser, headers: HeaderMap, uri: OriginalUri) -> Response {
     for_admin(&state, &me, &headers, &uri, "admin-models", |t, c| ModelsPage { t, c }.into_response())
+}
+
+/// `GET /admin/channels`: the upstream accounts, their health, keys (masked) and the test action.
+pub async fn channels(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    headers: HeaderMap,
+    uri: OriginalUri,
+) -> Response {
+    for_admin(&state, &me, &headers, &uri, "admin-channels", |t, c| ChannelsPage { t, c }.into_response())
 }
 
 /// `GET /admin/users`.

@@ -48,6 +48,7 @@ fn api_router(state: AppState) -> Router {
         .route("/pricing", get(pages::pricing))
         .route("/admin", get(admin_pages::home))
         .route("/admin/models", get(admin_pages::models))
+        .route("/admin/channels", get(admin_pages::channels))
         .route("/admin/users", get(admin_pages::users))
         .route("/admin/users/{id}", get(admin_pages::user))
         .route("/admin/revenue", get(admin_pages::revenue))

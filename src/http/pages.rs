@@ -407,13 +407,14 @@ pub async fn root() -> Redirect {
 const ASSET_CACHE: &str = "public, max-age=300";
 
 /// The pages' styles and scripts (files, so the CSP needs no inline style or script).
-const ASSETS: [(&str, &str, &str); 6] = [
+const ASSETS: [(&str, &str, &str); 7] = [
     ("app.css", "text/css; charset=utf-8", include_str!("../../templates/app.css")),
     ("pages.js", "text/javascript; charset=utf-8", include_str!("../../templates/pages.js")),
     ("keys.js", "text/javascript; charset=utf-8", include_str!("../../templates/keys.js")),
     ("usage.js", "text/javascript; charset=utf-8", include_str!("../../templates/usage.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../templates/admin.js")),
     ("redeem.js", "text/javascript; charset=utf-8", include_str!("../../templates/redeem.js")),
+    ("channels.js", "text/javascript; charset=utf-8", include_str!("../../templates/channels.js")),
 ];
 
 /// `GET /assets/{file}`.

@@ -90,6 +90,22 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
     .await
     .unwrap();
     let mini = model_id(&app, "gpt-4o-mini").await;
+    // Two channels on a port nothing listens on: one to change and test, one to delete.
+    let channel = |name: &str| {
+        tollgate::channels::NewChannel::new(
+            name,
+            "openai",
+            "http://127.0.0.1:9/v1",
+            vec![tollgate::channels::ModelRoute::parse("*")],
+            Vec::new(),
+        )
+    };
+    let settings = tollgate::channels::Settings { sealer: None, allow_private: true };
+    let system = tollgate::audit::Actor::system();
+    let kept =
+        tollgate::channels::create(&app.db, &app.cache(), &settings, &system, channel("rbac-kept")).await.unwrap();
+    let doomed =
+        tollgate::channels::create(&app.db, &app.cache(), &settings, &system, channel("rbac-doomed")).await.unwrap();
 
     // (method, route, concrete path, body an admin sends, the admin's status). Adding a route to
     // the admin router without a row here fails the comparison below.
@@ -159,6 +175,29 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
             Some(json!({ "count": 2, "amount": "1.00" })),
             201,
         ),
+        (Method::GET, "/api/admin/channels", "/api/admin/channels".into(), None, 200),
+        (
+            Method::POST,
+            "/api/admin/channels",
+            "/api/admin/channels".into(),
+            Some(json!({ "name": "rbac-new", "type": "openai", "baseUrl": "http://127.0.0.1:9/v1", "models": ["*"] })),
+            201,
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/channels/{id}",
+            format!("/api/admin/channels/{}", kept.id),
+            Some(json!({ "weight": 2 })),
+            200,
+        ),
+        (Method::DELETE, "/api/admin/channels/{id}", format!("/api/admin/channels/{}", doomed.id), None, 204),
+        (
+            Method::POST,
+            "/api/admin/channels/{id}/test",
+            format!("/api/admin/channels/{}/test", kept.id),
+            Some(json!({})),
+            200,
+        ),
     ];
     let listed: BTreeSet<(String, String)> = rows.iter().map(|r| (r.0.to_string(), r.1.to_owned())).collect();
     let routed: BTreeSet<(String, String)> =
@@ -201,6 +240,10 @@ async fn every_admin_route_needs_an_admin(backend: Backend) {
         "subscription.renew",
         "key.revoke",
         "redemption_codes.create",
+        "channel.create",
+        "channel.update",
+        "channel.delete",
+        "channel.test",
     ] {
         assert!(actions.contains(action), "{action} audited: {actions:?}");
     }

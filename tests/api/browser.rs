@@ -146,3 +146,58 @@ async fn an_operator_prices_a_model_tops_up_a_customer_and_reads_the_audit_log_i
         "admin-codes",
     ]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(tollgate_test_browser), ignore = "Chromium or tests/browser/node_modules is missing")]
+async fn an_operator_adds_tests_edits_and_deletes_channels_in_a_real_browser() {
+    let Some(chromium) = chromium() else { return };
+    let app = spawn_app_with(Backend::Sqlite, &[]).await;
+    add_model_named(&app.db, "test-model").await;
+    crate::helpers::password_user(&app.db, "admin@example.com", "admin").await;
+    let fake = FakeUpstream::start(Mode::Normal).await.unwrap();
+    let upstream = fake.base_url();
+    // A channel whose only key the upstream refused (as the gateway records it).
+    const REFUSED_KEY: &str = "sk-refused-upstream-key-0000000wxyz";
+    let settings = tollgate::channels::Settings {
+        sealer: Some(tollgate::channels::seal::Sealer::parse(crate::helpers::ENCRYPTION_KEY).unwrap()),
+        allow_private: true,
+    };
+    let mut refused = tollgate::channels::NewChannel::new(
+        "refused-upstream",
+        "openai",
+        &upstream,
+        vec![tollgate::channels::ModelRoute::parse("*")],
+        vec![tollgate::config::Secret::new(REFUSED_KEY)],
+    );
+    refused.priority = -1;
+    let system = tollgate::audit::Actor::system();
+    let refused = tollgate::channels::create(&app.db, &app.cache(), &settings, &system, refused).await.unwrap();
+    tollgate::channels::disable_key(&app.db, &app.cache(), refused.id, Some(refused.keys[0].id), 401).await.unwrap();
+    let env = [
+        ("ADMIN_EMAIL", "admin@example.com"),
+        ("PASSWORD", crate::helpers::PASSWORD),
+        ("FAKE_UPSTREAM", upstream.as_str()),
+        ("UPSTREAM_KEY", UPSTREAM_KEY),
+        ("REFUSED_KEY", REFUSED_KEY),
+    ];
+    let summary = run_script("channels.mjs", &app.address, &chromium, &env).await;
+    assert!(summary["testResult"].as_str().unwrap().contains("HTTP 200"), "{summary}");
+
+    // What the browser did is in the database: one channel, weight 5, its key sealed; the two
+    // test clicks reached the upstream, nothing else did.
+    let all = tollgate::channels::list(&app.db).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[0].name.as_str(), all[0].priority, all[0].weight), ("browser-upstream", 3, 5));
+    assert_eq!(all[0].keys.len(), 1);
+    // The refused channel is back: its key and itself enabled.
+    assert_eq!(all[1].name, "refused-upstream");
+    assert!(all[1].enabled && all[1].keys[0].enabled && all[1].routable, "{:?}", all[1]);
+    assert_eq!(fake.calls(), 2, "one upstream call per test click");
+    let entries = audit_logs::Entity::find().all(&app.db.read).await.unwrap();
+    for action in
+        ["channel.create", "channel.update", "channel.test", "channel.disable", "channel.enable", "channel.delete"]
+    {
+        assert!(entries.iter().any(|e| e.action == action && e.actor_user_id.is_some()), "{action} audited");
+    }
+    assert_photographed(&["admin-channels", "admin-channels-zh", "admin-channels-dialog"]);
+}

@@ -133,7 +133,7 @@ async fn pages_forbid_framing_and_inline_code_and_nothing_is_sniffed() {
             "inline code on {path}"
         );
     }
-    for asset in ["/assets/app.css", "/assets/pages.js", "/assets/keys.js", "/assets/usage.js"] {
+    for asset in ["/assets/app.css", "/assets/pages.js", "/assets/keys.js", "/assets/usage.js", "/assets/channels.js"] {
         let res = app.get(asset).await;
         assert_eq!(res.status(), 200, "{asset}");
         assert_eq!(res.headers()["x-content-type-options"], "nosniff");
@@ -153,8 +153,16 @@ async fn pages_forbid_framing_and_inline_code_and_nothing_is_sniffed() {
 #[tokio::test]
 async fn back_office_pages_are_for_administrators_only() {
     let app = spawn_app(Backend::Sqlite).await;
-    let pages =
-        ["/admin", "/admin/models", "/admin/users", "/admin/users/1", "/admin/revenue", "/admin/audit", "/admin/codes"];
+    let pages = [
+        "/admin",
+        "/admin/models",
+        "/admin/channels",
+        "/admin/users",
+        "/admin/users/1",
+        "/admin/revenue",
+        "/admin/audit",
+        "/admin/codes",
+    ];
     let sign_in = |email: &'static str| {
         let app = &app;
         async move {

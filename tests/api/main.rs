@@ -9,6 +9,7 @@ mod admin;
 mod back_office;
 mod billing;
 mod browser;
+mod channel_admin;
 mod channels;
 mod chat_apps;
 mod cli;

@@ -3,6 +3,7 @@
 //! Amounts are decimal strings, times RFC 3339, keys camelCase.
 
 mod catalogue;
+mod channels;
 mod codes;
 mod people;
 mod reports;
@@ -69,6 +70,11 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/api/admin/revenue", get(reports::revenue)),
         ("GET", "/api/admin/redemption-codes", get(codes::list)),
         ("POST", "/api/admin/redemption-codes", post(codes::create)),
+        ("GET", "/api/admin/channels", get(channels::list)),
+        ("POST", "/api/admin/channels", post(channels::create)),
+        ("PATCH", "/api/admin/channels/{id}", patch(channels::update)),
+        ("DELETE", "/api/admin/channels/{id}", delete(channels::remove)),
+        ("POST", "/api/admin/channels/{id}/test", post(channels::test)),
     ]
 }
 

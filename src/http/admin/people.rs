@@ -1,6 +1,8 @@
 //! `/api/admin/users`, `/api/admin/keys` and subscriptions: finding people, their balance,
 //! role and access, for support.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -38,8 +40,13 @@ fn subscription_json(s: &subs::Model) -> Value {
     })
 }
 
-fn usage_json(r: &usage_logs::Model) -> Value {
+/// A usage row for the operator: with the channel that served it (its name, or `#id` once
+/// deleted) and the upstream attempts made. Customers' answers never carry these.
+fn usage_json(r: &usage_logs::Model, channel_names: &HashMap<i64, String>) -> Value {
     json!({
+        "channelId": r.channel_id,
+        "channel": r.channel_id.map(|id| channel_names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))),
+        "attempts": r.attempts,
         "id": r.id,
         "requestId": r.request_id,
         "keyId": r.key_id,
@@ -101,7 +108,9 @@ pub async fn detail(
     value["apiKeys"] = d.keys.iter().map(key_json).collect();
     value["limits"] = accounts::limits_json(&d.summary.user);
     value["subscriptions"] = d.subscriptions.iter().map(subscription_json).collect();
-    value["recentUsage"] = d.usage.iter().map(usage_json).collect();
+    let channel_names: HashMap<i64, String> =
+        crate::channels::list(&state.db).await?.into_iter().map(|c| (c.id, c.name)).collect();
+    value["recentUsage"] = d.usage.iter().map(|r| usage_json(r, &channel_names)).collect();
     value["ledger"] = d.ledger.iter().map(ledger_json).collect();
     Ok(Json(value))
 }
