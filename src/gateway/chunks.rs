@@ -57,11 +57,33 @@ pub struct UsageBlock {
     pub prompt_tokens: Option<i64>,
     #[serde(default)]
     pub completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<i64>,
 }
 
 impl UsageBlock {
+    /// OpenAI Chat usage: `prompt_tokens` includes the cached tokens and `completion_tokens` the
+    /// reasoning tokens, so each detail is split out of (never added to) its total.
     pub fn usage(&self) -> Option<Usage> {
-        Some(Usage { prompt_tokens: self.prompt_tokens?.max(0), completion_tokens: self.completion_tokens?.max(0) })
+        let prompt = self.prompt_tokens?.max(0);
+        let output = self.completion_tokens?.max(0);
+        let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0).clamp(0, prompt);
+        let reasoning = self.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0).clamp(0, output);
+        Some(Usage { input: prompt - cached, cache_read: cached, output, reasoning, ..Usage::default() })
     }
 }
 

@@ -15,11 +15,29 @@ use crate::db::Db;
 use crate::error::Error;
 use crate::observability::{self, RequestRecord};
 
-/// Usage as the upstream reported it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Usage as the upstream reported it, normalised across protocols.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
+    /// Input tokens billed at the input price: neither read from nor written to a prompt cache.
+    pub input: i64,
+    /// Input tokens read from the prompt cache (OpenAI `cached_tokens`, Anthropic `cache_read_input_tokens`).
+    pub cache_read: i64,
+    /// Input tokens written to the prompt cache for 5 minutes (Anthropic `cache_creation_input_tokens`,
+    /// or `cache_creation.ephemeral_5m_input_tokens`).
+    pub cache_write: i64,
+    /// Input tokens written to the prompt cache for 1 hour (`cache_creation.ephemeral_1h_input_tokens`).
+    pub cache_write_1h: i64,
+    /// Output tokens, reasoning included (both OpenAI and Anthropic bill reasoning as output).
+    pub output: i64,
+    /// Of `output`, the reasoning tokens (shown separately, not billed twice).
+    pub reasoning: i64,
+}
+
+impl Usage {
+    /// All input tokens, whatever their class.
+    pub fn prompt_total(&self) -> i64 {
+        self.input.saturating_add(self.cache_read).saturating_add(self.cache_write).saturating_add(self.cache_write_1h)
+    }
 }
 
 /// The end of a request, as far as billing is concerned.
@@ -133,17 +151,18 @@ impl Settler {
                     Some(u) => (u, "upstream"),
                     None => (
                         Usage {
-                            prompt_tokens: self.prompt_estimate,
-                            completion_tokens: self
+                            input: self.prompt_estimate,
+                            output: self
                                 .completion_counted
                                 .saturating_add(count_text(&self.model, &self.completion_text)),
+                            ..Usage::default()
                         },
                         "estimated",
                     ),
                 };
                 let state = FinalState::Settled {
-                    prompt_tokens: usage.prompt_tokens,
-                    completion_tokens: usage.completion_tokens,
+                    prompt_tokens: usage.prompt_total(),
+                    completion_tokens: usage.output,
                     prices: self.prices,
                 };
                 (state, status, source)
