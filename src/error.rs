@@ -190,6 +190,38 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The body an Anthropic Messages client gets: `{"type": "error", "error": {"type",
+    /// "message"}}`, with the same message as `body`.
+    pub fn anthropic_body(&self) -> Value {
+        let openai = self.body();
+        let message = openai["error"]["message"].as_str().unwrap_or_default().to_owned();
+        let mut body = json!({ "type": "error", "error": { "type": anthropic_error_type(self.status()), "message": message } });
+        for field in ["balance", "limit", "remaining", "period"] {
+            if let Some(v) = openai["error"].get(field) {
+                body["error"][field] = v.clone();
+            }
+        }
+        body
+    }
+}
+
+/// Anthropic's error type for an HTTP status.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        400 | 408 | 409 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
 /// Our JSON error shape, `{"error": {"message", "type", "code"}}`: the one renderer of every
 /// refusal, whether it comes from an `Error` or is answered before one exists.
 pub fn error_body(message: &str, kind: &str, code: &str) -> Value {

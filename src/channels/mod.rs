@@ -53,6 +53,8 @@ use crate::error::{Error, Result};
 pub const PROVIDERS: [&str; 2] = ["openai", "anthropic"];
 /// The provider OpenAI-compatible requests are routed to.
 pub const OPENAI: &str = "openai";
+/// The provider type of Anthropic's native Messages API.
+pub const ANTHROPIC: &str = "anthropic";
 /// The model entry that stands for every catalogue model.
 pub const ALL_MODELS: &str = "*";
 /// The channel created from `OPENAI_BASE_URL`/`OPENAI_API_KEY` when none exists.
@@ -967,8 +969,14 @@ pub async fn test(db: &Db, gateway: &crate::gateway::Gateway, actor: &Actor, id:
                 }
                 Some((model, cap_field)) => {
                     let mut body = json!({ "model": model, "messages": [{ "role": "user", "content": "ping" }] });
-                    body[cap_field.as_str()] = json!(1);
-                    let outcome = gateway.upstream.probe(&route, body.to_string().into()).await;
+                    let path = if route.provider == ANTHROPIC {
+                        body["max_tokens"] = json!(1);
+                        crate::gateway::protocol::Protocol::Messages.path()
+                    } else {
+                        body[cap_field.as_str()] = json!(1);
+                        crate::gateway::protocol::Protocol::Chat.path()
+                    };
+                    let outcome = gateway.upstream.probe(&route, body.to_string().into(), path).await;
                     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     match outcome {
                         Ok(status) if (200..300).contains(&status) => {

@@ -175,18 +175,22 @@ pub async fn authenticate(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: 
 }
 
 async fn identify(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderMap) -> Result<Authorized> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(Error::Unauthorized(
-            "You didn't provide an API key. Send it as `Authorization: Bearer sk-...`.".into(),
-        ));
+    // `Authorization: Bearer sk-…`, or Anthropic's `x-api-key: sk-…` when no Authorization is sent.
+    let token = match (headers.get(AUTHORIZATION), headers.get("x-api-key")) {
+        (Some(value), _) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(invalid_key)?,
+        (None, Some(value)) => value.to_str().map(str::trim).map_err(|_| invalid_key())?,
+        (None, None) => {
+            return Err(Error::Unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer sk-...` (or `x-api-key: sk-...`).".into(),
+            ));
+        }
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .ok_or_else(invalid_key)?;
     // Malformed keys never reach the cache or the database.
     if !keys::is_well_formed(token) {
         return Err(invalid_key());

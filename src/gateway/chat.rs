@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 use super::Gateway;
 use super::auth::{ApiKey, KeyRules};
 use super::exchange::{Exchange, Head};
+use super::protocol::{self, Forward, Outbound, Protocol};
 use super::settle::Settler;
-use super::tokens;
 use crate::billing::reservations::Affordable;
 use crate::billing::{ReserveRequest, reserve};
 use crate::cache::Cache;
@@ -35,15 +35,17 @@ pub struct Services<'a> {
     pub hard_stop: &'a CancellationToken,
 }
 
-/// A chat completion as the edge read it: the model named, whether it streams, and the body's
-/// fields (the core rewrites the model, the output caps and the stream options before they go
-/// upstream, and passes everything else through).
-pub struct ChatRequest {
+/// A request as the edge read it: its protocol, the model named, whether it streams, the
+/// body's fields and its bytes (which pass upstream unchanged but for the model name and the
+/// output cap wherever the channel speaks the client's protocol).
+pub struct CallRequest {
+    pub protocol: Protocol,
     pub model: String,
     pub stream: bool,
     pub body: Map<String, Value>,
-    /// The client's `OpenAI-Beta` header, passed upstream.
-    pub beta: Option<HeaderValue>,
+    pub raw: Bytes,
+    /// The client's headers passed upstream (beta features, API version).
+    pub forward: Forward,
 }
 
 /// The upstream's answer, as it comes.
@@ -79,22 +81,20 @@ pub struct Failure {
     pub headers: reqwest::header::HeaderMap,
 }
 
-pub fn bad(message: impl Into<String>) -> Error {
-    Error::BadRequest(message.into())
-}
+pub use super::protocol::bad;
 
-/// Validates a chat completion against the catalogue and the limits, reserves its worst case,
-/// and hands it to an upstream exchange of its own (which settles it); answers with the
-/// upstream's reply, or the failure and whom to log it for.
+/// Validates a request against the catalogue and the limits, reserves its worst case, and
+/// hands it to an upstream exchange of its own (which settles it); answers with the upstream's
+/// reply, or the failure and whom to log it for.
 pub async fn complete(
     ctx: &Services<'_>,
     key: ApiKey,
     rules: &KeyRules,
-    request: ChatRequest,
+    request: CallRequest,
     request_id: &str,
     started: Instant,
 ) -> Result<Answer, Failure> {
-    let ChatRequest { model: model_name, stream, mut body, beta } = request;
+    let CallRequest { protocol, model: model_name, stream, mut body, raw, forward } = request;
     // Until the model is found in the catalogue its name is the client's to choose: refusals
     // are logged without it, so invented names cannot multiply the refusal rows (nor metrics
     // series).
@@ -122,9 +122,19 @@ pub async fn complete(
             model.name
         ))));
     }
-    let choices = choices(&body, ctx.gateway.max_choices).map_err(fail)?;
-    refuse_unpriced(&body).map_err(fail)?;
-    let (cap_fields, requested_cap) = output_caps(&body).map_err(fail)?;
+    let shape = protocol::shape(protocol, &body, &model.upstream_model, ctx.gateway.max_choices).map_err(fail)?;
+    let choices = shape.choices;
+    // A continued response is served by the channel that holds the earlier one, and only for
+    // its owner.
+    let pinned_channel = match body.get("previous_response_id") {
+        Some(Value::String(id)) if protocol == Protocol::Responses => {
+            match super::responses::channel_of(ctx.db, id, key.user_id).await.map_err(fail)? {
+                Some(channel) => Some(channel),
+                None => return Err(fail(Error::NotFound(format!("Previous response with id '{id}' not found.")))),
+            }
+        }
+        _ => None,
+    };
 
     let max_concurrent = rules.user_max_concurrent.and_then(|n| u32::try_from(n).ok());
     let Some(slot) = ctx.gateway.inflight.try_acquire_up_to(key.user_id, max_concurrent).await else {
@@ -135,25 +145,32 @@ pub async fn complete(
         }));
     };
 
-    let prompt = tokens::count_prompt_parts(&model.upstream_model, &body);
-    if prompt.text >= model.context_window {
+    let mut prompt = shape.prompt;
+    if protocol == Protocol::Messages {
+        // The count is an upper bound with a margin, not the upstream's count: it is never a
+        // reason to refuse, and no upstream bills more prompt than its context window.
+        prompt.text = prompt.text.min(model.context_window);
+    } else if prompt.text >= model.context_window {
         return Err(fail(bad(format!(
             "this model's maximum context length is {} tokens; the messages use about {}",
             model.context_window, prompt.text
         ))));
     }
-    let max_out = requested_cap
-        .unwrap_or(model.max_output_tokens)
-        .min(model.max_output_tokens)
-        .min(model.context_window - prompt.text);
+    let room = if protocol == Protocol::Messages { model.context_window } else { model.context_window - prompt.text };
+    let max_out = if shape.output {
+        shape
+            .requested_cap
+            .or(shape.default_cap)
+            .unwrap_or(model.max_output_tokens)
+            .min(model.max_output_tokens)
+            .min(room)
+            .max(1)
+    } else {
+        0
+    };
 
-    let mut client_wants_usage = false;
-    if stream {
+    if stream && protocol.openai_chunks() {
         let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-        if !options.is_object() {
-            return Err(fail(bad("`stream_options` must be an object")));
-        }
-        client_wants_usage = options.get("include_usage").and_then(Value::as_bool).unwrap_or(false);
         options["include_usage"] = Value::Bool(true);
     }
 
@@ -161,7 +178,7 @@ pub async fn complete(
     // named no cap may be given a lower one its funds cover; an explicit cap is never lowered.
     let reserved_prompt = prompt.reserved(model.context_window);
     let reserved_output = max_out.saturating_mul(i64::from(choices));
-    let affordable = requested_cap.is_none().then_some(Affordable {
+    let affordable = (shape.output && shape.requested_cap.is_none()).then_some(Affordable {
         choices: i64::from(choices),
         min_per_choice: ctx.gateway.min_affordable_output_tokens,
     });
@@ -186,6 +203,7 @@ pub async fn complete(
             return Err(fail(error));
         }
     };
+    settler.route = protocol.route();
     let lowered = settler.reservation.lowered_cap;
     let max_out = lowered.unwrap_or(max_out);
     if let Some(cap) = lowered {
@@ -193,20 +211,22 @@ pub async fn complete(
     }
     let mut headers = std::mem::take(&mut admitted.headers);
     settler.rate = Some((Arc::clone(rates), admitted));
-
-    // The upstream body: our model name; the reserved cap in the field this model's upstream
-    // honours — and in no other, whatever the client sent — so the upstream cannot produce
-    // more than was reserved; usage requested for streams.
-    body.insert("model".into(), Value::String(model.upstream_model.clone()));
-    for field in cap_fields {
-        body.remove(field);
-    }
-    body.insert(model.cap_field.clone(), Value::from(max_out));
-    // Dropping the settler here (a body that cannot be written) voids the reservation.
-    let upstream_body = Bytes::from(serde_json::to_vec(&body).map_err(|e| fail(Error::Internal(e.into())))?);
     if let Some(cap) = lowered {
         headers.insert(OUTPUT_CAP_HEADER, HeaderValue::from(cap));
     }
+
+    // The upstream body of each channel names its model and carries the reserved cap — in the
+    // field that upstream honours, and in no other, whatever the client sent — so the upstream
+    // cannot produce more than was reserved.
+    let outbound = Outbound {
+        protocol,
+        raw,
+        wire: body,
+        cap_fields: shape.cap_fields,
+        cap: max_out,
+        stream,
+        chat_cap_field: model.cap_field.clone(),
+    };
 
     // The upstream exchange runs in a tracked task of its own: a client that leaves does not
     // stop it, so the request is settled on what the upstream reports, never on less.
@@ -214,12 +234,12 @@ pub async fn complete(
         gateway: Arc::clone(ctx.gateway),
         hard_stop: ctx.hard_stop.clone(),
         settler,
-        body: upstream_body,
-        wire: body,
+        outbound,
         upstream_model: model.upstream_model.clone(),
-        stream,
-        beta,
-        client_wants_usage,
+        forward,
+        client_wants_usage: shape.client_wants_usage,
+        hidden_output: shape.hidden_output,
+        pinned_channel,
         deadline: started + ctx.gateway.upstream.timeouts.total,
         slot,
     };
@@ -302,77 +322,4 @@ struct Billing {
     output: i64,
     estimate: i64,
     affordable: Option<Affordable>,
-}
-
-/// The number of choices asked for (`n`): 1 when absent; 400 beyond `max`.
-fn choices(wire: &Map<String, Value>, max: u32) -> Result<u32, Error> {
-    match wire.get("n") {
-        None | Some(Value::Null) => Ok(1),
-        Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
-            Some(v) if (1..=max).contains(&v) => Ok(v),
-            _ => Err(bad(format!("`n` must be an integer between 1 and {max}"))),
-        },
-        Some(_) => Err(bad(format!("`n` must be an integer between 1 and {max}"))),
-    }
-}
-
-/// Refuses what the upstream would bill outside the model's two token prices — audio in or
-/// out, web search calls, and service tiers that cost more — so nothing is served below its
-/// cost.
-fn refuse_unpriced(wire: &Map<String, Value>) -> Result<(), Error> {
-    let audio_out = wire.get("audio").is_some_and(|v| !v.is_null())
-        || wire.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|v| v == "audio"));
-    if audio_out {
-        return Err(bad("audio output is not offered on this service"));
-    }
-    let audio_in = wire.get("messages").and_then(Value::as_array).is_some_and(|messages| {
-        messages
-            .iter()
-            .filter_map(|m| m.get("content").and_then(Value::as_array))
-            .flatten()
-            .any(|piece| matches!(piece.get("type").and_then(Value::as_str), Some("input_audio" | "audio")))
-    });
-    if audio_in {
-        return Err(bad("audio input is not offered on this service"));
-    }
-    if wire.get("web_search_options").is_some_and(|v| !v.is_null()) {
-        return Err(bad("web search is not offered on this service"));
-    }
-    match wire.get("service_tier") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(t)) if matches!(t.as_str(), "auto" | "default" | "flex") => Ok(()),
-        Some(other) => Err(bad(format!("service_tier {other} is not offered; use auto, default or flex"))),
-    }
-}
-
-/// The output-cap fields the client sent, and the smallest cap among them (`None` when it
-/// sent none). Every one of them is sent upstream set to the reserved cap.
-fn output_caps(wire: &Map<String, Value>) -> Result<(Vec<&'static str>, Option<i64>), Error> {
-    let mut fields = Vec::new();
-    let mut smallest: Option<i64> = None;
-    for field in models::CAP_FIELDS {
-        match wire.get(field) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Number(n)) => {
-                let value = if let Some(v) = n.as_i64() {
-                    v
-                } else if n.as_u64().is_some() {
-                    i64::MAX
-                } else {
-                    match n.as_f64() {
-                        // An integral float is its value (saturating at i64::MAX).
-                        Some(f) if f.fract() == 0.0 && f > 0.0 => f as i64,
-                        _ => return Err(bad(format!("`{field}` must be a positive integer"))),
-                    }
-                };
-                if value < 1 {
-                    return Err(bad(format!("`{field}` must be a positive integer")));
-                }
-                fields.push(field);
-                smallest = Some(smallest.map_or(value, |s| s.min(value)));
-            }
-            Some(_) => return Err(bad(format!("`{field}` must be a positive integer"))),
-        }
-    }
-    Ok((fields, smallest))
 }

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use reqwest::header::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::chunks::Chunk;
 use super::limits::Slot;
-use super::relay::Relay;
+use super::protocol::{Forward, Outbound, Protocol, Wire};
+use super::relay::{Reader, Relay};
 use super::settle::{Ending, Settler};
 use super::upstream::{Candidate, Env, Sent, UpstreamFailure, error_message};
+use super::usage_wire::{AnthropicEvent, EmbeddingsAnswer, ResponseObject};
 use crate::channels::directory::{Rng, order};
 use crate::channels::health::State;
 use crate::error::Error;
@@ -38,15 +39,17 @@ pub struct Exchange {
     /// Cancelled when shutdown's grace period has run out.
     pub hard_stop: CancellationToken,
     pub settler: Settler,
-    /// The upstream body with the catalogue's upstream model name.
-    pub body: Bytes,
-    /// The same body as fields, for channels that map the model to another upstream name.
-    pub wire: serde_json::Map<String, serde_json::Value>,
+    /// What each channel's body is built from.
+    pub outbound: Outbound,
     /// The catalogue model's upstream name.
     pub upstream_model: String,
-    pub stream: bool,
-    pub beta: Option<HeaderValue>,
+    /// The client's headers passed upstream.
+    pub forward: Forward,
     pub client_wants_usage: bool,
+    /// Output the client never sees may be billed (see `Shape::hidden_output`).
+    pub hidden_output: bool,
+    /// The only channel that may serve (the one holding `previous_response_id`).
+    pub pinned_channel: Option<i64>,
     pub deadline: Instant,
     pub slot: Slot,
 }
@@ -61,18 +64,20 @@ impl Exchange {
             gateway,
             hard_stop,
             mut settler,
-            body,
-            wire,
+            outbound,
             upstream_model,
-            stream,
-            beta,
+            forward,
             client_wants_usage,
+            hidden_output,
+            pinned_channel,
             deadline,
             slot,
         } = self;
+        let (stream, protocol) = (outbound.stream, outbound.protocol);
         let upstream = &gateway.upstream;
         let (db, cache) = (settler.db.clone(), settler.cache.clone());
-        let candidates = match candidates(&gateway, &db, &cache, &settler.model, &upstream_model, body, &wire).await {
+        let wanted = Wanted { model: &settler.model, upstream_model: &upstream_model, pinned: pinned_channel };
+        let candidates = match candidates(&gateway, &db, &cache, wanted, &outbound).await {
             Ok(c) => c,
             Err(error) => {
                 // Nothing was sent: the reservation is voided.
@@ -87,7 +92,7 @@ impl Exchange {
             Env { db: &db, cache: &cache, directory: &gateway.channels.directory, health: &gateway.channels.health };
         let mut last = None;
         let sent = tokio::select! {
-            r = upstream.send(&env, &candidates, stream, beta.as_ref(), deadline, &mut settler.attempts, &mut last) => r,
+            r = upstream.send(&env, &candidates, stream, &forward, deadline, &mut settler.attempts, &mut last) => r,
             () = hard_stop.cancelled() => {
                 // Cut by shutdown while the upstream works: bill what was delivered (the prompt).
                 settler.error = Some("server.shutdown");
@@ -100,6 +105,11 @@ impl Exchange {
                 return;
             }
         };
+        // The protocol the serving channel was spoken to in.
+        let upstream_protocol = last
+            .as_ref()
+            .and_then(|r| Wire::between(protocol, &r.provider))
+            .map_or(protocol, |w| w.upstream(protocol));
         settler.channel = last.map(|r| (r.id, r.name.clone()));
         let Sent { response, idle, deadline } = match sent {
             Ok(r) => r,
@@ -125,7 +135,8 @@ impl Exchange {
             let (tx, rx) = tokio::sync::mpsc::channel(FRAME_BUFFER);
             // A client already gone gets no frames; the upstream is still read to its end.
             let tx = head.send(Head::Stream(rx)).is_ok().then_some(tx);
-            let relay = Relay::new(response, settler, client_wants_usage, idle, deadline, hard_stop.clone(), slot);
+            let reader = Reader::for_protocol(upstream_protocol, client_wants_usage);
+            let relay = Relay::new(response, settler, reader, hidden_output, idle, deadline, hard_stop.clone(), slot);
             relay.run(tx).await;
             return;
         }
@@ -140,15 +151,20 @@ impl Exchange {
         };
         drop(slot);
         let outcome = match read {
-            Ok(body) => match serde_json::from_slice::<Chunk>(&body) {
-                Ok(parsed) => {
-                    settler.usage = parsed.usage.and_then(|u| u.usage());
-                    if settler.usage.is_none() {
-                        parsed.collect_text(&mut settler.completion_text);
+            Ok(body) => match meter_answer(upstream_protocol, &body, &mut settler) {
+                Ok(()) => {
+                    if let Some(id) = settler.response_id() {
+                        // Recorded before the client has the id, so it can continue at once.
+                        if let Some((channel, _)) = settler.channel
+                            && let Err(e) =
+                                super::responses::remember(&db, &id, settler.reservation.user_id, channel).await
+                        {
+                            tracing::warn!(error = %e, "cannot record the channel of a response");
+                        }
                     }
                     Ok(body)
                 }
-                Err(_) => Err(Error::Upstream {
+                Err(()) => Err(Error::Upstream {
                     status: 502,
                     message: "the upstream sent an unreadable response".into(),
                     label: "upstream.bad_response",
@@ -228,24 +244,38 @@ fn no_channel() -> Error {
     }
 }
 
-/// The channels to try for `model`, in order, each with its body: those of the OpenAI
-/// provider serving the model and not cooling down (one whose cool-down is over only as the
-/// one probe) — or, when none of them is healthy, all of them: a cool-down steers traffic to
-/// healthy channels; it never turns the only upstream into an outage.
+/// What a request asks the directory for.
+struct Wanted<'a> {
+    /// The catalogue model.
+    model: &'a str,
+    /// The catalogue model's upstream name.
+    upstream_model: &'a str,
+    /// The only channel that may serve.
+    pinned: Option<i64>,
+}
+
+/// The channels to try for the model, in order, each with its body: those whose provider can
+/// serve the request's protocol (natively or translated), serving the model and not cooling
+/// down (one whose cool-down is over only as the one probe) — or, when none of them is
+/// healthy, all of them: a cool-down steers traffic to healthy channels; it never turns the
+/// only upstream into an outage.
 async fn candidates(
     gateway: &Gateway,
     db: &crate::db::Db,
     cache: &crate::cache::Cache,
-    model: &str,
-    upstream_model: &str,
-    body: Bytes,
-    wire: &serde_json::Map<String, serde_json::Value>,
+    wanted: Wanted<'_>,
+    outbound: &Outbound,
 ) -> Result<Vec<Candidate>, Error> {
+    let protocol = outbound.protocol;
     let routes = gateway.channels.directory.routes(db, cache).await?;
     let serving: Vec<_> = routes
         .into_iter()
-        .filter(|r| r.provider == crate::channels::OPENAI)
-        .filter_map(|r| r.upstream_name(model, upstream_model).map(|name| (r, name)))
+        .filter(|r| wanted.pinned.is_none_or(|id| r.id == id))
+        .filter_map(|r| {
+            let wire = Wire::between(protocol, &r.provider)?;
+            let name = r.upstream_name(wanted.model, wanted.upstream_model)?;
+            Some((r, (name, wire)))
+        })
         .collect();
     if serving.is_empty() {
         return Err(no_channel());
@@ -258,26 +288,59 @@ async fn candidates(
         .into_iter()
         .zip(states)
         .filter(|(_, state)| none_healthy || *state != State::Open)
-        .map(|((route, name), state)| (route, (name, state == State::HalfOpen && !none_healthy)))
+        .map(|((route, target), state)| (route, (target, state == State::HalfOpen && !none_healthy)))
         .collect();
     let mut rng = Rng::seeded();
-    let mut bodies: std::collections::HashMap<String, Bytes> = std::collections::HashMap::new();
-    bodies.insert(upstream_model.to_owned(), body);
+    let mut bodies: Vec<((String, Wire), Bytes)> = Vec::new();
     let mut out = Vec::new();
-    for (route, (name, probe)) in order(usable, &mut rng) {
-        let body = match bodies.get(&name) {
-            Some(b) => b.clone(),
+    for (route, ((name, wire), probe)) in order(usable, &mut rng) {
+        let body = match bodies.iter().find(|(k, _)| k.0 == name && k.1 == wire) {
+            Some((_, b)) => b.clone(),
             None => {
-                let mut mapped = wire.clone();
-                mapped.insert("model".into(), serde_json::Value::String(name.clone()));
-                let b = Bytes::from(serde_json::to_vec(&mapped).map_err(|e| Error::Internal(e.into()))?);
-                bodies.insert(name, b.clone());
+                let b = outbound.body(wire, &name)?;
+                bodies.push(((name, wire), b.clone()));
                 b
             }
         };
-        out.push(Candidate { route, body, probe });
+        out.push(Candidate { route, body, path: wire.upstream(protocol).path(), probe });
     }
     Ok(out)
+}
+
+/// Reads the usage (or, without one, the generated text) of a whole upstream answer of
+/// `protocol`; `Err` when the answer cannot be read.
+fn meter_answer(protocol: Protocol, body: &[u8], settler: &mut Settler) -> Result<(), ()> {
+    match protocol {
+        Protocol::Chat | Protocol::Completions => {
+            let parsed: Chunk = serde_json::from_slice(body).map_err(drop)?;
+            settler.usage = parsed.usage.and_then(|u| u.usage());
+            if settler.usage.is_none() {
+                parsed.collect_text(&mut settler.completion_text);
+            }
+        }
+        Protocol::Messages => {
+            let parsed: AnthropicEvent = serde_json::from_slice(body).map_err(drop)?;
+            settler.usage = parsed.usage.and_then(|u| u.usage());
+            if settler.usage.is_none() {
+                parsed.collect_text(&mut settler.completion_text);
+            }
+        }
+        Protocol::Responses => {
+            let parsed: ResponseObject = serde_json::from_slice(body).map_err(drop)?;
+            settler.usage = parsed.usage.and_then(|u| u.usage());
+            if settler.usage.is_none() {
+                parsed.collect_text(&mut settler.completion_text);
+            }
+            if let Some(id) = &parsed.id {
+                settler.set_response_id(id);
+            }
+        }
+        Protocol::Embeddings => {
+            let parsed: EmbeddingsAnswer = serde_json::from_slice(body).map_err(drop)?;
+            settler.usage = parsed.usage.and_then(|u| u.usage());
+        }
+    }
+    Ok(())
 }
 
 /// Reads a non-streamed upstream body within the timeouts and the size bound.

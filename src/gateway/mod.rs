@@ -5,14 +5,18 @@ pub mod auth;
 pub mod chat;
 mod chunks;
 pub mod exchange;
+pub mod json_edit;
 pub mod limits;
+pub mod protocol;
 pub mod rates;
 pub mod refusals;
 pub mod relay;
+pub mod responses;
 pub mod settle;
 pub mod sse;
 pub mod tokens;
 pub mod upstream;
+pub mod usage_wire;
 
 use std::sync::Arc;
 

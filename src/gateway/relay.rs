@@ -17,6 +17,7 @@ use super::limits::Slot;
 use super::settle::{Ending, Settler};
 use super::sse::{self, Event, Parser};
 use super::upstream::redact;
+use super::usage_wire::{AnthropicEvent, AnthropicUsage, ResponsesEvent};
 use crate::error::Error;
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -26,7 +27,10 @@ pub struct Relay {
     parser: Parser,
     out: VecDeque<Bytes>,
     settler: Settler,
-    client_wants_usage: bool,
+    reader: Reader,
+    /// Output the client never sees may have been billed (hidden reasoning): a stream that
+    /// breaks before its usage is charged the reservation.
+    hidden_output: bool,
     idle: std::time::Duration,
     deadline: Instant,
     /// Cancelled when the shutdown grace period is over: the stream is cut where it is.
@@ -40,7 +44,8 @@ impl Relay {
     pub fn new(
         upstream: reqwest::Response,
         settler: Settler,
-        client_wants_usage: bool,
+        reader: Reader,
+        hidden_output: bool,
         idle: std::time::Duration,
         deadline: Instant,
         hard_stop: CancellationToken,
@@ -51,7 +56,8 @@ impl Relay {
             parser: Parser::default(),
             out: VecDeque::new(),
             settler,
-            client_wants_usage,
+            reader,
+            hidden_output,
             idle,
             deadline,
             hard_stop,
@@ -89,9 +95,10 @@ impl Relay {
                 }
                 // The stream broke after its client left and before any usage: what the
                 // upstream did cannot be known, so the reservation is charged.
+                // So did one whose hidden reasoning was billed and never shown.
                 if let Ending::Delivered { status } = ending
                     && status != 200
-                    && self.settler.client_gone
+                    && (self.settler.client_gone || self.hidden_output)
                     && self.settler.usage.is_none()
                     && !self.hard_stop.is_cancelled()
                 {
@@ -141,6 +148,15 @@ impl Relay {
     }
 
     fn on_event(&mut self, event: Event) {
+        match &mut self.reader {
+            Reader::Chunks { .. } => self.on_chunk(event),
+            Reader::Messages { .. } => self.on_message_event(event),
+            Reader::Responses { .. } => self.on_response_event(event),
+        }
+    }
+
+    /// OpenAI chat and completion chunks, ended by `[DONE]`.
+    fn on_chunk(&mut self, event: Event) {
         if event.data == "[DONE]" {
             self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
             self.ending = Some(Ending::Delivered { status: 200 });
@@ -161,10 +177,96 @@ impl Relay {
         }
         chunk.collect_text(&mut self.settler.completion_text);
         self.settler.bound_text();
-        if chunk.is_usage_only() && !self.client_wants_usage {
+        let Reader::Chunks { client_wants_usage } = self.reader else { return };
+        if chunk.is_usage_only() && !client_wants_usage {
             return;
         }
         self.out.push_back(sse::frame(&event));
+    }
+
+    /// Anthropic Messages events, passed through: the input is known at `message_start`, the
+    /// output (cumulative) at each `message_delta`; `message_stop` ends the stream.
+    fn on_message_event(&mut self, event: Event) {
+        let parsed: AnthropicEvent = serde_json::from_str(&event.data).unwrap_or_default();
+        let Reader::Messages { usage } = &mut self.reader else { return };
+        match parsed.kind.as_deref() {
+            Some("message_start") => {
+                if let Some(u) = parsed.message.as_ref().and_then(|m| m.usage) {
+                    *usage = u;
+                }
+            }
+            Some("message_delta") => {
+                if let Some(u) = &parsed.usage {
+                    usage.merge(u);
+                    self.settler.usage = usage.usage();
+                }
+            }
+            Some("message_stop") => {
+                self.out.push_back(sse::frame(&event));
+                self.ending = Some(Ending::Delivered { status: 200 });
+                return;
+            }
+            Some("error") => {
+                // The upstream's own error event reaches the client as it is.
+                let start = *usage;
+                self.out.push_back(sse::frame(&event));
+                self.ended_early(start, "upstream.error", 502);
+                return;
+            }
+            _ => {}
+        }
+        parsed.collect_text(&mut self.settler.completion_text);
+        self.settler.bound_text();
+        self.out.push_back(sse::frame(&event));
+    }
+
+    /// OpenAI Responses events, passed through: `response.completed` and `response.incomplete`
+    /// end the stream with usage, `response.failed` and `error` end it failed.
+    fn on_response_event(&mut self, event: Event) {
+        if event.data == "[DONE]" {
+            self.out.push_back(sse::frame(&event));
+            if self.ending.is_none() {
+                self.ending = Some(Ending::Delivered { status: 200 });
+            }
+            return;
+        }
+        let parsed: ResponsesEvent = serde_json::from_str(&event.data).unwrap_or_default();
+        let kind = parsed.kind.as_deref().unwrap_or_default();
+        if let Some(response) = &parsed.response {
+            if let Some(u) = response.usage.and_then(|u| u.usage()) {
+                self.settler.usage = Some(u);
+            }
+            if kind == "response.created"
+                && let Some(id) = &response.id
+            {
+                self.settler.remember_response(id);
+            }
+        }
+        parsed.collect_text(&mut self.settler.completion_text);
+        self.settler.bound_text();
+        self.out.push_back(sse::frame(&event));
+        match kind {
+            "response.completed" | "response.incomplete" => self.ending = Some(Ending::Delivered { status: 200 }),
+            "response.failed" | "error" => {
+                self.settler.error = Some("upstream.error");
+                self.ending = Some(Ending::Delivered { status: 502 });
+            }
+            _ => {}
+        }
+    }
+
+    /// A Messages stream ended before its final usage: the input counted at `message_start`
+    /// and the output delivered so far are billed.
+    fn ended_early(&mut self, start: AnthropicUsage, code: &'static str, status: u16) {
+        self.settler.error = Some(code);
+        if self.settler.usage.is_none()
+            && start.input_tokens.is_some()
+            && let Some(mut usage) = (AnthropicUsage { output_tokens: Some(0), ..start }).usage()
+        {
+            usage.output = usage.output.max(self.settler.delivered_output());
+            self.settler.usage = Some(usage);
+        }
+        self.ending = Some(Ending::Delivered { status: i32::from(status) });
     }
 
     /// Ends the client's stream with an error event (not a clean end) and bills what was
@@ -172,9 +274,48 @@ impl Relay {
     fn fail(&mut self, message: &str, code: &'static str, status: u16) {
         self.settler.error = Some(code);
         tracing::warn!(request.id = %self.settler.reservation.request_id, code, "stream ended by the upstream side");
-        // The same body a failed request gets (every status here is a 5xx: `upstream_error`).
+        // The same body a failed request gets (every status here is a 5xx: `upstream_error`),
+        // in the stream's own shape.
         let error = Error::Upstream { status, message: message.to_owned(), label: code };
-        self.out.push_back(sse::frame(&Event { event: None, data: error.body().to_string() }));
+        let frame = match &self.reader {
+            Reader::Chunks { .. } => Event { event: None, data: error.body().to_string() },
+            Reader::Messages { .. } => {
+                Event { event: Some("error".into()), data: error.anthropic_body().to_string() }
+            }
+            Reader::Responses { .. } => Event {
+                event: Some("error".into()),
+                data: serde_json::json!({ "type": "error", "code": code, "message": message, "param": null })
+                    .to_string(),
+            },
+        };
+        self.out.push_back(sse::frame(&frame));
+        if let Reader::Messages { usage } = self.reader {
+            self.ended_early(usage, code, status);
+            return;
+        }
         self.ending = Some(Ending::Delivered { status: i32::from(status) });
+    }
+}
+
+/// How the upstream's stream is read and relayed.
+#[derive(Clone, Copy, Debug)]
+pub enum Reader {
+    /// OpenAI-style chunks ended by `[DONE]` (chat, legacy completions); the usage-only chunk
+    /// is passed on only when the client asked for it.
+    Chunks { client_wants_usage: bool },
+    /// Anthropic Messages events, with the usage gathered so far.
+    Messages { usage: AnthropicUsage },
+    /// OpenAI Responses events.
+    Responses,
+}
+
+impl Reader {
+    pub fn for_protocol(protocol: super::protocol::Protocol, client_wants_usage: bool) -> Self {
+        use super::protocol::Protocol;
+        match protocol {
+            Protocol::Messages => Self::Messages { usage: AnthropicUsage::default() },
+            Protocol::Responses => Self::Responses,
+            Protocol::Chat | Protocol::Completions | Protocol::Embeddings => Self::Chunks { client_wants_usage },
+        }
     }
 }

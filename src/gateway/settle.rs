@@ -82,6 +82,10 @@ pub struct Settler {
     pub rate: Option<(std::sync::Arc<super::rates::RateLimits>, super::rates::Admitted)>,
     /// The channel that served (or was tried last): id and name.
     pub channel: Option<(i64, String)>,
+    /// The route's name in logs (the client's protocol).
+    pub route: &'static str,
+    /// Responses only: the id of the response the upstream created.
+    response_id: Option<String>,
     done: bool,
 }
 
@@ -119,6 +123,8 @@ impl Settler {
             attempts: 0,
             rate: None,
             channel: None,
+            route: "chat_completions",
+            response_id: None,
             done: false,
         }
     }
@@ -131,6 +137,38 @@ impl Settler {
             self.completion_counted = self.completion_counted.saturating_add(n);
             self.completion_text.clear();
         }
+    }
+
+    /// Tokens of the output delivered so far, as counted here.
+    pub fn delivered_output(&self) -> i64 {
+        self.completion_counted.saturating_add(count_text(&self.model, &self.completion_text))
+    }
+
+    /// Records which channel created the Responses object `id` and for whom, so that reading
+    /// it and continuing from it (`previous_response_id`) reach that channel, for its owner only.
+    /// Written at once from a tracked task: the client may continue as soon as it has the id.
+    pub fn remember_response(&mut self, id: &str) {
+        if self.response_id.as_deref() == Some(id) {
+            return;
+        }
+        self.response_id = Some(id.to_owned());
+        let Some((channel_id, _)) = self.channel else { return };
+        let (db, id, user_id) = (self.db.clone(), id.to_owned(), self.reservation.user_id);
+        self.tasks.spawn(async move {
+            if let Err(e) = crate::gateway::responses::remember(&db, &id, user_id, channel_id).await {
+                tracing::warn!(error = %e, "cannot record the channel of a response");
+            }
+        });
+    }
+
+    /// The id of the Responses object the upstream created, once known.
+    pub fn response_id(&self) -> Option<String> {
+        self.response_id.clone()
+    }
+
+    /// Notes the id of the Responses object of a whole answer (recorded by the caller).
+    pub fn set_response_id(&mut self, id: &str) {
+        self.response_id = Some(id.to_owned());
     }
 
     /// Resolves the reservation (once; later calls do nothing).
@@ -192,7 +230,7 @@ impl Settler {
         };
         let record = RequestRecord {
             request_id: self.reservation.request_id.clone(),
-            route: "chat_completions",
+            route: self.route,
             model: self.model.clone(),
             key_id: self.reservation.key_id,
             user_id: Some(self.reservation.user_id),

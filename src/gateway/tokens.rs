@@ -86,6 +86,106 @@ pub fn count_prompt_parts(model: &str, body: &serde_json::Map<String, Value>) ->
     count
 }
 
+/// Anthropic tokenizers produce more tokens than `o200k_base` for the same text; the count of
+/// an Anthropic Messages prompt is the `o200k_base` count times this margin (in percent).
+pub const ANTHROPIC_TEXT_MARGIN_PERCENT: i64 = 150;
+/// Tokens reserved for one image in an Anthropic Messages prompt, whatever its size: the most
+/// Anthropic bills for one image at the largest resolution a current Claude model accepts
+/// (≈4,784 tokens at 2,576 px on the long edge).
+pub const ANTHROPIC_IMAGE_TOKENS: i64 = 4_800;
+
+/// The prompt of an Anthropic Messages request (`system`, `messages`, `tools`), counted in parts:
+/// text with `ANTHROPIC_TEXT_MARGIN_PERCENT`, images at `ANTHROPIC_IMAGE_TOKENS` each, inline
+/// documents by size, documents by URL or file id unsizable.
+pub fn count_messages_parts(model: &str, body: &serde_json::Map<String, Value>) -> PromptCount {
+    let mut text = String::new();
+    let mut count = PromptCount { text: PER_REPLY, ..PromptCount::default() };
+    if let Some(system) = body.get("system") {
+        count.text = count.text.saturating_add(PER_MESSAGE);
+        collect_anthropic(model, system, &mut text, &mut count);
+    }
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        for m in messages {
+            count.text = count.text.saturating_add(PER_MESSAGE);
+            collect_anthropic(model, m, &mut text, &mut count);
+            text.push('\n');
+        }
+    }
+    for key in ["tools", "tool_choice", "output_format"] {
+        if let Some(v) = body.get(key) {
+            text.push_str(&v.to_string());
+            text.push('\n');
+        }
+    }
+    let counted = count_text(model, &text).saturating_mul(ANTHROPIC_TEXT_MARGIN_PERCENT).saturating_add(99) / 100;
+    count.text = count.text.saturating_add(counted);
+    count
+}
+
+fn collect_anthropic(model: &str, v: &Value, text: &mut String, count: &mut PromptCount) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| collect_anthropic(model, i, text, count)),
+        Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str);
+            let source = map.get("source").and_then(|s| s.get("type")).and_then(Value::as_str);
+            match (kind, source) {
+                (Some("image"), _) => count.media = count.media.saturating_add(ANTHROPIC_IMAGE_TOKENS),
+                // A plain-text document is text; content blocks are walked.
+                (Some("document"), Some("text" | "content")) => {
+                    for val in map.values() {
+                        collect_anthropic(model, val, text, count);
+                    }
+                }
+                (Some("document"), Some("base64")) => match media::part_tokens(model, map) {
+                    Some(Some(n)) => count.media = count.media.saturating_add(n),
+                    _ => count.unsizable = true,
+                },
+                (Some("document"), _) => count.unsizable = true,
+                _ => {
+                    for (k, val) in map {
+                        text.push_str(k);
+                        text.push(' ');
+                        collect_anthropic(model, val, text, count);
+                    }
+                }
+            }
+        }
+        other => collect(model, other, text, count),
+    }
+}
+
+/// The prompt of an OpenAI Responses request (`instructions`, `input`, `tools`, `text`).
+pub fn count_responses_parts(model: &str, body: &serde_json::Map<String, Value>) -> PromptCount {
+    let mut text = String::new();
+    let mut count = PromptCount { text: PER_REPLY, ..PromptCount::default() };
+    if let Some(instructions) = body.get("instructions") {
+        count.text = count.text.saturating_add(PER_MESSAGE);
+        collect(model, instructions, &mut text, &mut count);
+    }
+    match body.get("input") {
+        Some(Value::Array(items)) => {
+            for item in items {
+                count.text = count.text.saturating_add(PER_MESSAGE);
+                collect(model, item, &mut text, &mut count);
+                text.push('\n');
+            }
+        }
+        Some(other) => {
+            count.text = count.text.saturating_add(PER_MESSAGE);
+            collect(model, other, &mut text, &mut count);
+        }
+        None => {}
+    }
+    for key in ["tools", "text", "tool_choice"] {
+        if let Some(v) = body.get(key) {
+            text.push_str(&v.to_string());
+            text.push('\n');
+        }
+    }
+    count.text = count.text.saturating_add(count_text(model, &text));
+    count
+}
+
 /// Gathers the countable text of a message into `text`; media parts add to `count`.
 fn collect(model: &str, v: &Value, text: &mut String, count: &mut PromptCount) {
     match v {

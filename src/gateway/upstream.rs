@@ -23,6 +23,7 @@ use crate::cache::Cache;
 use crate::channels::directory::{Directory, Route, RouteKey};
 use crate::channels::health::Health;
 use crate::channels::ssrf;
+use crate::gateway::protocol::Forward;
 use crate::config::Config;
 use crate::db::Db;
 use crate::observability;
@@ -85,6 +86,8 @@ pub enum UpstreamFailure {
 pub struct Candidate {
     pub route: Arc<Route>,
     pub body: Bytes,
+    /// The path under the channel's base URL (the upstream protocol's endpoint).
+    pub path: &'static str,
     /// The channel's cool-down is over: it may be tried only as the one probe.
     pub probe: bool,
 }
@@ -143,20 +146,36 @@ impl Upstream {
         Ok(client)
     }
 
-    fn headers(route: &Route, key: Option<&RouteKey>, stream: bool, beta: Option<&HeaderValue>) -> HeaderMap {
+    /// The channel's headers, then ours: the channel's key (`Authorization: Bearer`, or
+    /// Anthropic's `x-api-key` with `anthropic-version`), and the client's beta headers.
+    fn headers(route: &Route, key: Option<&RouteKey>, stream: bool, forward: &Forward) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (name, value) in &route.headers {
             h.insert(name.clone(), value.clone());
         }
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(ACCEPT, HeaderValue::from_static(if stream { "text/event-stream" } else { "application/json" }));
+        if route.provider == crate::channels::ANTHROPIC {
+            if let Some(key) = key
+                && let Ok(mut v) = HeaderValue::from_str(key.secret.expose())
+            {
+                v.set_sensitive(true);
+                h.insert("x-api-key", v);
+            }
+            let version = forward.anthropic_version.clone().unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION));
+            h.insert("anthropic-version", version);
+            if let Some(beta) = &forward.anthropic_beta {
+                h.insert("anthropic-beta", beta.clone());
+            }
+            return h;
+        }
         if let Some(key) = key
             && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.secret.expose()))
         {
             v.set_sensitive(true);
             h.insert(AUTHORIZATION, v);
         }
-        if let Some(beta) = beta {
+        if let Some(beta) = &forward.openai_beta {
             h.insert("openai-beta", beta.clone());
         }
         h
@@ -169,12 +188,13 @@ impl Upstream {
         route: &Route,
         key: Option<&RouteKey>,
         body: Bytes,
+        path: &str,
         stream: bool,
-        beta: Option<&HeaderValue>,
+        forward: &Forward,
         timeouts: &Timeouts,
         wait: Duration,
     ) -> (Result<reqwest::Response, UpstreamFailure>, Option<Duration>) {
-        let url = route.url("chat/completions");
+        let url = endpoint(route, path);
         if let Err(why) = ssrf::check_literal(&url, self.allow_private) {
             return (Err(UpstreamFailure::Connect(why)), None);
         }
@@ -182,7 +202,7 @@ impl Upstream {
             Ok(c) => c,
             Err(e) => return (Err(UpstreamFailure::Connect(e.to_string())), None),
         };
-        let req = client.post(url).headers(Self::headers(route, key, stream, beta)).body(body);
+        let req = client.post(url).headers(Self::headers(route, key, stream, forward)).body(body);
         match tokio::time::timeout(wait, req.send()).await {
             Err(_) if !stream => (Err(UpstreamFailure::Unanswered), None),
             Err(_) => (Err(UpstreamFailure::Timeout), None),
@@ -208,7 +228,7 @@ impl Upstream {
         env: &Env<'_>,
         candidates: &[Candidate],
         stream: bool,
-        beta: Option<&HeaderValue>,
+        forward: &Forward,
         deadline: Instant,
         attempts: &mut u32,
         last: &mut Option<Arc<Route>>,
@@ -261,7 +281,8 @@ impl Upstream {
             let wait = timeouts.first_byte.min(left);
             let started = Instant::now();
             let (result, asked) =
-                self.attempt(route, key.as_ref(), candidate.body.clone(), stream, beta, &timeouts, wait).await;
+                self.attempt(route, key.as_ref(), candidate.body.clone(), candidate.path, stream, forward, &timeouts, wait)
+                    .await;
             let failed = match result {
                 Ok(response) => {
                     observability::upstream_attempt(&route.name, "ok");
@@ -330,10 +351,11 @@ impl Upstream {
 
     /// One 1-token request to `route` with its first key (a channel test). The status, or
     /// why no answer came.
-    pub async fn probe(&self, route: &Route, body: Bytes) -> Result<u16, String> {
+    pub async fn probe(&self, route: &Route, body: Bytes, path: &str) -> Result<u16, String> {
         let timeouts = self.timeouts.for_route(route);
         let wait = timeouts.first_byte.min(Duration::from_secs(60));
-        match self.attempt(route, route.keys.first(), body, false, None, &timeouts, wait).await.0 {
+        let forward = Forward::default();
+        match self.attempt(route, route.keys.first(), body, path, false, &forward, &timeouts, wait).await.0 {
             Ok(res) => Ok(res.status().as_u16()),
             Err(UpstreamFailure::Status { status, .. }) => Ok(status),
             Err(UpstreamFailure::Timeout | UpstreamFailure::Unanswered) => {
@@ -343,6 +365,57 @@ impl Upstream {
             Err(UpstreamFailure::NoChannel) => Err("no usable key".into()),
         }
     }
+}
+
+impl Upstream {
+    /// One `POST` of `body` to `path` under `route`, with one of its keys and the client's
+    /// headers; no failover, no retries (a request nothing is billed for, such as counting tokens).
+    pub async fn post_once(
+        &self,
+        route: &Route,
+        key: Option<&RouteKey>,
+        body: Bytes,
+        path: &str,
+        forward: &Forward,
+    ) -> Result<reqwest::Response, UpstreamFailure> {
+        let timeouts = self.timeouts.for_route(route);
+        let wait = timeouts.first_byte;
+        self.attempt(route, key, body, path, false, forward, &timeouts, wait).await.0
+    }
+
+    /// A request without a body (`GET`, `DELETE`) to `path` under `route`, with one of its keys:
+    /// reading or deleting what the channel holds (a stored response). No retries.
+    pub async fn fetch(
+        &self,
+        route: &Route,
+        key: Option<&RouteKey>,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::Response, UpstreamFailure> {
+        let url = endpoint(route, path);
+        ssrf::check_literal(&url, self.allow_private).map_err(UpstreamFailure::Connect)?;
+        let timeouts = self.timeouts.for_route(route);
+        let client = self.client(timeouts.connect).map_err(|e| UpstreamFailure::Connect(e.to_string()))?;
+        let req = client.request(method, url).headers(Self::headers(route, key, false, &Forward::default()));
+        match tokio::time::timeout(timeouts.first_byte, req.send()).await {
+            Err(_) => Err(UpstreamFailure::Timeout),
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamFailure::Timeout),
+            Ok(Err(e)) => Err(UpstreamFailure::Connect(error_chain(&e.without_url()))),
+            Ok(Ok(res)) => Ok(res),
+        }
+    }
+}
+
+/// The `anthropic-version` sent when the client named none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The URL of `path` on `route`: `{base_url}/{path}`; an Anthropic base URL may leave out the
+/// `/v1` its API lives under (`https://api.anthropic.com`).
+pub fn endpoint(route: &Route, path: &str) -> reqwest::Url {
+    if route.provider == crate::channels::ANTHROPIC && !route.base_url.path().trim_end_matches('/').ends_with("/v1") {
+        return route.url(&format!("v1/{path}"));
+    }
+    route.url(path)
 }
 
 /// An error and its causes, one line (the SSRF refusal is a cause of the connect error).

@@ -17,6 +17,21 @@ impl From<Error> for ApiError {
     }
 }
 
+/// An error on its way to an Anthropic Messages client (`{"type": "error", "error": {…}}`).
+#[derive(Debug)]
+pub struct AnthropicError(pub Error);
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut res = (status, Json(self.0.anthropic_body())).into_response();
+        if let Some(secs) = self.0.retry_after_secs() {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::BAD_GATEWAY);

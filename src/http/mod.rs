@@ -1,6 +1,8 @@
 //! The route table: paths to handlers, nothing else.
 
 pub mod admin;
+pub mod anthropic;
+pub mod calls;
 mod admin_pages;
 mod body_limits;
 pub mod client_ip;
@@ -20,10 +22,10 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 
-use self::openai::{billing, chat, models};
+use self::openai::{billing, chat, completions, embeddings, models, responses};
 use crate::state::AppState;
 
-pub use error::ApiError;
+pub use error::{AnthropicError, ApiError};
 
 pub fn router(state: AppState) -> Router {
     let router = api_router(state.clone());
@@ -77,6 +79,20 @@ fn api_router(state: AppState) -> Router {
         .route("/api/cron/expire-subscriptions", get(cron::expire_subscriptions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/api/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/api/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/api/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/api/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
+        .route("/api/v1/responses/{id}", get(responses::get).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
+        .route("/api/v1/responses/{id}/input_items", get(responses::input_items))
+        .route("/v1/embeddings", post(embeddings::create))
+        .route("/api/v1/embeddings", post(embeddings::create))
+        .route("/v1/completions", post(completions::create))
+        .route("/api/v1/completions", post(completions::create))
         .route("/v1/models", get(models::list))
         .route("/api/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::model))

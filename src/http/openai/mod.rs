@@ -3,7 +3,10 @@
 
 pub mod billing;
 pub mod chat;
+pub mod completions;
+pub mod embeddings;
 pub mod models;
+pub mod responses;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -37,9 +40,11 @@ pub(crate) fn with_request_id(mut res: Response, request_id: &str) -> Response {
 /// A `/v1` route's fixed name in logs and metrics.
 pub trait Route: Send + Sync + 'static {
     const NAME: &'static str;
+    /// Refusals are rendered in Anthropic's error shape (the Messages edge).
+    const ANTHROPIC: bool = false;
 }
 
-/// A request whose API key (`Authorization: Bearer sk-…`) was accepted, with its request id and
+/// A request whose API key (`Authorization: Bearer sk-…`, or `x-api-key`) was accepted, with its request id and
 /// the instant it began. Every `/v1` handler takes one: a refused key is answered (401 in
 /// OpenAI's shape, with `x-request-id`) and logged under the route `R` before the handler runs.
 pub struct Authenticated<R> {
@@ -79,7 +84,12 @@ impl<R: Route> FromRequestParts<AppState> for Authenticated<R> {
                 let mut record = RequestRecord::local(&request_id, R::NAME, started.elapsed(), err.status());
                 record.error = Some(err.label());
                 record.emit();
-                Err(with_request_id(ApiError(err).into_response(), &request_id))
+                let res = if R::ANTHROPIC {
+                    crate::http::AnthropicError(err).into_response()
+                } else {
+                    ApiError(err).into_response()
+                };
+                Err(with_request_id(res, &request_id))
             }
         }
     }
