@@ -5,6 +5,8 @@
 //! `TOLLGATE_BLESS=1 cargo test --test translate` rewrites the golden files' `expected` from
 //! the current output (review the diff before committing it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -553,4 +555,14 @@ fn sequential_tool_calls_stream_live() {
     assert_eq!(names, [Some("content_block_stop"), Some("content_block_start"), Some("content_block_delta")]);
     assert_eq!(out[1].data["content_block"]["id"], "call_2");
     assert_eq!(out[2].data["delta"]["partial_json"], "{\"p\"");
+}
+
+#[test]
+fn an_assistant_turn_of_thinking_only_is_left_out() {
+    let body = json!({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"}]},
+        {"role": "user", "content": "Again"}]});
+    let chat = messages_to_chat::request(obj(&body)).expect("translates");
+    assert_eq!(chat["messages"], json!([{"role": "user", "content": "Hi"}, {"role": "user", "content": "Again"}]));
 }

@@ -194,9 +194,14 @@ fn push_assistant(i: usize, content: &[Value], out: &mut Vec<Value>) -> Result<(
             kind => return Err(unsupported_block(i, j, kind)),
         }
     }
+    let text = texts.join("\n");
+    if text.is_empty() && calls.is_empty() {
+        // Nothing left to say (a turn of thinking only, or empty text): an empty assistant
+        // message is refused by some OpenAI-compatible servers and tells the model nothing.
+        return Ok(());
+    }
     let mut message = Map::new();
     message.insert("role".into(), json!("assistant"));
-    let text = texts.join("\n");
     message
         .insert("content".into(), if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) });
     if !calls.is_empty() {
