@@ -28,4 +28,5 @@ pub mod server;
 pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod translate;
 pub mod usage;
