@@ -22,7 +22,7 @@ use crate::helpers::{
 use crate::on_all_backends;
 use crate::usage_api::signed_in;
 
-const PRICES: Prices = Prices { input: 1_000_000, output: 2_000_000 };
+const PRICES: Prices = Prices::flat(1_000_000, 2_000_000);
 
 async fn patch(browser: &Browser, url: &str, body: &Value) -> reqwest::Response {
     browser.send(browser.client.patch(url).json(body)).await
@@ -353,7 +353,10 @@ async fn concurrent_reservations_admit_exactly_what_the_key_cap_covers(backend: 
     let void = Resolution { state: FinalState::Voided, log: settle_log() };
     resolve(&db, &admitted[0].request_id, &void).await.unwrap();
     let settle = Resolution {
-        state: FinalState::Settled { prompt_tokens: 100, completion_tokens: 100, prices: PRICES },
+        state: FinalState::Settled {
+            usage: tollgate::gateway::settle::Usage { input: 100, output: 100, ..Default::default() },
+            prices: PRICES,
+        },
         log: settle_log(),
     };
     resolve(&db, &admitted[1].request_id, &settle).await.unwrap();
@@ -396,7 +399,10 @@ async fn daily_caps_start_afresh_at_midnight_utc(backend: Backend) {
     // charged: today's settled 3000 µ leave no room under 3000.
     let total = KeyCap { period: Period::Total, limit: 3000, ..cap };
     let settle = Resolution {
-        state: FinalState::Settled { prompt_tokens: 1000, completion_tokens: 1000, prices: PRICES },
+        state: FinalState::Settled {
+            usage: tollgate::gateway::settle::Usage { input: 1000, output: 1000, ..Default::default() },
+            prices: PRICES,
+        },
         log: settle_log(),
     };
     resolve(db, "today-1", &settle).await.unwrap();
@@ -505,7 +511,7 @@ async fn affordable_reservation_holds(db: &tollgate::db::Db, n: usize, case: Cas
     };
     let funds = key_limit.map_or(balance, |l| l.min(balance));
     let covers = |per_choice: i64| {
-        tollgate::billing::charge_for(sub_tokens, i64::MAX, prompt, per_choice * choices, prices).amount <= funds
+        tollgate::billing::worst_case(sub_tokens, prompt, per_choice * choices, &prices).amount <= funds
     };
     match reserve(db, &req).await {
         Ok(r) => {
@@ -554,7 +560,7 @@ async fn affordable_caps_never_overspend(backend: Backend) {
     let case = std::sync::atomic::AtomicUsize::new(0);
     let result = runner.run(&strategy, |(balance, subs, key, prompt, full, choices, min, (input, output))| {
         let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prices = Prices { input, output };
+        let prices = Prices::flat(input, output);
         let case = Case { balance, sub_tokens: subs, key_limit: key, prompt, full, choices, min, prices };
         let db = t.db.clone();
         let outcome = tokio::task::block_in_place(|| handle.block_on(affordable_reservation_holds(&db, n, case)));
