@@ -66,6 +66,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per run; boxing would only complicate the match")]
 pub enum ModelCommand {
     /// List every model with its prices and limits.
     List {
