@@ -277,6 +277,16 @@ async fn unset_cache_prices_take_their_defaults(backend: Backend) {
     let row = app.usage(user).await.pop().unwrap();
     assert_eq!(row.cache_read_tokens, 200);
     assert_eq!(row.cost, expected(&[(300, 1_000_000), (row.completion_tokens, 2_000_000)]));
+
+    // An upstream claiming more cached tokens than prompt tokens: the cache read is clamped to
+    // the prompt, never added to it.
+    g.fake.set_cached_tokens(1_000);
+    let res = app.chat(&key, &long_body(true, 400)).await;
+    assert_eq!(res.status(), 200);
+    sse_data(res).await;
+    app.settled(user).await;
+    let row = app.usage(user).await.pop().unwrap();
+    assert_eq!((row.prompt_tokens, row.cache_read_tokens), (300, 300));
     assert_books_balance(&app.db, user).await;
 }
 
