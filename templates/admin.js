@@ -104,6 +104,9 @@ function editModel(m) {
   document.getElementById('m-upstream').value = m ? m.upstreamModel : '';
   document.getElementById('m-input').value = m ? m.inputPrice : '';
   document.getElementById('m-output').value = m ? m.outputPrice : '';
+  document.getElementById('m-cache-read').value = m && m.cacheReadPrice !== null ? m.cacheReadPrice : '';
+  document.getElementById('m-cache-write').value = m && m.cacheWritePrice !== null ? m.cacheWritePrice : '';
+  document.getElementById('m-request').value = m ? m.requestPrice : '';
   document.getElementById('m-max-output').value = m ? m.maxOutputTokens : '';
   document.getElementById('m-context').value = m ? m.contextWindow : '';
   document.getElementById('m-cap').value = m ? m.capField : 'max_completion_tokens';
@@ -116,7 +119,10 @@ function editModel(m) {
 async function loadModels() {
   const body = await api('GET', '/api/admin/models');
   const rows = body.data.map((m) => {
-    const tr = row([m.name, m.upstreamModel, money(m.inputPrice), money(m.outputPrice), number(m.maxOutputTokens),
+    const tr = row([m.name, m.upstreamModel, money(m.inputPrice), money(m.outputPrice),
+      m.cacheReadPrice === null ? T('admin.models.default_price') : money(m.cacheReadPrice),
+      m.cacheWritePrice === null ? T('admin.models.default_price') : money(m.cacheWritePrice),
+      money(m.requestPrice), number(m.maxOutputTokens),
       number(m.contextWindow), number(m.requestsLast30Days), badge(m.enabled, T('admin.models.on'), T('admin.models.off')),
       actions(
         button(T('admin.edit'), 'secondary small', { edit: m.id }),
@@ -127,7 +133,7 @@ async function loadModels() {
     tr.model = m;
     return tr;
   });
-  document.querySelector('#models tbody').replaceChildren(...(rows.length ? rows : [emptyRow('models', 9)]));
+  document.querySelector('#models tbody').replaceChildren(...(rows.length ? rows : [emptyRow('models', 12)]));
   show('list-loading', false);
 }
 
@@ -138,8 +144,11 @@ function models() {
     const id = document.getElementById('m-id').value;
     const int = (fid) => { const v = document.getElementById(fid).value.trim(); return v === '' ? undefined : Number(v); };
     const text = (fid) => { const v = document.getElementById(fid).value.trim(); return v === '' ? undefined : v; };
+    // An empty cache price is sent as null: the price goes back to its default.
+    const cachePrice = (fid) => text(fid) ?? null;
     const body = {
       name: text('m-name'), upstreamModel: text('m-upstream'), inputPrice: text('m-input'), outputPrice: text('m-output'),
+      cacheReadPrice: cachePrice('m-cache-read'), cacheWritePrice: cachePrice('m-cache-write'), requestPrice: text('m-request'),
       maxOutputTokens: int('m-max-output'), contextWindow: int('m-context'),
       capField: document.getElementById('m-cap').value, enabled: document.getElementById('m-enabled').checked,
     };
@@ -243,9 +252,10 @@ function userDetail() {
     document.querySelector('#u-keys tbody').replaceChildren(...(keyRows.length ? keyRows : [emptyRow('u-keys', 6)]));
     const ledger = user.ledger.map((t) => row([timeElement(t.createdAt, 'datetime'), t.kind, money(t.amount), t.reason || '']));
     document.querySelector('#u-ledger tbody').replaceChildren(...(ledger.length ? ledger : [emptyRow('u-ledger', 4)]));
-    const usage = user.recentUsage.map((r) => row([timeElement(r.createdAt, 'datetime'), r.model, String(r.statusCode), number(r.totalTokens), money(r.cost),
+    const usage = user.recentUsage.map((r) => row([timeElement(r.createdAt, 'datetime'), r.model, String(r.statusCode), number(r.totalTokens),
+      number(r.cacheReadTokens), number(r.cacheWriteTokens), number(r.reasoningTokens), money(r.cost),
       r.channel || '–', String(r.attempts)]));
-    document.querySelector('#u-usage tbody').replaceChildren(...(usage.length ? usage : [emptyRow('u-usage', 7)]));
+    document.querySelector('#u-usage tbody').replaceChildren(...(usage.length ? usage : [emptyRow('u-usage', 10)]));
   };
   const run = async (fn) => { try { await fn(); await load(); fail(null); } catch (e) { fail(e); } };
   // One idempotency key per intended change: a retried submit of the same form is a no-op.

@@ -90,7 +90,8 @@ async function loadHistory() {
       const row = document.createElement('tr');
       row.dataset.requestId = r.requestId;
       row.append(cell(timeElement(r.createdAt, 'datetime')), cell(r.model), cell(r.keyName || '—'), cell(statusBadge(r.statusCode)),
-        cell(number(r.totalTokens)), cell(money(r.cost)));
+        cell(number(r.totalTokens)), cell(number(r.cacheReadTokens)), cell(number(r.cacheWriteTokens)),
+        cell(number(r.reasoningTokens)), cell(money(r.cost)));
       return row;
     });
     document.querySelector('#history tbody').replaceChildren(...rows);

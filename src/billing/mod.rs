@@ -1,7 +1,8 @@
 //! Every money statement of Tollgate lives here.
 //!
 //! The flow of one request:
-//! 1. **Reserve** before any upstream byte: the worst case (prompt tokens + output cap) is taken
+//! 1. **Reserve** before any upstream byte: the worst case (every prompt token at the dearest
+//!    input-side price, the output cap at the output price, the price per request) is taken
 //!    from the user's subscriptions, earliest expiry first, and the rest is priced and deducted
 //!    from the balance with a conditional `UPDATE … WHERE amount >= ?`. A `reservations` row
 //!    records what came from where. Not enough → `InsufficientBalance`, nothing changed.
@@ -17,10 +18,12 @@
 pub mod balance;
 pub mod key_spend;
 pub mod ledger;
+pub mod pricing;
 pub mod reconcile;
 pub mod reservations;
 
+pub use pricing::{Charge, Prices, charge_for, worst_case};
 pub use reservations::{
-    Charge, FinalState, Prices, Reservation, ReserveRequest, Resolution, Resolved, Served, UsageLog, charge_for,
-    reserve, resolve, resolve_reservation, resolve_reservation_served, sweep_stale, usage_row,
+    FinalState, Reservation, ReserveRequest, Resolution, Resolved, Served, UsageLog, reserve, resolve,
+    resolve_reservation, resolve_reservation_served, sweep_stale, usage_row,
 };

@@ -8,23 +8,18 @@ use sea_orm::{
 };
 
 use super::key_spend::{self, KeyCap};
+use super::pricing::{Charge, Prices, charge_for, worst_case};
 use super::{balance, ledger};
 use crate::clock::{day_of, now_ms};
 use crate::db::Db;
 use crate::db::entities::{models, reservations, subscriptions, usage_logs};
 use crate::error::{Error, Result};
-use crate::money::{cost, format_amount};
+use crate::gateway::settle::Usage;
+use crate::money::format_amount;
 
 pub const PENDING: &str = "pending";
 pub const SETTLED: &str = "settled";
 pub const VOIDED: &str = "voided";
-
-/// A model's prices, micro-units per 1M tokens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Prices {
-    pub input: i64,
-    pub output: i64,
-}
 
 /// What a request may cost at most.
 #[derive(Clone, Debug, Default)]
@@ -71,31 +66,6 @@ pub struct Reservation {
     pub key_period: Option<String>,
     /// The per-choice output cap, when the reservation lowered it to what the funds cover.
     pub lowered_cap: Option<i64>,
-}
-
-/// What a request is charged: subscription tokens consumed and money.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Charge {
-    pub tokens: i64,
-    pub amount: i64,
-    /// Of `amount`, what was taken from the balance beyond the reservation (the upstream
-    /// billed more than the worst case foreseen).
-    pub excess: i64,
-    /// What the usage cost beyond the reservation that the balance could not cover.
-    pub shortfall: i64,
-}
-
-/// The charge for `prompt` + `completion` tokens when `sub_tokens` subscription tokens are
-/// available to cover them (prompt tokens first) and at most `max_amount` money may be charged.
-/// Used for the worst case at reservation time and for the real usage at settlement, so the
-/// two can never disagree.
-pub fn charge_for(sub_tokens: i64, max_amount: i64, prompt: i64, completion: i64, prices: Prices) -> Charge {
-    let (prompt, completion, sub_tokens) = (max(prompt, 0), max(completion, 0), max(sub_tokens, 0));
-    let tokens = min(prompt.saturating_add(completion), sub_tokens);
-    let prompt_uncovered = prompt - min(tokens, prompt);
-    let completion_uncovered = completion - min(tokens - min(tokens, prompt), completion);
-    let amount = cost(prompt_uncovered, prices.input).saturating_add(cost(completion_uncovered, prices.output));
-    Charge { tokens, amount: min(amount, max(max_amount, 0)), ..Charge::default() }
 }
 
 /// Takes the worst case of a request from the user's subscriptions and balance, and records the
@@ -210,7 +180,7 @@ async fn affordable_cap(
         money = min(money, left);
     }
     let covers = |per_choice: i64| {
-        charge_for(tokens, i64::MAX, req.prompt_tokens, per_choice.saturating_mul(choices), req.prices).amount <= money
+        worst_case(tokens, req.prompt_tokens, per_choice.saturating_mul(choices), &req.prices).amount <= money
     };
     if !covers(min_cap) {
         return Ok(None);
@@ -269,7 +239,7 @@ async fn take(
         }
     }
 
-    let amount = charge_for(taken, i64::MAX, req.prompt_tokens, output, req.prices).amount;
+    let amount = worst_case(taken, req.prompt_tokens, output, &req.prices).amount;
     if amount > 0 && !balance::debit_if_covered(txn, req.user_id, amount).await? {
         put_back_tokens(txn, &sources).await?;
         let available = balance::amount(txn, req.user_id).await?;
@@ -336,8 +306,8 @@ async fn put_back_tokens(txn: &DatabaseTransaction, sources: &[(i64, i64)]) -> R
 /// How a reservation ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinalState {
-    /// Charge the usage given (capped at what was reserved), return the rest.
-    Settled { prompt_tokens: i64, completion_tokens: i64, prices: Prices },
+    /// Charge the usage given at these prices, return the rest of the reservation.
+    Settled { usage: Usage, prices: Prices },
     /// Nothing was delivered: return everything.
     Voided,
     /// Left pending by a crashed process: charge everything that was reserved.
@@ -453,16 +423,14 @@ async fn resolve_in(
     served: Served,
 ) -> Result<Resolved> {
     let now = now_ms();
-    let (mut charge, state, prompt, completion) = match resolution.state {
-        FinalState::Settled { prompt_tokens, completion_tokens, prices } => (
-            charge_for(res.tokens, i64::MAX, prompt_tokens, completion_tokens, prices),
-            SETTLED,
-            max(prompt_tokens, 0),
-            max(completion_tokens, 0),
-        ),
-        FinalState::Voided => (Charge::default(), VOIDED, 0, 0),
-        FinalState::Swept => (Charge { tokens: res.tokens, amount: res.amount, ..Charge::default() }, SETTLED, 0, 0),
+    let (mut charge, state, usage) = match resolution.state {
+        FinalState::Settled { usage, prices } => (charge_for(res.tokens, &usage, &prices), SETTLED, usage),
+        FinalState::Voided => (Charge::default(), VOIDED, Usage::default()),
+        FinalState::Swept => {
+            (Charge { tokens: res.tokens, amount: res.amount, ..Charge::default() }, SETTLED, Usage::default())
+        }
     };
+    let (prompt, completion) = (max(usage.prompt_total(), 0), max(usage.output, 0));
     // The reservation is the worst case, so usage should fit in it. When it does not (an
     // upstream that bills more than it was asked to produce), the rest is taken from the
     // balance, and what the balance cannot cover is recorded as a shortfall — never dropped.
@@ -524,7 +492,7 @@ async fn resolve_in(
         .await?;
     }
 
-    let mut row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, prompt, completion, charge);
+    let mut row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, &usage, charge);
     row.channel_id = Set(served.channel_id);
     row.attempts = Set(served.attempts);
     usage_logs::Entity::insert(row).exec(txn).await?;
@@ -537,11 +505,12 @@ pub fn usage_row(
     user_id: i64,
     key_id: Option<i64>,
     log: &UsageLog,
-    prompt: i64,
-    completion: i64,
+    usage: &Usage,
     charge: Charge,
 ) -> usage_logs::ActiveModel {
     let now = now_ms();
+    let (prompt, completion) = (max(usage.prompt_total(), 0), max(usage.output, 0));
+    let cache_write = max(usage.cache_write, 0).saturating_add(max(usage.cache_write_1h, 0));
     usage_logs::ActiveModel {
         request_id: Set(request_id.to_owned()),
         user_id: Set(user_id),
@@ -561,6 +530,9 @@ pub fn usage_row(
         day: Set(day_of(now)),
         shortfall: Set(charge.shortfall),
         request_count: Set(1),
+        cache_read_tokens: Set(max(usage.cache_read, 0)),
+        cache_write_tokens: Set(cache_write),
+        reasoning_tokens: Set(max(usage.reasoning, 0)),
         ..Default::default()
     }
 }
@@ -655,23 +627,5 @@ pub async fn sweep_stale(db: &Db, max_age_ms: i64) -> Result<usize> {
         if batch < 200 {
             return Ok(swept);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const P: Prices = Prices { input: 2_000_000, output: 8_000_000 };
-
-    #[test]
-    fn subscription_tokens_cover_prompt_first() {
-        let c = |tokens, amount| Charge { tokens, amount, ..Charge::default() };
-        assert_eq!(charge_for(0, i64::MAX, 1000, 500, P), c(0, 2000 + 4000));
-        assert_eq!(charge_for(1000, i64::MAX, 1000, 500, P), c(1000, 4000));
-        assert_eq!(charge_for(1200, i64::MAX, 1000, 500, P), c(1200, 2400));
-        assert_eq!(charge_for(5000, i64::MAX, 1000, 500, P), c(1500, 0));
-        assert_eq!(charge_for(0, 100, 1000, 500, P), c(0, 100));
-        assert_eq!(charge_for(0, i64::MAX, -5, i64::MIN, P), c(0, 0));
     }
 }

@@ -549,6 +549,19 @@ fn price(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
     value.map(|v| parse_amount(&v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
 }
 
+/// A cache price flag: an amount, or `default` to clear the price back to its default.
+fn cache_price(flag: &str, value: Option<String>) -> anyhow::Result<Option<Option<i64>>> {
+    match value {
+        Some(v) if v.trim() == "default" => Ok(Some(None)),
+        other => Ok(price(flag, other)?.map(Some)),
+    }
+}
+
+/// A price that may be unset (its default applies), for people.
+fn optional_amount(v: Option<i64>) -> String {
+    v.map_or_else(|| "default".to_owned(), format_amount)
+}
+
 async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::List { json } => {
@@ -562,6 +575,9 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                             "upstream_model": m.upstream_model,
                             "input_price": format_amount(m.input_price),
                             "output_price": format_amount(m.output_price),
+                            "cache_read_price": m.cache_read_price.map(format_amount),
+                            "cache_write_price": m.cache_write_price.map(format_amount),
+                            "request_price": format_amount(m.request_price),
                             "max_output_tokens": m.max_output_tokens,
                             "context_window": m.context_window,
                             "enabled": m.enabled,
@@ -572,15 +588,27 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 return out(&serde_json::to_string_pretty(&list)?);
             }
             let mut text = format!(
-                "{:<28} {:>12} {:>12} {:>10} {:>10} {:<8} {}",
-                "NAME", "INPUT/1M", "OUTPUT/1M", "MAX OUT", "CONTEXT", "ENABLED", "UPSTREAM"
+                "{:<28} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10} {:<8} {}",
+                "NAME",
+                "INPUT/1M",
+                "OUTPUT/1M",
+                "CACHE RD/1M",
+                "CACHE WR/1M",
+                "/REQUEST",
+                "MAX OUT",
+                "CONTEXT",
+                "ENABLED",
+                "UPSTREAM"
             );
             for m in &models {
                 text.push_str(&format!(
-                    "\n{:<28} {:>12} {:>12} {:>10} {:>10} {:<8} {}",
+                    "\n{:<28} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10} {:<8} {}",
                     m.name,
                     format_amount(m.input_price),
                     format_amount(m.output_price),
+                    optional_amount(m.cache_read_price),
+                    optional_amount(m.cache_write_price),
+                    format_amount(m.request_price),
                     m.max_output_tokens,
                     m.context_window,
                     m.enabled,
@@ -593,6 +621,9 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             name,
             input_price,
             output_price,
+            cache_read_price,
+            cache_write_price,
+            request_price,
             max_output,
             context_window,
             upstream_model,
@@ -604,6 +635,9 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
                 upstream_model,
                 input_price: price("--input-price", input_price)?,
                 output_price: price("--output-price", output_price)?,
+                cache_read_price: cache_price("--cache-read-price", cache_read_price)?,
+                cache_write_price: cache_price("--cache-write-price", cache_write_price)?,
+                request_price: price("--request-price", request_price)?,
                 max_output_tokens: max_output,
                 context_window,
                 enabled,
@@ -611,10 +645,14 @@ async fn model(db: &Db, cache: &Cache, cmd: ModelCommand) -> anyhow::Result<()> 
             };
             let m = models::set(db, cache, &name, change, None).await?;
             out(&format!(
-                "{}: input {} / output {} per 1M tokens, max output {}, context {}, {}",
+                "{}: input {} / output {} / cache read {} / cache write {} per 1M tokens, {} per request, \
+                 max output {}, context {}, {}",
                 m.name,
                 format_amount(m.input_price),
                 format_amount(m.output_price),
+                optional_amount(m.cache_read_price),
+                optional_amount(m.cache_write_price),
+                format_amount(m.request_price),
                 m.max_output_tokens,
                 m.context_window,
                 if m.enabled { "enabled" } else { "disabled" }

@@ -66,6 +66,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per run; boxing would only complicate the match")]
 pub enum ModelCommand {
     /// List every model with its prices and limits.
     List {
@@ -81,6 +82,16 @@ pub enum ModelCommand {
         input_price: Option<String>,
         #[arg(long)]
         output_price: Option<String>,
+        /// Per 1M prompt tokens read from the prompt cache; `default` clears it (the input price).
+        #[arg(long)]
+        cache_read_price: Option<String>,
+        /// Per 1M prompt tokens written to the prompt cache for 5 minutes; `default` clears it
+        /// (1.25 × the input price). A 1-hour write costs 1.6 × this.
+        #[arg(long)]
+        cache_write_price: Option<String>,
+        /// Per request, on top of the tokens (such as 0.01).
+        #[arg(long)]
+        request_price: Option<String>,
         /// The most output tokens one request may ask for (and the default reservation).
         #[arg(long)]
         max_output: Option<i64>,

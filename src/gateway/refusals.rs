@@ -91,7 +91,14 @@ impl Refusals {
                 stream: false,
                 usage_source: "none",
             };
-            let row = usage_row(&refusal.request_id, kind.user_id, Some(kind.key_id), &log, 0, 0, Charge::default());
+            let row = usage_row(
+                &refusal.request_id,
+                kind.user_id,
+                Some(kind.key_id),
+                &log,
+                &super::settle::Usage::default(),
+                Charge::default(),
+            );
             match usage_logs::Entity::insert(row).exec(&db.write).await {
                 Ok(done) => {
                     let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);

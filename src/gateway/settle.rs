@@ -198,11 +198,7 @@ impl Settler {
                         "estimated",
                     ),
                 };
-                let state = FinalState::Settled {
-                    prompt_tokens: usage.prompt_total(),
-                    completion_tokens: usage.output,
-                    prices: self.prices,
-                };
+                let state = FinalState::Settled { usage, prices: self.prices };
                 (state, status, source)
             }
         };
@@ -218,9 +214,7 @@ impl Settler {
             },
         };
         let (prompt_tokens, completion_tokens) = match resolution.state {
-            FinalState::Settled { prompt_tokens, completion_tokens, .. } => {
-                (Some(prompt_tokens), Some(completion_tokens))
-            }
+            FinalState::Settled { usage, .. } => (Some(usage.prompt_total()), Some(usage.output)),
             _ => (None, None),
         };
         let error = match status {
@@ -248,7 +242,7 @@ impl Settler {
         let (db, cache, reservation) = (self.db.clone(), self.cache.clone(), self.reservation.clone());
         // Tokens per minute count what was used: nothing for a void, the worst case for a sweep.
         let used = match resolution.state {
-            FinalState::Settled { prompt_tokens, completion_tokens, .. } => Some(prompt_tokens + completion_tokens),
+            FinalState::Settled { usage, .. } => Some(usage.prompt_total().saturating_add(usage.output)),
             FinalState::Voided => Some(0),
             FinalState::Swept => None,
         };

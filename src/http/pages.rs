@@ -317,6 +317,10 @@ pub struct PriceRow {
     pub name: String,
     pub input: String,
     pub output: String,
+    pub cache_read: String,
+    pub cache_write: String,
+    pub cache_write_1h: String,
+    pub request: String,
     pub context: String,
     pub max_output: String,
 }
@@ -361,12 +365,26 @@ pub async fn pricing(
     let models = catalog::enabled(&state.db.read)
         .await?
         .into_iter()
-        .map(|m| PriceRow {
-            input: money::display(m.input_price, symbol),
-            output: money::display(m.output_price, symbol),
-            context: grouped(m.context_window),
-            max_output: grouped(m.max_output_tokens),
-            name: m.name,
+        .map(|m| {
+            // What each class is billed at, defaults applied.
+            let p = crate::billing::Prices::of_model(
+                m.input_price,
+                m.output_price,
+                m.cache_read_price,
+                m.cache_write_price,
+                m.request_price,
+            );
+            PriceRow {
+                input: money::display(p.input, symbol),
+                output: money::display(p.output, symbol),
+                cache_read: money::display(p.cache_read, symbol),
+                cache_write: money::display(p.cache_write, symbol),
+                cache_write_1h: money::display(p.cache_write_1h, symbol),
+                request: money::display(p.request, symbol),
+                context: grouped(m.context_window),
+                max_output: grouped(m.max_output_tokens),
+                name: m.name,
+            }
         })
         .collect();
     let page = PricingPage {

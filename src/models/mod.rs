@@ -26,6 +26,13 @@ pub struct ModelConfig {
     pub upstream_model: String,
     pub input_price: i64,
     pub output_price: i64,
+    /// Unset: the default (see `billing::pricing`).
+    #[serde(default)]
+    pub cache_read_price: Option<i64>,
+    #[serde(default)]
+    pub cache_write_price: Option<i64>,
+    #[serde(default)]
+    pub request_price: i64,
     pub max_output_tokens: i64,
     pub context_window: i64,
     pub enabled: bool,
@@ -43,7 +50,13 @@ fn default_cap_field() -> String {
 
 impl ModelConfig {
     pub fn prices(&self) -> Prices {
-        Prices { input: self.input_price, output: self.output_price }
+        Prices::of_model(
+            self.input_price,
+            self.output_price,
+            self.cache_read_price,
+            self.cache_write_price,
+            self.request_price,
+        )
     }
 }
 
@@ -55,6 +68,9 @@ impl From<models::Model> for ModelConfig {
             upstream_model: m.upstream_model,
             input_price: m.input_price,
             output_price: m.output_price,
+            cache_read_price: m.cache_read_price,
+            cache_write_price: m.cache_write_price,
+            request_price: m.request_price,
             max_output_tokens: m.max_output_tokens,
             context_window: m.context_window,
             enabled: m.enabled,
@@ -86,7 +102,8 @@ pub async fn lookup(db: &Db, cache: &Cache, name: &str) -> Result<ModelConfig> {
             config
         }
     };
-    if !config.enabled || config.input_price < 0 || config.output_price < 0 {
+    let negative = [config.cache_read_price, config.cache_write_price].into_iter().flatten().any(|p| p < 0);
+    if !config.enabled || config.input_price < 0 || config.output_price < 0 || config.request_price < 0 || negative {
         return Err(not_found());
     }
     Ok(config)
@@ -115,6 +132,12 @@ pub struct ModelChange {
     /// Micro-units per 1M tokens.
     pub input_price: Option<i64>,
     pub output_price: Option<i64>,
+    /// `Some(None)` clears the price back to its default.
+    pub cache_read_price: Option<Option<i64>>,
+    /// `Some(None)` clears the price back to its default.
+    pub cache_write_price: Option<Option<i64>>,
+    /// Micro-units per request.
+    pub request_price: Option<i64>,
     pub max_output_tokens: Option<i64>,
     pub context_window: Option<i64>,
     pub enabled: Option<bool>,
@@ -136,7 +159,14 @@ fn check_name(name: &str) -> Result<()> {
 impl ModelChange {
     /// Refuses values the gateway could not serve; nothing is written before this passes.
     fn validate(&self) -> Result<()> {
-        for (label, v) in [("input price", self.input_price), ("output price", self.output_price)] {
+        let prices = [
+            ("input price", self.input_price),
+            ("output price", self.output_price),
+            ("cache read price", self.cache_read_price.flatten()),
+            ("cache write price", self.cache_write_price.flatten()),
+            ("request price", self.request_price),
+        ];
+        for (label, v) in prices {
             if v.is_some_and(|p| p < 0) {
                 return Err(Error::BadRequest(format!("the {label} cannot be negative")));
             }
@@ -175,6 +205,15 @@ impl ModelChange {
         }
         if let Some(v) = self.output_price {
             am.output_price = Set(v);
+        }
+        if let Some(v) = self.cache_read_price {
+            am.cache_read_price = Set(v);
+        }
+        if let Some(v) = self.cache_write_price {
+            am.cache_write_price = Set(v);
+        }
+        if let Some(v) = self.request_price {
+            am.request_price = Set(v);
         }
         if let Some(v) = self.max_output_tokens {
             am.max_output_tokens = Set(v);
@@ -283,6 +322,9 @@ async fn insert(txn: &impl ConnectionTrait, name: &str, change: ModelChange) -> 
         upstream_model: Set(change.upstream_model.unwrap_or_else(|| name.to_owned())),
         input_price: Set(input),
         output_price: Set(output),
+        cache_read_price: Set(change.cache_read_price.flatten()),
+        cache_write_price: Set(change.cache_write_price.flatten()),
+        request_price: Set(change.request_price.unwrap_or(0)),
         max_output_tokens: Set(change.max_output_tokens.unwrap_or(4096)),
         context_window: Set(change.context_window.unwrap_or(128_000)),
         enabled: Set(change.enabled.unwrap_or(true)),

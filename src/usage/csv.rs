@@ -4,7 +4,7 @@
 use crate::db::entities::usage_logs;
 
 /// The CSV header of the export.
-pub const CSV_HEADER: [&str; 15] = [
+pub const CSV_HEADER: [&str; 18] = [
     "request_id",
     "created_at",
     "model",
@@ -20,6 +20,9 @@ pub const CSV_HEADER: [&str; 15] = [
     "ttfb_ms",
     "request_count",
     "key_name",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
 ];
 
 /// A cell a spreadsheet would run as a formula gets a leading `'`.
@@ -28,7 +31,7 @@ pub fn neutralise(cell: &str) -> String {
 }
 
 /// One export row; `key_name` is the name of the row's key, if it has one that still exists.
-pub fn csv_record(r: &usage_logs::Model, key_name: Option<&str>) -> [String; 15] {
+pub fn csv_record(r: &usage_logs::Model, key_name: Option<&str>) -> [String; 18] {
     [
         neutralise(&r.request_id),
         crate::clock::rfc3339(r.created_at),
@@ -45,6 +48,9 @@ pub fn csv_record(r: &usage_logs::Model, key_name: Option<&str>) -> [String; 15]
         r.ttfb_ms.map(|t| t.to_string()).unwrap_or_default(),
         r.request_count.to_string(),
         key_name.map(neutralise).unwrap_or_default(),
+        r.cache_read_tokens.to_string(),
+        r.cache_write_tokens.to_string(),
+        r.reasoning_tokens.to_string(),
     ]
 }
 

@@ -13,7 +13,7 @@ use tollgate::db::entities::{reservations, usage_logs};
 use crate::helpers::{Backend, assert_books_balance, fresh_db, user_with_balance};
 use crate::on_all_backends;
 
-const PRICES: Prices = Prices { input: 2_000_000, output: 8_000_000 };
+const PRICES: Prices = Prices::flat(2_000_000, 8_000_000);
 
 fn request(id: &str, user: i64, prompt: i64, max_out: i64) -> ReserveRequest<'_> {
     crate::helpers::reserve_request(id, user, prompt, max_out, PRICES)
@@ -32,7 +32,10 @@ fn log() -> UsageLog {
 
 fn settled(prompt: i64, completion: i64) -> Resolution {
     Resolution {
-        state: FinalState::Settled { prompt_tokens: prompt, completion_tokens: completion, prices: PRICES },
+        state: FinalState::Settled {
+            usage: tollgate::gateway::settle::Usage { input: prompt, output: completion, ..Default::default() },
+            prices: PRICES,
+        },
         log: log(),
     }
 }

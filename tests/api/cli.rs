@@ -27,7 +27,7 @@ fn stdout(o: &Output) -> String {
 async fn migrate_creates_every_table_once(backend: Backend) {
     let (url, _dir) = empty_db_url(backend).await;
     let first = stdout(&tollgate(&url, &["migrate"]));
-    assert!(first.contains("applied 8 migration(s)"), "{first}");
+    assert!(first.contains("applied 9 migration(s)"), "{first}");
     let second = stdout(&tollgate(&url, &["migrate"]));
     assert!(second.contains("nothing to apply"), "{second}");
     let db = Db::connect(&url, 2).await.unwrap();
@@ -188,6 +188,28 @@ async fn models_keys_and_users_are_managed_from_the_command_line() {
         ],
     ));
     assert!(out.contains("input 1.25 / output 5.00"), "{out}");
+    assert!(out.contains("cache read default / cache write default") && out.contains("0.00 per request"), "{out}");
+    let out = stdout(&tollgate(
+        &url,
+        &[
+            "model",
+            "set",
+            "house-model",
+            "--cache-read-price",
+            "0.125",
+            "--cache-write-price",
+            "2",
+            "--request-price",
+            "0.01",
+        ],
+    ));
+    assert!(out.contains("cache read 0.125 / cache write 2.00") && out.contains("0.01 per request"), "{out}");
+    let out = stdout(&tollgate(&url, &["model", "set", "house-model", "--cache-read-price", "default"]));
+    assert!(out.contains("cache read default / cache write 2.00"), "{out}");
+    let list: serde_json::Value = serde_json::from_str(&stdout(&tollgate(&url, &["model", "list", "--json"]))).unwrap();
+    let house = list.as_array().unwrap().iter().find(|m| m["name"] == "house-model").unwrap();
+    assert_eq!(house["cache_read_price"], serde_json::Value::Null);
+    assert_eq!((house["cache_write_price"].as_str(), house["request_price"].as_str()), (Some("2.00"), Some("0.01")));
     stdout(&tollgate(&url, &["model", "set", "house-model", "--enabled", "false"]));
     let table = stdout(&tollgate(&url, &["model", "list"]));
     let row = table.lines().find(|l| l.starts_with("house-model")).unwrap();
@@ -197,6 +219,8 @@ async fn models_keys_and_users_are_managed_from_the_command_line() {
         &["model", "set", "house-model", "--input-price", "-1"],
         &["model", "set", "bad name", "--input-price", "1", "--output-price", "1"],
         &["model", "set", "house-model", "--max-output", "0"],
+        &["model", "set", "house-model", "--cache-write-price", "-2"],
+        &["model", "set", "house-model", "--request-price", "default"],
     ] {
         let o = tollgate(&url, bad);
         assert!(!o.status.success() && !o.stderr.is_empty(), "{bad:?}");

@@ -46,7 +46,7 @@ async fn concurrent_reservations_admit_exactly_what_is_covered(backend: Backend)
     use tollgate::billing::{Prices, ReserveRequest, reserve};
     let t = fresh_db(backend).await;
     let db = Arc::new(t.db.clone());
-    let prices = Prices { input: 1_000_000, output: 2_000_000 };
+    let prices = Prices::flat(1_000_000, 2_000_000);
     // Worst case: 1000 prompt + 1000 output tokens = 0.001 + 0.002 = 3000 micro-units.
     let worst = 3000;
     let user = user_with_balance(&db, "m1@example.com", 9 * worst + worst - 1).await;

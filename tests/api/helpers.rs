@@ -306,10 +306,16 @@ pub fn chat_body(stream: bool) -> serde_json::Value {
     serde_json::json!({ "model": MODEL, "stream": stream, "messages": [{ "role": "user", "content": "Say hello." }] })
 }
 
-/// The worst case the gateway reserves for `body` (prompt estimate + output cap), micro-units.
+/// The prompt estimate of `body`, tokens.
+pub fn prompt_tokens(body: &serde_json::Value) -> i64 {
+    tollgate::gateway::tokens::count_prompt("upstream-model", body.as_object().unwrap())
+}
+
+/// The worst case the gateway reserves for `body`, micro-units: every prompt token at the
+/// dearest input-side price (the default 1-hour cache write: 1.6 × 1.25 × 1 = 2 per token) and
+/// the output cap at 2 per token.
 pub fn worst_case(body: &serde_json::Value, max_out: i64) -> i64 {
-    let prompt = tollgate::gateway::tokens::count_prompt("upstream-model", body.as_object().unwrap());
-    prompt + 2 * max_out
+    2 * prompt_tokens(body) + 2 * max_out
 }
 
 impl TestApp {

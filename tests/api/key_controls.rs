@@ -22,7 +22,7 @@ use crate::helpers::{
 use crate::on_all_backends;
 use crate::usage_api::signed_in;
 
-const PRICES: Prices = Prices { input: 1_000_000, output: 2_000_000 };
+const PRICES: Prices = Prices::flat(1_000_000, 2_000_000);
 
 async fn patch(browser: &Browser, url: &str, body: &Value) -> reqwest::Response {
     browser.send(browser.client.patch(url).json(body)).await
@@ -353,7 +353,10 @@ async fn concurrent_reservations_admit_exactly_what_the_key_cap_covers(backend: 
     let void = Resolution { state: FinalState::Voided, log: settle_log() };
     resolve(&db, &admitted[0].request_id, &void).await.unwrap();
     let settle = Resolution {
-        state: FinalState::Settled { prompt_tokens: 100, completion_tokens: 100, prices: PRICES },
+        state: FinalState::Settled {
+            usage: tollgate::gateway::settle::Usage { input: 100, output: 100, ..Default::default() },
+            prices: PRICES,
+        },
         log: settle_log(),
     };
     resolve(&db, &admitted[1].request_id, &settle).await.unwrap();
@@ -396,7 +399,10 @@ async fn daily_caps_start_afresh_at_midnight_utc(backend: Backend) {
     // charged: today's settled 3000 µ leave no room under 3000.
     let total = KeyCap { period: Period::Total, limit: 3000, ..cap };
     let settle = Resolution {
-        state: FinalState::Settled { prompt_tokens: 1000, completion_tokens: 1000, prices: PRICES },
+        state: FinalState::Settled {
+            usage: tollgate::gateway::settle::Usage { input: 1000, output: 1000, ..Default::default() },
+            prices: PRICES,
+        },
         log: settle_log(),
     };
     resolve(db, "today-1", &settle).await.unwrap();
@@ -426,11 +432,12 @@ async fn the_affordable_cap_lowers_only_caps_the_client_did_not_name(backend: Ba
     .unwrap();
     let body = json!({ "model": "long-model", "messages": [{ "role": "user", "content": "Say hello." }] });
     let prompt = tollgate::gateway::tokens::count_prompt("upstream-model", body.as_object().unwrap());
-    // 2000 µ cover the prompt and (2000 - prompt) / 2 output tokens, not 4000.
+    // 2000 µ cover the prompt at its worst class (by default a 1-hour cache write, 2 µ per token)
+    // and (2000 - 2 × prompt) / 2 output tokens, not 4000.
     let (user, key) = app.customer("afford@example.com", 2000).await;
     let res = app.chat(&key, &body).await;
     assert_eq!(res.status(), 200);
-    let expected = (2000 - prompt) / 2;
+    let expected = (2000 - 2 * prompt) / 2;
     assert_eq!(res.headers()["x-tollgate-output-cap"].to_str().unwrap(), expected.to_string());
     let sent = g.fake.bodies().last().cloned().unwrap();
     assert_eq!(sent["max_completion_tokens"], expected, "{sent}");
@@ -459,7 +466,7 @@ async fn the_affordable_cap_lowers_only_caps_the_client_did_not_name(backend: Ba
     patch(&browser, &url, &json!({ "spendLimit": "0.001" })).await;
     let res = app.chat(&key4, &body).await;
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["x-tollgate-output-cap"].to_str().unwrap(), ((1000 - prompt) / 2).to_string());
+    assert_eq!(res.headers()["x-tollgate-output-cap"].to_str().unwrap(), ((1000 - 2 * prompt) / 2).to_string());
     // Enough money: the model's full cap, and no header.
     let (_, rich) = app.customer("rich@example.com", 1_000_000).await;
     let res = app.chat(&rich, &body).await;
@@ -505,7 +512,7 @@ async fn affordable_reservation_holds(db: &tollgate::db::Db, n: usize, case: Cas
     };
     let funds = key_limit.map_or(balance, |l| l.min(balance));
     let covers = |per_choice: i64| {
-        tollgate::billing::charge_for(sub_tokens, i64::MAX, prompt, per_choice * choices, prices).amount <= funds
+        tollgate::billing::worst_case(sub_tokens, prompt, per_choice * choices, &prices).amount <= funds
     };
     match reserve(db, &req).await {
         Ok(r) => {
@@ -554,7 +561,7 @@ async fn affordable_caps_never_overspend(backend: Backend) {
     let case = std::sync::atomic::AtomicUsize::new(0);
     let result = runner.run(&strategy, |(balance, subs, key, prompt, full, choices, min, (input, output))| {
         let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prices = Prices { input, output };
+        let prices = Prices::flat(input, output);
         let case = Case { balance, sub_tokens: subs, key_limit: key, prompt, full, choices, min, prices };
         let db = t.db.clone();
         let outcome = tokio::task::block_in_place(|| handle.block_on(affordable_reservation_holds(&db, n, case)));

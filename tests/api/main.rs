@@ -37,5 +37,6 @@ mod redeem;
 mod storage_story;
 mod streaming;
 mod subscriptions;
+mod token_classes;
 mod usage_api;
 mod usage_daily;

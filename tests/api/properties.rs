@@ -27,13 +27,14 @@ proptest! {
 
     #[test]
     fn charges_never_exceed_the_cap_and_grow_with_usage(
-        sub in 0..MAX_TOKENS, cap in 0..i64::MAX, p in 0..MAX_TOKENS, c in 0..MAX_TOKENS, dp in 0..1000i64, dc in 0..1000i64,
+        sub in 0..MAX_TOKENS, p in 0..MAX_TOKENS, c in 0..MAX_TOKENS, dp in 0..1000i64, dc in 0..1000i64,
         input in 0..MAX_PRICE, output in 0..MAX_PRICE,
     ) {
-        let prices = Prices { input, output };
-        let small = charge_for(sub, cap, p, c, prices);
-        let large = charge_for(sub, cap, p + dp, c + dc, prices);
-        prop_assert!(small.amount >= 0 && small.amount <= cap && small.tokens <= sub);
+        let prices = Prices::flat(input, output);
+        let used = |input, output| tollgate::gateway::settle::Usage { input, output, ..Default::default() };
+        let small = charge_for(sub, &used(p, c), &prices);
+        let large = charge_for(sub, &used(p + dp, c + dc), &prices);
+        prop_assert!(small.amount >= 0 && small.tokens <= sub);
         prop_assert!(small.amount <= large.amount && small.tokens <= large.tokens);
         prop_assert!(small.tokens <= p + c);
     }
@@ -64,7 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-const PRICES: Prices = Prices { input: 3_000_000, output: 7_000_000 };
+const PRICES: Prices = Prices::flat(3_000_000, 7_000_000);
 
 /// (request id, still pending, money reserved, (subscription, tokens) taken)
 type ModelReservation = (String, bool, i64, Vec<(i64, i64)>);
@@ -149,7 +150,14 @@ async fn run_ops(ops: Vec<Op>) {
                 let idx = pick % m.reservations.len();
                 let (id, pending, amount, sources) = m.reservations[idx].clone();
                 let res = Resolution {
-                    state: FinalState::Settled { prompt_tokens: prompt, completion_tokens: completion, prices: PRICES },
+                    state: FinalState::Settled {
+                        usage: tollgate::gateway::settle::Usage {
+                            input: prompt,
+                            output: completion,
+                            ..Default::default()
+                        },
+                        prices: PRICES,
+                    },
                     log: log.clone(),
                 };
                 let got = resolve(db, &id, &res).await.unwrap();

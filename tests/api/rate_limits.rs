@@ -7,7 +7,9 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::admin::Caller;
-use crate::helpers::{Backend, FindByHash, MAX_OUT, Mode, assert_books_balance, chat_body, spawn_gateway, worst_case};
+use crate::helpers::{
+    Backend, FindByHash, MAX_OUT, Mode, assert_books_balance, chat_body, prompt_tokens, spawn_gateway,
+};
 use crate::on_all_backends;
 
 async fn set_key(app: &crate::helpers::TestApp, key: &str, rpm: Option<i64>, tpm: Option<i64>) {
@@ -31,7 +33,7 @@ async fn key_limits_answer_with_openais_headers(backend: Backend) {
     let (user, key) = app.customer("headers@example.com", 100_000_000).await;
     let (_, unlimited) = app.customer("free@example.com", 100_000_000).await;
     set_key(app, &key, Some(3), Some(10_000)).await;
-    let worst = worst_case(&chat_body(false), MAX_OUT) - MAX_OUT; // prompt + MAX_OUT tokens
+    let worst = prompt_tokens(&chat_body(false)) + MAX_OUT; // tokens, not money
     let start = minute();
     let first = app.chat(&key, &chat_body(false)).await;
     assert_eq!(first.status(), 200);

@@ -97,7 +97,7 @@ async fn storage_story(backend: Backend) {
     ledger::adjust(db, user.id, 10_000_000, "topup", "story top-up", None).await.unwrap();
 
     // reservations + usage_logs
-    let prices = Prices { input: model.input_price, output: model.output_price };
+    let prices = Prices::flat(model.input_price, model.output_price);
     let res = reserve(
         db,
         &ReserveRequest {
@@ -119,7 +119,10 @@ async fn storage_story(backend: Backend) {
         db,
         "story-1",
         &Resolution {
-            state: FinalState::Settled { prompt_tokens: 400, completion_tokens: 300, prices },
+            state: FinalState::Settled {
+                usage: tollgate::gateway::settle::Usage { input: 400, output: 300, ..Default::default() },
+                prices,
+            },
             log: UsageLog {
                 model: model.name.clone(),
                 status_code: 200,

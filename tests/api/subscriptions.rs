@@ -13,7 +13,7 @@ use tollgate::subscriptions::{expire_due, expire_one, find_due, grant, renew};
 use crate::helpers::{Backend, assert_books_balance, fresh_db, user_with_balance};
 use crate::on_all_backends;
 
-const PRICES: Prices = Prices { input: 1_000_000, output: 1_000_000 };
+const PRICES: Prices = Prices::flat(1_000_000, 1_000_000);
 
 async fn set_expiry(db: &Db, id: i64, expires_at: i64) {
     subs::Entity::update_many()
@@ -46,7 +46,10 @@ fn request(id: &str, user: i64, prompt: i64, max_out: i64) -> ReserveRequest<'_>
 
 fn settled(prompt: i64, completion: i64) -> Resolution {
     Resolution {
-        state: FinalState::Settled { prompt_tokens: prompt, completion_tokens: completion, prices: PRICES },
+        state: FinalState::Settled {
+            usage: tollgate::gateway::settle::Usage { input: prompt, output: completion, ..Default::default() },
+            prices: PRICES,
+        },
         log: UsageLog {
             model: "m".into(),
             status_code: 200,

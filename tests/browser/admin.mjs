@@ -46,12 +46,17 @@ try {
   await page.fill('#m-name', 'browser-model');
   await page.fill('#m-input', '1.25');
   await page.fill('#m-output', '5.00');
+  await page.fill('#m-cache-write', '2.00');
+  await page.fill('#m-request', '0.01');
   await page.fill('#m-max-output', '2048');
   await page.fill('#m-context', '64000');
   await page.click('#m-save');
   await page.waitForSelector('#models tr[data-model="browser-model"]');
   const modelRow = await page.locator('#models tr[data-model="browser-model"] td').allTextContents();
   await check(modelRow[2] === '$1.25' && modelRow[3] === '$5.00', `the new model's prices: ${modelRow}`);
+  // No cache-read price: its default; the cache-write and request prices as entered.
+  await check(modelRow[4] === 'default' && modelRow[5] === '$2.00' && modelRow[6] === '$0.01',
+    `the new model's cache and request prices: ${modelRow}`);
   await photograph(page, 'admin-models');
 
   // Find the customer and top them up.

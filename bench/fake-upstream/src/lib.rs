@@ -68,6 +68,8 @@ pub struct Shared {
     pub prompt_tokens: Mutex<i64>,
     /// Hidden reasoning tokens: billed in usage, never sent as text.
     pub reasoning_tokens: Mutex<i64>,
+    /// Of the prompt tokens, those reported as read from the prompt cache.
+    pub cached_tokens: Mutex<i64>,
     /// A pause before the usage chunk of a stream.
     pub usage_delay: Mutex<Duration>,
     /// Streams that were read to their end (usage chunk and `[DONE]` included).
@@ -100,6 +102,7 @@ impl FakeUpstream {
             cap_fields: Mutex::new(vec!["max_completion_tokens".into(), "max_tokens".into()]),
             prompt_tokens: Mutex::new(PROMPT_TOKENS),
             reasoning_tokens: Mutex::new(0),
+            cached_tokens: Mutex::new(0),
             usage_delay: Mutex::new(Duration::ZERO),
             completed: AtomicUsize::new(0),
         });
@@ -154,6 +157,12 @@ impl FakeUpstream {
     pub fn set_reasoning_tokens(&self, n: i64) {
         if let Ok(mut r) = self.shared.reasoning_tokens.lock() {
             *r = n;
+        }
+    }
+
+    pub fn set_cached_tokens(&self, n: i64) {
+        if let Ok(mut c) = self.shared.cached_tokens.lock() {
+            *c = n;
         }
     }
 
@@ -257,6 +266,7 @@ struct Answer {
     n: usize,
     prompt: i64,
     reasoning: i64,
+    cached: i64,
     usage_delay: Duration,
 }
 
@@ -275,6 +285,7 @@ impl Answer {
             n: request.get("n").and_then(Value::as_u64).and_then(|n| usize::try_from(n).ok()).unwrap_or(1).max(1),
             prompt: shared.prompt_tokens.lock().map(|p| *p).unwrap_or(PROMPT_TOKENS),
             reasoning: shared.reasoning_tokens.lock().map(|r| *r).unwrap_or(0),
+            cached: shared.cached_tokens.lock().map(|c| *c).unwrap_or(0),
             usage_delay: shared.usage_delay.lock().map(|d| *d).unwrap_or(Duration::ZERO),
         }
     }
@@ -287,6 +298,7 @@ impl Answer {
             "prompt_tokens": self.prompt,
             "completion_tokens": completion,
             "total_tokens": self.prompt + completion,
+            "prompt_tokens_details": { "cached_tokens": self.cached },
             "completion_tokens_details": { "reasoning_tokens": self.reasoning },
         })
     }

@@ -14,6 +14,13 @@ pub struct Model {
     pub input_price: i64,
     /// Micro-units per 1M completion tokens.
     pub output_price: i64,
+    /// Micro-units per 1M prompt tokens read from the prompt cache; unset: the input price.
+    pub cache_read_price: Option<i64>,
+    /// Micro-units per 1M prompt tokens written to the prompt cache (5 minutes); unset: 1.25 ×
+    /// the input price. A 1-hour write costs 1.6 × this.
+    pub cache_write_price: Option<i64>,
+    /// Micro-units per request, on top of the tokens.
+    pub request_price: i64,
     pub max_output_tokens: i64,
     pub context_window: i64,
     pub enabled: bool,

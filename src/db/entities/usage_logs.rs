@@ -35,6 +35,12 @@ pub struct Model {
     pub channel_id: Option<i64>,
     /// Upstream attempts made, failover and retries included.
     pub attempts: i32,
+    /// Of `prompt_tokens`, those read from the prompt cache.
+    pub cache_read_tokens: i64,
+    /// Of `prompt_tokens`, those written to the prompt cache (5-minute and 1-hour writes).
+    pub cache_write_tokens: i64,
+    /// Of `completion_tokens`, the reasoning tokens.
+    pub reasoning_tokens: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

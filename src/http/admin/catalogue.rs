@@ -24,6 +24,10 @@ fn model_json(m: &rows::Model, requests: i64) -> Value {
         "upstreamModel": m.upstream_model,
         "inputPrice": format_amount(m.input_price),
         "outputPrice": format_amount(m.output_price),
+        // Unset cache prices are null here and take their defaults when billed.
+        "cacheReadPrice": m.cache_read_price.map(format_amount),
+        "cacheWritePrice": m.cache_write_price.map(format_amount),
+        "requestPrice": format_amount(m.request_price),
         "maxOutputTokens": m.max_output_tokens,
         "contextWindow": m.context_window,
         "enabled": m.enabled,
@@ -42,7 +46,9 @@ pub async fn list(State(state): State<AppState>, _admin: AdminUser) -> Result<Js
     Ok(Json(json!({ "data": data })))
 }
 
-/// A model's fields as the API takes them: prices are decimal strings per 1M tokens.
+/// A model's fields as the API takes them: token prices are decimal strings per 1M tokens, the
+/// request price a decimal string per request. A cache price given as `null` is cleared back to
+/// its default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelBody {
@@ -50,10 +56,20 @@ pub struct ModelBody {
     upstream_model: Option<String>,
     input_price: Option<String>,
     output_price: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    cache_read_price: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    cache_write_price: Option<Option<String>>,
+    request_price: Option<String>,
     max_output_tokens: Option<i64>,
     context_window: Option<i64>,
     enabled: Option<bool>,
     cap_field: Option<String>,
+}
+
+/// A field that is present, `null` included (`Some(None)`); an absent field stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 impl ModelBody {
@@ -64,6 +80,9 @@ impl ModelBody {
         Ok(ModelChange {
             input_price: price("inputPrice", self.input_price)?,
             output_price: price("outputPrice", self.output_price)?,
+            cache_read_price: self.cache_read_price.map(|v| price("cacheReadPrice", v)).transpose()?,
+            cache_write_price: self.cache_write_price.map(|v| price("cacheWritePrice", v)).transpose()?,
+            request_price: price("requestPrice", self.request_price)?,
             name: self.name,
             upstream_model: self.upstream_model,
             max_output_tokens: self.max_output_tokens,
