@@ -19,6 +19,7 @@ pub mod key_spend;
 pub mod ledger;
 pub mod reconcile;
 pub mod reservations;
+pub mod store;
 
 pub use reservations::{
     Charge, FinalState, Prices, Reservation, ReserveRequest, Resolution, Resolved, Served, UsageLog, charge_for,

@@ -10,6 +10,7 @@ mod m0005_redemption_codes;
 mod m0006_channels;
 mod m0007_key_controls;
 mod m0008_usage_daily;
+mod m0010_usage_indexes;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_channels::Migration),
             Box::new(m0007_key_controls::Migration),
             Box::new(m0008_usage_daily::Migration),
+            Box::new(m0010_usage_indexes::Migration),
         ]
     }
 }
