@@ -266,7 +266,7 @@ async fn run_sql(conn: &rusqlite::Connection, jobs: &[&Job]) -> Result<Vec<Outpu
 pub struct Sqlite<'c> {
     conn: &'c rusqlite::Connection,
     /// Rows to insert before the batch commits, each `(table, columns, values)`.
-    later: RefCell<Vec<(&'static str, Vec<&'static str>, Vec<SqlValue>)>>,
+    later: RefCell<Vec<SetRow>>,
 }
 
 impl Sqlite<'_> {
@@ -333,8 +333,11 @@ impl Sqlite<'_> {
     }
 }
 
+/// A row to insert: its table, its set columns and their values.
+type SetRow = (&'static str, Vec<&'static str>, Vec<SqlValue>);
+
 /// The table, set columns and their values of an active model.
-fn set_columns<A: ActiveModelTrait>(row: &A) -> Result<(&'static str, Vec<&'static str>, Vec<SqlValue>)> {
+fn set_columns<A: ActiveModelTrait>(row: &A) -> Result<SetRow> {
     let table = A::Entity::default().table_name();
     let mut columns = Vec::new();
     let mut values = Vec::new();
