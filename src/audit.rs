@@ -45,6 +45,12 @@ pub async fn record(conn: &impl ConnectionTrait, entry: Entry<'_>) -> Result<()>
 
 /// Writes `entry` with the address the change was asked from (an admin request's client).
 pub async fn record_from(conn: &impl ConnectionTrait, entry: Entry<'_>, ip: Option<&str>) -> Result<()> {
+    row(entry, ip).insert(conn).await?;
+    Ok(())
+}
+
+/// The row `entry` is written as.
+pub fn row(entry: Entry<'_>, ip: Option<&str>) -> audit_logs::ActiveModel {
     audit_logs::ActiveModel {
         actor_user_id: Set(entry.actor_user_id),
         action: Set(entry.action.to_owned()),
@@ -56,7 +62,4 @@ pub async fn record_from(conn: &impl ConnectionTrait, entry: Entry<'_>, ip: Opti
         ip: Set(ip.map(str::to_owned)),
         ..Default::default()
     }
-    .insert(conn)
-    .await?;
-    Ok(())
 }

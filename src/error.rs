@@ -196,7 +196,8 @@ impl Error {
     pub fn anthropic_body(&self) -> Value {
         let openai = self.body();
         let message = openai["error"]["message"].as_str().unwrap_or_default().to_owned();
-        let mut body = json!({ "type": "error", "error": { "type": anthropic_error_type(self.status()), "message": message } });
+        let mut body =
+            json!({ "type": "error", "error": { "type": anthropic_error_type(self.status()), "message": message } });
         for field in ["balance", "limit", "remaining", "period"] {
             if let Some(v) = openai["error"].get(field) {
                 body["error"][field] = v.clone();

@@ -37,6 +37,12 @@ pub struct Entry<'a> {
 /// Writes one ledger entry on `conn`. Money entries go through `apply`, which also moves the
 /// balance; this alone is for token entries whose counterpart is a subscription row.
 pub async fn entry(conn: &impl ConnectionTrait, e: Entry<'_>) -> Result<()> {
+    entry_row(e).insert(conn).await?;
+    Ok(())
+}
+
+/// The row `e` is written as.
+pub fn entry_row(e: Entry<'_>) -> credit_transactions::ActiveModel {
     credit_transactions::ActiveModel {
         user_id: Set(e.user_id),
         kind: Set(e.kind.to_owned()),
@@ -48,9 +54,6 @@ pub async fn entry(conn: &impl ConnectionTrait, e: Entry<'_>) -> Result<()> {
         created_at: Set(now_ms()),
         ..Default::default()
     }
-    .insert(conn)
-    .await?;
-    Ok(())
 }
 
 /// Checks a reason given by a person.

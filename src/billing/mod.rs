@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod pricing;
 pub mod reconcile;
 pub mod reservations;
+pub mod store;
 
 pub use pricing::{Charge, Prices, charge_for, worst_case};
 pub use reservations::{

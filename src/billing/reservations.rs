@@ -2,17 +2,15 @@
 
 use std::cmp::{max, min};
 
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 
 use super::key_spend::{self, KeyCap};
+use super::ledger;
 use super::pricing::{Charge, Prices, charge_for, worst_case};
-use super::{balance, ledger};
+use super::store::{Close, Store};
 use crate::clock::{day_of, now_ms};
 use crate::db::Db;
-use crate::db::entities::{models, reservations, subscriptions, usage_logs};
+use crate::db::entities::{models, reservations, usage_logs};
 use crate::error::{Error, Result};
 use crate::gateway::settle::Usage;
 use crate::money::format_amount;
@@ -68,6 +66,22 @@ pub struct Reservation {
     pub lowered_cap: Option<i64>,
 }
 
+/// Runs `$job` — a future of a `&impl Store` named `$s` — in a write transaction: on SQLite on
+/// the writer thread's own connection, elsewhere through sea-orm, in the writer lane of user
+/// `$user` when one is named (run again on deadlocks and serialization failures). `$job` may
+/// run more than once.
+macro_rules! write_store {
+    ($db:expr, $user:expr, |$s:ident| $job:expr) => {
+        match $db.sqlite_writer() {
+            Some(writer) => writer.submit_sql(move |$s| Box::pin($job)).await,
+            None => match $user {
+                Some(user_id) => $db.write_for(user_id, move |$s| Box::pin($job)).await,
+                None => $db.write(move |$s| Box::pin($job)).await,
+            },
+        }
+    };
+}
+
 /// Takes the worst case of a request from the user's subscriptions and balance, and records the
 /// reservation, in one transaction. `InsufficientBalance` when it cannot be covered; then
 /// nothing has changed.
@@ -86,7 +100,7 @@ pub async fn reserve(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
         key_cap: req.key_cap,
         affordable: req.affordable,
     };
-    let outcome = db.write(move |txn| Box::pin(reserve_in(txn, owned.clone()))).await?;
+    let outcome = write_store!(db, Some(req.user_id), |s| reserve_in(s, owned.clone()))?;
     match outcome {
         Reserved::Taken(r) => Ok(r),
         Reserved::Refused(Refusal::Balance { needed, available }) => {
@@ -128,11 +142,11 @@ enum Refusal {
     KeyCap { needed: i64, limit: i64, left: i64, period: key_spend::Period },
 }
 
-async fn reserve_in(txn: &DatabaseTransaction, req: OwnedRequest) -> Result<Reserved> {
+async fn reserve_in(txn: &impl Store, req: OwnedRequest) -> Result<Reserved> {
     let now = now_ms();
     let key_period = req.key_cap.map(|cap| cap.period.key(now));
     if let (Some(cap), Some(period)) = (&req.key_cap, &key_period) {
-        key_spend::ensure_row(txn, cap, period, now).await?;
+        txn.ensure_key_spend(cap, period, now).await?;
     }
     let refusal = match take(txn, &req, req.max_completion_tokens, key_period.as_deref(), now).await? {
         Reserved::Refused(refusal) => refusal,
@@ -154,7 +168,7 @@ async fn reserve_in(txn: &DatabaseTransaction, req: OwnedRequest) -> Result<Rese
 /// The largest per-choice output cap, at least `min_per_choice` and below the one asked for,
 /// whose worst case the user's subscription tokens, balance and key cap cover now.
 async fn affordable_cap(
-    txn: &DatabaseTransaction,
+    txn: &impl Store,
     req: &OwnedRequest,
     affordable: Affordable,
     key_period: Option<&str>,
@@ -166,17 +180,11 @@ async fn affordable_cap(
     if full <= min_cap {
         return Ok(None);
     }
-    let tokens: i64 = subscriptions::Entity::find()
-        .filter(subscriptions::Column::UserId.eq(req.user_id))
-        .filter(subscriptions::Column::ExpiresAt.gt(now))
-        .filter(subscriptions::Column::TokensRemaining.gt(0))
-        .all(txn)
-        .await?
-        .iter()
-        .fold(0i64, |sum, s| sum.saturating_add(s.tokens_remaining));
-    let mut money = balance::amount(txn, req.user_id).await?;
+    let tokens: i64 =
+        txn.subscriptions(req.user_id, now).await?.iter().fold(0i64, |sum, (_, left)| sum.saturating_add(*left));
+    let mut money = txn.balance(req.user_id).await?;
     if let (Some(cap), Some(period)) = (&req.key_cap, key_period) {
-        let left = cap.limit.saturating_sub(key_spend::spent(txn, cap.key_id, period).await?);
+        let left = cap.limit.saturating_sub(txn.key_spent(cap.key_id, period).await?);
         money = min(money, left);
     }
     let covers = |per_choice: i64| {
@@ -198,61 +206,43 @@ async fn affordable_cap(
 /// tokens, then the balance, then the key's cap. Refused: everything taken is put back, so the
 /// transaction stays whole for whoever commits it.
 async fn take(
-    txn: &DatabaseTransaction,
+    txn: &impl Store,
     req: &OwnedRequest,
     output: i64,
     key_period: Option<&str>,
     now: i64,
 ) -> Result<Reserved> {
     let worst_tokens = max(req.prompt_tokens, 0).saturating_add(max(output, 0));
-    let subs = subscriptions::Entity::find()
-        .filter(subscriptions::Column::UserId.eq(req.user_id))
-        .filter(subscriptions::Column::ExpiresAt.gt(now))
-        .filter(subscriptions::Column::TokensRemaining.gt(0))
-        .order_by_asc(subscriptions::Column::ExpiresAt)
-        .order_by_asc(subscriptions::Column::Id)
-        .all(txn)
-        .await?;
+    let subs = txn.subscriptions(req.user_id, now).await?;
     let mut sources = Vec::new();
     let mut taken = 0i64;
-    for sub in subs {
-        let want = min(worst_tokens - taken, sub.tokens_remaining);
+    for (sub_id, tokens_remaining) in subs {
+        let want = min(worst_tokens - taken, tokens_remaining);
         if want <= 0 {
             break;
         }
         // Conditional, like the balance: a concurrent reservation that got there first makes
         // this match nothing, and the rest is paid from the balance instead.
-        let res = subscriptions::Entity::update_many()
-            .col_expr(
-                subscriptions::Column::TokensRemaining,
-                Expr::col(subscriptions::Column::TokensRemaining).sub(want),
-            )
-            .col_expr(subscriptions::Column::UpdatedAt, Expr::value(now))
-            .filter(subscriptions::Column::Id.eq(sub.id))
-            .filter(subscriptions::Column::TokensRemaining.gte(want))
-            .filter(subscriptions::Column::ExpiresAt.gt(now))
-            .exec(txn)
-            .await?;
-        if res.rows_affected == 1 {
-            sources.push((sub.id, want));
+        if txn.take_tokens(sub_id, want, now).await? {
+            sources.push((sub_id, want));
             taken += want;
         }
     }
 
     let amount = worst_case(taken, req.prompt_tokens, output, &req.prices).amount;
-    if amount > 0 && !balance::debit_if_covered(txn, req.user_id, amount).await? {
-        put_back_tokens(txn, &sources).await?;
-        let available = balance::amount(txn, req.user_id).await?;
+    if amount > 0 && !txn.debit_if_covered(req.user_id, amount).await? {
+        put_back_tokens(txn, &sources, now).await?;
+        let available = txn.balance(req.user_id).await?;
         return Ok(Reserved::Refused(Refusal::Balance { needed: amount, available }));
     }
     if let (Some(cap), Some(period)) = (&req.key_cap, key_period)
-        && !key_spend::take_if_within(txn, cap, period, amount, now).await?
+        && !txn.take_key_spend(cap, period, amount, now).await?
     {
         if amount > 0 {
-            balance::credit(txn, req.user_id, amount).await?;
+            txn.credit(req.user_id, amount).await?;
         }
-        put_back_tokens(txn, &sources).await?;
-        let left = max(cap.limit.saturating_sub(key_spend::spent(txn, cap.key_id, period).await?), 0);
+        put_back_tokens(txn, &sources, now).await?;
+        let left = max(cap.limit.saturating_sub(txn.key_spent(cap.key_id, period).await?), 0);
         return Ok(Reserved::Refused(Refusal::KeyCap { needed: amount, limit: cap.limit, left, period: cap.period }));
     }
 
@@ -273,8 +263,7 @@ async fn take(
         key_period: Set(key_period.map(str::to_owned)),
         ..Default::default()
     };
-    // `exec` returns only the new id: no read-back of the row it just wrote.
-    let id = reservations::Entity::insert(row).exec(txn).await?.last_insert_id;
+    let id = txn.insert_reservation(row).await?;
     Ok(Reserved::Taken(Reservation {
         id,
         request_id: req.request_id.clone(),
@@ -288,17 +277,10 @@ async fn take(
     }))
 }
 
-/// Returns subscription tokens a refused reservation took.
-async fn put_back_tokens(txn: &DatabaseTransaction, sources: &[(i64, i64)]) -> Result<()> {
-    for (sub_id, tokens) in sources {
-        subscriptions::Entity::update_many()
-            .col_expr(
-                subscriptions::Column::TokensRemaining,
-                Expr::col(subscriptions::Column::TokensRemaining).add(*tokens),
-            )
-            .filter(subscriptions::Column::Id.eq(*sub_id))
-            .exec(txn)
-            .await?;
+/// Returns subscription tokens a refused reservation took (at `now`, so none has expired since).
+async fn put_back_tokens(txn: &impl Store, sources: &[(i64, i64)], now: i64) -> Result<()> {
+    for &(sub_id, tokens) in sources {
+        txn.return_tokens(sub_id, tokens, now).await?;
     }
     Ok(())
 }
@@ -352,36 +334,7 @@ pub enum Resolved {
 /// transaction. A second call is a no-op that returns `AlreadyResolved`.
 pub async fn resolve(db: &Db, request_id: &str, resolution: &Resolution) -> Result<Resolved> {
     let (request_id, resolution) = (request_id.to_owned(), resolution.clone());
-    let outcome = db
-        .write(move |txn| {
-            let (request_id, resolution) = (request_id.clone(), resolution.clone());
-            Box::pin(async move {
-                let Some(res) = reservations::Entity::find()
-                    .filter(reservations::Column::RequestId.eq(request_id.as_str()))
-                    .one(txn)
-                    .await?
-                else {
-                    return Err(Error::NotFound(format!("no reservation for request {request_id}")));
-                };
-                if res.state != PENDING {
-                    return Ok(Resolved::AlreadyResolved);
-                }
-                let sources = serde_json::from_str(&res.token_sources).map_err(anyhow::Error::from)?;
-                let known = Reservation {
-                    id: res.id,
-                    request_id: res.request_id,
-                    user_id: res.user_id,
-                    key_id: res.key_id,
-                    amount: res.amount,
-                    tokens: res.tokens,
-                    sources,
-                    key_period: res.key_period,
-                    lowered_cap: None,
-                };
-                resolve_in(txn, &known, &resolution, Served::default()).await
-            })
-        })
-        .await;
+    let outcome = write_store!(db, None::<i64>, |s| resolve_stored(s, request_id.clone(), resolution.clone()));
     match outcome {
         // Another resolution won the guard between our read and our update (a concurrent
         // writer on MySQL/PostgreSQL): our transaction, refunds included, was rolled back.
@@ -404,11 +357,9 @@ pub async fn resolve_reservation_served(
     served: Served,
 ) -> Result<Resolved> {
     let (known, resolution) = (reservation.clone(), resolution.clone());
-    let outcome = db.write(move |txn| {
-        let (known, resolution) = (known.clone(), resolution.clone());
-        Box::pin(async move { resolve_in(txn, &known, &resolution, served).await })
-    });
-    match outcome.await {
+    let outcome =
+        write_store!(db, Some(reservation.user_id), |s| resolve_owned(s, known.clone(), resolution.clone(), served));
+    match outcome {
         // Another resolution won the guard between our read and our update (a concurrent
         // writer on MySQL/PostgreSQL): our transaction, refunds included, was rolled back.
         Err(Error::Conflict(_)) => Ok(Resolved::AlreadyResolved),
@@ -416,12 +367,34 @@ pub async fn resolve_reservation_served(
     }
 }
 
-async fn resolve_in(
-    txn: &DatabaseTransaction,
-    res: &Reservation,
-    resolution: &Resolution,
-    served: Served,
-) -> Result<Resolved> {
+/// `resolve_in` for the reservation of `request_id`, read back first.
+async fn resolve_stored(txn: &impl Store, request_id: String, resolution: Resolution) -> Result<Resolved> {
+    let Some(res) = txn.find_reservation(&request_id).await? else {
+        return Err(Error::NotFound(format!("no reservation for request {request_id}")));
+    };
+    if res.state != PENDING {
+        return Ok(Resolved::AlreadyResolved);
+    }
+    let sources = serde_json::from_str(&res.token_sources).map_err(anyhow::Error::from)?;
+    let known = Reservation {
+        id: res.id,
+        request_id: res.request_id,
+        user_id: res.user_id,
+        key_id: res.key_id,
+        amount: res.amount,
+        tokens: res.tokens,
+        sources,
+        key_period: res.key_period,
+        lowered_cap: None,
+    };
+    resolve_in(txn, &known, &resolution, Served::default()).await
+}
+
+async fn resolve_owned(txn: &impl Store, res: Reservation, resolution: Resolution, served: Served) -> Result<Resolved> {
+    resolve_in(txn, &res, &resolution, served).await
+}
+
+async fn resolve_in(txn: &impl Store, res: &Reservation, resolution: &Resolution, served: Served) -> Result<Resolved> {
     let now = now_ms();
     let (mut charge, state, usage) = match resolution.state {
         FinalState::Settled { usage, prices } => (charge_for(res.tokens, &usage, &prices), SETTLED, usage),
@@ -443,59 +416,55 @@ async fn resolve_in(
     refund_tokens(txn, res, charge.tokens, now).await?;
     let refund = res.amount - covered;
     if refund > 0 {
-        balance::credit(txn, res.user_id, refund).await?;
+        txn.credit(res.user_id, refund).await?;
     }
     if beyond > 0 {
-        charge.excess = balance::debit_up_to(txn, res.user_id, beyond).await?;
+        charge.excess = txn.debit_up_to(res.user_id, beyond).await?;
         charge.shortfall = beyond - charge.excess;
         charge.amount = covered + charge.excess;
     }
     // The key's spending follows the charge: corrected down to it, or released on void.
     if let (Some(key_id), Some(period)) = (res.key_id, &res.key_period) {
-        key_spend::adjust(txn, key_id, period, charge.amount - res.amount, now).await?;
+        txn.adjust_key_spend(key_id, period, charge.amount - res.amount, now).await?;
     }
-    let guard = reservations::Entity::update_many()
-        .col_expr(reservations::Column::State, Expr::value(state))
-        .col_expr(reservations::Column::ChargedAmount, Expr::value(charge.amount))
-        .col_expr(reservations::Column::ChargedTokens, Expr::value(charge.tokens))
-        .col_expr(reservations::Column::ExcessAmount, Expr::value(charge.excess))
-        .col_expr(reservations::Column::Shortfall, Expr::value(charge.shortfall))
-        .col_expr(reservations::Column::ResolvedAt, Expr::value(now))
-        .col_expr(reservations::Column::UpdatedAt, Expr::value(now))
-        .filter(reservations::Column::Id.eq(res.id))
-        .filter(reservations::Column::State.eq(PENDING))
-        .exec(txn)
+    let closed = txn
+        .close_reservation(Close {
+            id: res.id,
+            state,
+            charged_amount: charge.amount,
+            charged_tokens: charge.tokens,
+            excess: charge.excess,
+            shortfall: charge.shortfall,
+            now,
+        })
         .await?;
-    if guard.rows_affected != 1 {
+    if !closed {
         // Returned as an error so that the refunds above are rolled back.
         return Err(Error::Conflict("the reservation was resolved concurrently".into()));
     }
     if charge.shortfall > 0 {
-        crate::audit::record(
-            txn,
-            crate::audit::Entry {
-                actor_user_id: None,
-                action: "billing.shortfall",
-                target_type: "reservation",
-                target_id: res.request_id.clone(),
-                before: Some(serde_json::json!({ "reserved": res.amount, "reserved_tokens": res.tokens })),
-                after: Some(serde_json::json!({
-                    "user_id": res.user_id,
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "charged": charge.amount,
-                    "excess_collected": charge.excess,
-                    "shortfall": charge.shortfall,
-                })),
-            },
-        )
+        txn.audit(crate::audit::Entry {
+            actor_user_id: None,
+            action: "billing.shortfall",
+            target_type: "reservation",
+            target_id: res.request_id.clone(),
+            before: Some(serde_json::json!({ "reserved": res.amount, "reserved_tokens": res.tokens })),
+            after: Some(serde_json::json!({
+                "user_id": res.user_id,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "charged": charge.amount,
+                "excess_collected": charge.excess,
+                "shortfall": charge.shortfall,
+            })),
+        })
         .await?;
     }
 
     let mut row = usage_row(&res.request_id, res.user_id, res.key_id, &resolution.log, &usage, charge);
     row.channel_id = Set(served.channel_id);
     row.attempts = Set(served.attempts);
-    usage_logs::Entity::insert(row).exec(txn).await?;
+    txn.insert_usage(row).await?;
     Ok(Resolved::Charged(charge))
 }
 
@@ -541,7 +510,7 @@ pub fn usage_row(
 /// order they were taken. Tokens of a subscription that has expired meanwhile are not returned
 /// (they would be expired tokens) and never become money: they are written off with a ledger
 /// entry of kind `expire`.
-async fn refund_tokens(conn: &impl ConnectionTrait, res: &Reservation, consumed: i64, now: i64) -> Result<()> {
+async fn refund_tokens(txn: &impl Store, res: &Reservation, consumed: i64, now: i64) -> Result<()> {
     let mut to_consume = consumed;
     for &(sub_id, took) in &res.sources {
         let used = min(to_consume, took);
@@ -550,29 +519,16 @@ async fn refund_tokens(conn: &impl ConnectionTrait, res: &Reservation, consumed:
         if unused <= 0 {
             continue;
         }
-        let back = subscriptions::Entity::update_many()
-            .col_expr(
-                subscriptions::Column::TokensRemaining,
-                Expr::col(subscriptions::Column::TokensRemaining).add(unused),
-            )
-            .col_expr(subscriptions::Column::UpdatedAt, Expr::value(now))
-            .filter(subscriptions::Column::Id.eq(sub_id))
-            .filter(subscriptions::Column::ExpiresAt.gt(now))
-            .exec(conn)
-            .await?;
-        if back.rows_affected == 0 {
-            ledger::entry(
-                conn,
-                ledger::Entry {
-                    user_id: res.user_id,
-                    kind: "expire",
-                    amount: 0,
-                    tokens: -unused,
-                    subscription_id: Some(sub_id),
-                    reason: "reserved tokens of a subscription that expired during the request",
-                    actor_user_id: None,
-                },
-            )
+        if !txn.return_tokens(sub_id, unused, now).await? {
+            txn.ledger_entry(ledger::Entry {
+                user_id: res.user_id,
+                kind: "expire",
+                amount: 0,
+                tokens: -unused,
+                subscription_id: Some(sub_id),
+                reason: "reserved tokens of a subscription that expired during the request",
+                actor_user_id: None,
+            })
             .await?;
         }
     }

@@ -5,6 +5,7 @@
 //! reads use a separate pool. On the server databases both handles are the same pool.
 
 pub mod entities;
+pub mod lanes;
 pub mod migrations;
 pub mod writer;
 
@@ -63,6 +64,8 @@ pub struct Db {
     pub write: DatabaseConnection,
     /// SQLite only: the writer thread that runs the hot-path write jobs (see `writer`).
     writer: Option<writer::Writer>,
+    /// MySQL/PostgreSQL: the writer lanes that batch the hot-path write jobs (see `lanes`).
+    lanes: Option<lanes::Lanes>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub enum ConnectError {
     Directory { path: String, source: std::io::Error },
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sea_orm::sqlx::Error),
+    #[error("cannot open the SQLite database: {0}")]
+    Open(#[source] rusqlite::Error),
     #[error("cannot start the SQLite writer thread: {0}")]
     Writer(#[source] std::io::Error),
 }
@@ -99,7 +104,11 @@ impl Db {
                     .busy_timeout(acquire)
                     .foreign_keys(true)
                     .disable_statement_logging();
-                let file = options.get_filename();
+                // The writer opens the file a second time, on a connection of its own.
+                if url.contains(":memory:") || url.contains("mode=memory") {
+                    return Err(ConnectError::Url("an in-memory SQLite database is not supported: name a file".into()));
+                }
+                let file = options.get_filename().to_owned();
                 if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
                     && !dir.exists()
                 {
@@ -113,7 +122,8 @@ impl Db {
                     .await
                     .map_err(ConnectError::Connect)?;
                 let write = SqlxSqliteConnector::from_sqlx_sqlite_pool(write);
-                let writer = writer::Writer::start(write.clone()).map_err(ConnectError::Writer)?;
+                let own = writer::open(&file, acquire).map_err(ConnectError::Open)?;
+                let writer = writer::Writer::start(write.clone(), own).map_err(ConnectError::Writer)?;
                 let read = SqlitePoolOptions::new()
                     .max_connections(pool_size.max(1))
                     .acquire_timeout(acquire)
@@ -125,6 +135,7 @@ impl Db {
                     read: SqlxSqliteConnector::from_sqlx_sqlite_pool(read),
                     write,
                     writer: Some(writer),
+                    lanes: None,
                 })
             }
             Backend::MySql => {
@@ -150,7 +161,8 @@ impl Db {
                     .await
                     .map_err(ConnectError::Connect)?;
                 let conn = SqlxMySqlConnector::from_sqlx_mysql_pool(pool);
-                Ok(Self { backend, read: conn.clone(), write: conn, writer: None })
+                let lanes = Some(lanes::Lanes::start(&conn));
+                Ok(Self { backend, read: conn.clone(), write: conn, writer: None, lanes })
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)
@@ -163,7 +175,8 @@ impl Db {
                     .await
                     .map_err(ConnectError::Connect)?;
                 let conn = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
-                Ok(Self { backend, read: conn.clone(), write: conn, writer: None })
+                let lanes = Some(lanes::Lanes::start(&conn));
+                Ok(Self { backend, read: conn.clone(), write: conn, writer: None, lanes })
             }
         }
     }
@@ -218,6 +231,29 @@ impl Db {
             }
         })
         .await
+    }
+
+    /// SQLite only: the writer thread, for jobs written against its own connection
+    /// (`writer::Writer::submit_sql`).
+    pub fn sqlite_writer(&self) -> Option<&writer::Writer> {
+        self.writer.as_ref()
+    }
+
+    /// As `write`, for a job that writes only `user_id`'s rows (a reservation, a settlement): on
+    /// MySQL/PostgreSQL it runs in the user's writer lane, committed together with the lane's
+    /// other jobs (see `lanes`).
+    pub async fn write_for<T, F>(&self, user_id: i64, job: F) -> crate::error::Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> Fn(&'a DatabaseTransaction) -> writer::BoxFuture<'a, crate::error::Result<T>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        match &self.lanes {
+            Some(lanes) => lanes.submit(user_id, job).await,
+            None => self.write(job).await,
+        }
     }
 
     /// True when the database answers a trivial query.

@@ -187,7 +187,8 @@ async fn identify(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderM
         (None, Some(value)) => value.to_str().map(str::trim).map_err(|_| invalid_key())?,
         (None, None) => {
             return Err(Error::Unauthorized(
-                "You didn't provide an API key. Send it as `Authorization: Bearer sk-...` (or `x-api-key: sk-...`).".into(),
+                "You didn't provide an API key. Send it as `Authorization: Bearer sk-...` (or `x-api-key: sk-...`)."
+                    .into(),
             ));
         }
     };
@@ -210,19 +211,48 @@ async fn identify(db: &Db, cache: &Cache, tasks: &TaskTracker, headers: &HeaderM
     if let Ok(v) = serde_json::to_string(&cached) {
         cache.set(&cache_key, &v, cache::KEY_TTL).await;
     }
-    let db = db.clone();
-    tasks.spawn(async move {
-        let now = now_ms();
-        let res = api_keys::Entity::update_many()
-            .col_expr(api_keys::Column::LastUsedAt, sea_orm::sea_query::Expr::value(now))
-            .filter(api_keys::Column::Id.eq(key.key_id))
-            .exec(&db.write)
-            .await;
-        if let Err(err) = res {
-            tracing::debug!(error = %err, "could not record key use");
-        }
-    });
+    let now = now_ms();
+    if use_worth_recording(key.key_id, now) {
+        let db = db.clone();
+        tasks.spawn(async move {
+            // Through the writer (on SQLite its thread, so it never waits on the write lock).
+            let res = db
+                .write(move |txn| {
+                    Box::pin(async move {
+                        api_keys::Entity::update_many()
+                            .col_expr(api_keys::Column::LastUsedAt, sea_orm::sea_query::Expr::value(now))
+                            .filter(api_keys::Column::Id.eq(key.key_id))
+                            .exec(txn)
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .await;
+            if let Err(err) = res {
+                tracing::debug!(error = %err, "could not record key use");
+            }
+        });
+    }
     Ok(Authorized { key, rules: Arc::new(cached.rules) })
+}
+
+/// How often a key's `last_used_at` is written at most (per process).
+const LAST_USE_EVERY_MS: i64 = 60_000;
+
+/// True when key `key_id`'s use at `now` should be written: not written by this process in the
+/// last minute. Remembers the keys written lately only (a bounded map).
+fn use_worth_recording(key_id: i64, now: i64) -> bool {
+    static WRITTEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<i64, i64>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(mut written) = WRITTEN.lock() else { return true };
+    if written.get(&key_id).is_some_and(|&at| now - at < LAST_USE_EVERY_MS) {
+        return false;
+    }
+    if written.len() >= 100_000 {
+        written.retain(|_, at| now - *at < LAST_USE_EVERY_MS);
+    }
+    written.insert(key_id, now);
+    true
 }
 
 /// The key with this hash, and its controls, if it is usable: not revoked, not disabled, its user not disabled.
@@ -252,6 +282,17 @@ pub async fn forget_user_keys(db: &Db, cache: &Cache, user_id: i64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_use_is_written_at_most_once_a_minute() {
+        let key = i64::MAX - 7;
+        let t = 1_000_000_000;
+        assert!(use_worth_recording(key, t));
+        assert!(!use_worth_recording(key, t + 1));
+        assert!(!use_worth_recording(key, t + LAST_USE_EVERY_MS - 1));
+        assert!(use_worth_recording(key, t + LAST_USE_EVERY_MS));
+        assert!(use_worth_recording(key - 1, t + 1), "each key on its own");
+    }
 
     #[test]
     fn address_allowlists_match_cidrs_and_bare_addresses() {

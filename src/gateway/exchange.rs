@@ -106,10 +106,8 @@ impl Exchange {
             }
         };
         // The protocol the serving channel was spoken to in.
-        let upstream_protocol = last
-            .as_ref()
-            .and_then(|r| Wire::between(protocol, &r.provider))
-            .map_or(protocol, |w| w.upstream(protocol));
+        let wire = last.as_ref().and_then(|r| Wire::between(protocol, &r.provider)).unwrap_or(Wire::Native);
+        let upstream_protocol = wire.upstream(protocol);
         settler.channel = last.map(|r| (r.id, r.name.clone()));
         let Sent { response, idle, deadline } = match sent {
             Ok(r) => r,
@@ -135,7 +133,8 @@ impl Exchange {
             let (tx, rx) = tokio::sync::mpsc::channel(FRAME_BUFFER);
             // A client already gone gets no frames; the upstream is still read to its end.
             let tx = head.send(Head::Stream(rx)).is_ok().then_some(tx);
-            let reader = Reader::for_protocol(upstream_protocol, client_wants_usage);
+            let id = settler.reservation.request_id.trim_start_matches("req_").to_owned();
+            let reader = Reader::new(wire, upstream_protocol, client_wants_usage, &settler.model, &id);
             let relay = Relay::new(response, settler, reader, hidden_output, idle, deadline, hard_stop.clone(), slot);
             relay.run(tx).await;
             return;
@@ -162,7 +161,7 @@ impl Exchange {
                             tracing::warn!(error = %e, "cannot record the channel of a response");
                         }
                     }
-                    Ok(body)
+                    translate_answer(wire, body, &settler.model)
                 }
                 Err(()) => Err(Error::Upstream {
                     status: 502,
@@ -305,6 +304,17 @@ async fn candidates(
         out.push(Candidate { route, body, path: wire.upstream(protocol).path(), probe });
     }
     Ok(out)
+}
+
+/// A whole answer in the client's protocol.
+fn translate_answer(wire: Wire, body: Bytes, model: &str) -> Result<Bytes, Error> {
+    let translate = match wire {
+        Wire::Native => return Ok(body),
+        Wire::MessagesViaChat => crate::translate::messages_to_chat::response,
+        Wire::ChatViaMessages => crate::translate::chat_to_messages::response,
+    };
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Internal(e.into()))?;
+    serde_json::to_vec(&translate(&value, model)).map(Bytes::from).map_err(|e| Error::Internal(e.into()))
 }
 
 /// Reads the usage (or, without one, the generated text) of a whole upstream answer of

@@ -133,6 +133,23 @@ pub fn bad(message: impl Into<String>) -> Error {
     Error::BadRequest(message.into())
 }
 
+/// The checks of a body's required fields that need no catalogue: a malformed request is
+/// refused before its model is even looked up.
+pub fn precheck(protocol: Protocol, body: &Map<String, Value>) -> Result<(), Error> {
+    let (field, array) = match protocol {
+        Protocol::Chat | Protocol::Messages => ("messages", true),
+        Protocol::Embeddings => ("input", false),
+        Protocol::Completions => ("prompt", false),
+        Protocol::Responses => return Ok(()),
+    };
+    match body.get(field) {
+        Some(Value::Array(items)) if !items.is_empty() => Ok(()),
+        Some(Value::String(_)) if !array => Ok(()),
+        _ if array => Err(bad(format!("`{field}` is required and must be a non-empty array"))),
+        _ => Err(bad(format!("`{field}` is required"))),
+    }
+}
+
 /// Reads and checks a request body of `protocol` for admission.
 pub fn shape(protocol: Protocol, body: &Map<String, Value>, model: &str, max_choices: u32) -> Result<Shape, Error> {
     match protocol {
@@ -324,7 +341,10 @@ fn completions_shape(body: &Map<String, Value>, model: &str, max_choices: u32) -
         requested_cap,
         // OpenAI's default for legacy completions.
         default_cap: Some(16),
-        prompt: PromptCount { text: text.saturating_add(suffix).saturating_mul(i64::from(prompts.max(1))), ..PromptCount::default() },
+        prompt: PromptCount {
+            text: text.saturating_add(suffix).saturating_mul(i64::from(prompts.max(1))),
+            ..PromptCount::default()
+        },
         output: true,
         client_wants_usage,
         hidden_output: false,
@@ -398,10 +418,7 @@ fn refuse_unpriced_chat(wire: &Map<String, Value>) -> Result<(), Error> {
 
 /// The output-cap fields among `fields` the client sent, and the smallest cap among them
 /// (`None` when it sent none).
-fn output_caps(
-    wire: &Map<String, Value>,
-    fields: &[&'static str],
-) -> Result<(Vec<&'static str>, Option<i64>), Error> {
+fn output_caps(wire: &Map<String, Value>, fields: &[&'static str]) -> Result<(Vec<&'static str>, Option<i64>), Error> {
     let mut sent = Vec::new();
     let mut smallest: Option<i64> = None;
     for &field in fields {
@@ -480,11 +497,34 @@ impl Outbound {
                     }
                 }
             }
-            (Wire::MessagesViaChat | Wire::ChatViaMessages, _) => {
-                Err(bad("this model is not served in this protocol"))
+            (Wire::MessagesViaChat, _) => {
+                let mut map = crate::translate::messages_to_chat::request(&self.wire).map_err(untranslatable)?;
+                map.insert("model".into(), model);
+                for field in crate::models::CAP_FIELDS {
+                    map.remove(field);
+                }
+                map.insert(self.chat_cap_field.clone(), cap);
+                if self.stream {
+                    map.insert("stream".into(), Value::Bool(true));
+                    map.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+                }
+                serialise(&map)
+            }
+            (Wire::ChatViaMessages, _) => {
+                let mut map = crate::translate::chat_to_messages::request(&self.wire).map_err(untranslatable)?;
+                map.insert("model".into(), model);
+                map.insert("max_tokens".into(), cap);
+                if self.stream {
+                    map.insert("stream".into(), Value::Bool(true));
+                }
+                serialise(&map)
             }
         }
     }
+}
+
+fn untranslatable(e: crate::translate::Untranslatable) -> Error {
+    bad(e.0)
 }
 
 fn serialise(map: &Map<String, Value>) -> Result<Bytes, Error> {

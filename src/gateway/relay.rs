@@ -41,6 +41,7 @@ pub struct Relay {
 }
 
 impl Relay {
+    #[expect(clippy::too_many_arguments, reason = "one stream's relay context")]
     pub fn new(
         upstream: reqwest::Response,
         settler: Settler,
@@ -151,7 +152,77 @@ impl Relay {
         match &mut self.reader {
             Reader::Chunks { .. } => self.on_chunk(event),
             Reader::Messages { .. } => self.on_message_event(event),
-            Reader::Responses { .. } => self.on_response_event(event),
+            Reader::Responses => self.on_response_event(event),
+            Reader::MessagesViaChat { .. } => self.on_chunk_translated(event),
+            Reader::ChatViaMessages { .. } => self.on_message_event_translated(event),
+        }
+    }
+
+    fn push_translated(&mut self, events: Vec<crate::translate::SseOut>) {
+        for e in events {
+            self.out.push_back(Bytes::from(e.to_sse()));
+        }
+    }
+
+    /// Chat chunks from the upstream, Anthropic events for the client.
+    fn on_chunk_translated(&mut self, event: Event) {
+        let Reader::MessagesViaChat { stream } = &mut self.reader else { return };
+        if event.data == "[DONE]" {
+            let out = stream.on_done();
+            self.push_translated(out);
+            self.ending = Some(Ending::Delivered { status: 200 });
+            return;
+        }
+        let value: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+        let chunk: Chunk = serde_json::from_value(value.clone()).unwrap_or_default();
+        if chunk.error.is_some() {
+            let message =
+                value["error"]["message"].as_str().map_or_else(|| "the upstream reported an error".into(), redact);
+            let out = stream.on_error("api_error", &message);
+            self.push_translated(out);
+            self.settler.error = Some("upstream.error");
+            self.ending = Some(Ending::Delivered { status: 502 });
+            return;
+        }
+        if let Some(usage) = chunk.usage.and_then(|u| u.usage()) {
+            self.settler.usage = Some(usage);
+        }
+        let out = stream.on_chunk(&value);
+        chunk.collect_text(&mut self.settler.completion_text);
+        self.settler.bound_text();
+        self.push_translated(out);
+    }
+
+    /// Anthropic events from the upstream, Chat chunks for the client.
+    fn on_message_event_translated(&mut self, event: Event) {
+        let value: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+        let parsed: AnthropicEvent = serde_json::from_value(value.clone()).unwrap_or_default();
+        let Reader::ChatViaMessages { stream, usage } = &mut self.reader else { return };
+        let kind = parsed.kind.clone().unwrap_or_default();
+        match kind.as_str() {
+            "message_start" => {
+                if let Some(u) = parsed.message.as_ref().and_then(|m| m.usage) {
+                    *usage = u;
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = &parsed.usage {
+                    usage.merge(u);
+                    self.settler.usage = usage.usage();
+                }
+            }
+            _ => {}
+        }
+        let name = event.event.clone().unwrap_or_else(|| kind.clone());
+        let out = stream.on_event(&name, &value);
+        let start = *usage;
+        parsed.collect_text(&mut self.settler.completion_text);
+        self.settler.bound_text();
+        self.push_translated(out);
+        match kind.as_str() {
+            "message_stop" => self.ending = Some(Ending::Delivered { status: 200 }),
+            "error" => self.ended_early(start, "upstream.error", 502),
+            _ => {}
         }
     }
 
@@ -177,7 +248,8 @@ impl Relay {
         }
         chunk.collect_text(&mut self.settler.completion_text);
         self.settler.bound_text();
-        let Reader::Chunks { client_wants_usage } = self.reader else { return };
+        let Reader::Chunks { client_wants_usage } = &self.reader else { return };
+        let client_wants_usage = *client_wants_usage;
         if chunk.is_usage_only() && !client_wants_usage {
             return;
         }
@@ -277,19 +349,26 @@ impl Relay {
         // The same body a failed request gets (every status here is a 5xx: `upstream_error`),
         // in the stream's own shape.
         let error = Error::Upstream { status, message: message.to_owned(), label: code };
-        let frame = match &self.reader {
-            Reader::Chunks { .. } => Event { event: None, data: error.body().to_string() },
-            Reader::Messages { .. } => {
-                Event { event: Some("error".into()), data: error.anthropic_body().to_string() }
+        let frame = match &mut self.reader {
+            Reader::Chunks { .. } | Reader::ChatViaMessages { .. } => {
+                Event { event: None, data: error.body().to_string() }
             }
-            Reader::Responses { .. } => Event {
+            Reader::MessagesViaChat { stream } => {
+                let out = stream.on_error(crate::error::anthropic_error_type(status), message);
+                self.push_translated(out);
+                self.ending = Some(Ending::Delivered { status: i32::from(status) });
+                return;
+            }
+            Reader::Messages { .. } => Event { event: Some("error".into()), data: error.anthropic_body().to_string() },
+            Reader::Responses => Event {
                 event: Some("error".into()),
                 data: serde_json::json!({ "type": "error", "code": code, "message": message, "param": null })
                     .to_string(),
             },
         };
         self.out.push_back(sse::frame(&frame));
-        if let Reader::Messages { usage } = self.reader {
+        if let Reader::Messages { usage } | Reader::ChatViaMessages { usage, .. } = &self.reader {
+            let usage = *usage;
             self.ended_early(usage, code, status);
             return;
         }
@@ -298,8 +377,11 @@ impl Relay {
 }
 
 /// How the upstream's stream is read and relayed.
-#[derive(Clone, Copy, Debug)]
 pub enum Reader {
+    /// Chat chunks from an OpenAI-compatible channel, translated for an Anthropic Messages client.
+    MessagesViaChat { stream: Box<crate::translate::messages_to_chat::Stream> },
+    /// Anthropic events from an Anthropic channel, translated for an OpenAI Chat client.
+    ChatViaMessages { stream: Box<crate::translate::chat_to_messages::Stream>, usage: AnthropicUsage },
     /// OpenAI-style chunks ended by `[DONE]` (chat, legacy completions); the usage-only chunk
     /// is passed on only when the client asked for it.
     Chunks { client_wants_usage: bool },
@@ -310,6 +392,37 @@ pub enum Reader {
 }
 
 impl Reader {
+    /// The reader of a stream of the upstream's `protocol`, for a client reached by `wire`;
+    /// `model` and `id` name the translated answer.
+    pub fn new(
+        wire: super::protocol::Wire,
+        protocol: super::protocol::Protocol,
+        client_wants_usage: bool,
+        model: &str,
+        id: &str,
+    ) -> Self {
+        use super::protocol::Wire;
+        match wire {
+            Wire::MessagesViaChat => {
+                return Self::MessagesViaChat {
+                    stream: Box::new(crate::translate::messages_to_chat::Stream::new(model, &format!("msg_{id}"))),
+                };
+            }
+            Wire::ChatViaMessages => {
+                return Self::ChatViaMessages {
+                    stream: Box::new(crate::translate::chat_to_messages::Stream::new(
+                        model,
+                        &format!("chatcmpl-{id}"),
+                        client_wants_usage,
+                    )),
+                    usage: AnthropicUsage::default(),
+                };
+            }
+            Wire::Native => {}
+        }
+        Self::for_protocol(protocol, client_wants_usage)
+    }
+
     pub fn for_protocol(protocol: super::protocol::Protocol, client_wants_usage: bool) -> Self {
         use super::protocol::Protocol;
         match protocol {

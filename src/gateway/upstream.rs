@@ -23,9 +23,9 @@ use crate::cache::Cache;
 use crate::channels::directory::{Directory, Route, RouteKey};
 use crate::channels::health::Health;
 use crate::channels::ssrf;
-use crate::gateway::protocol::Forward;
 use crate::config::Config;
 use crate::db::Db;
+use crate::gateway::protocol::Forward;
 use crate::observability;
 
 #[derive(Clone, Debug)]
@@ -280,9 +280,9 @@ impl Upstream {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = timeouts.first_byte.min(left);
             let started = Instant::now();
-            let (result, asked) =
-                self.attempt(route, key.as_ref(), candidate.body.clone(), candidate.path, stream, forward, &timeouts, wait)
-                    .await;
+            let (result, asked) = self
+                .attempt(route, key.as_ref(), candidate.body.clone(), candidate.path, stream, forward, &timeouts, wait)
+                .await;
             let failed = match result {
                 Ok(response) => {
                     observability::upstream_attempt(&route.name, "ok");

@@ -278,6 +278,9 @@ mod tests {
             "output_tokens": 50, "output_tokens_details": {"reasoning_tokens": 30}
         }))
         .unwrap();
-        assert_eq!(u.usage().unwrap(), Usage { input: 40, cache_read: 60, output: 50, reasoning: 30, ..Usage::default() });
+        assert_eq!(
+            u.usage().unwrap(),
+            Usage { input: 40, cache_read: 60, output: 50, reasoning: 30, ..Usage::default() }
+        );
     }
 }

@@ -21,7 +21,13 @@ use crate::observability::RequestRecord;
 use crate::state::AppState;
 
 /// Answers one model call of `protocol`.
-pub async fn serve<R: Route>(state: &AppState, protocol: Protocol, auth: Authenticated<R>, headers: HeaderMap, body: Body) -> Response {
+pub async fn serve<R: Route>(
+    state: &AppState,
+    protocol: Protocol,
+    auth: Authenticated<R>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Authenticated { key, rules, request_id, started, .. } = auth;
     let res = match handle(state, protocol, key, &rules, &headers, body, &request_id, started).await {
         Ok(res) => res,
@@ -102,12 +108,14 @@ async fn handle(
     };
     let raw = read_body(state, headers, body).await.map_err(fail)?;
     let (wire, model_name) = parse_body(&raw).map_err(fail)?;
+    crate::gateway::protocol::precheck(protocol, &wire).map_err(fail)?;
     let stream = match (protocol, wire.get("stream")) {
         (Protocol::Embeddings, _) | (_, None | Some(Value::Null)) => false,
         (_, Some(Value::Bool(b))) => *b,
         (_, Some(_)) => return Err(fail(bad("`stream` must be a boolean"))),
     };
-    let request = CallRequest { protocol, model: model_name, stream, body: wire, raw, forward: Forward::from_headers(headers) };
+    let request =
+        CallRequest { protocol, model: model_name, stream, body: wire, raw, forward: Forward::from_headers(headers) };
     let services = Services {
         db: &state.db,
         cache: &state.cache,

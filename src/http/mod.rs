@@ -1,10 +1,10 @@
 //! The route table: paths to handlers, nothing else.
 
 pub mod admin;
-pub mod anthropic;
-pub mod calls;
 mod admin_pages;
+pub mod anthropic;
 mod body_limits;
+pub mod calls;
 pub mod client_ip;
 mod cron;
 mod error;

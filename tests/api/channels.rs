@@ -554,11 +554,12 @@ async fn the_test_action_sends_one_token_and_reports(backend: Backend) {
         .unwrap();
     assert_eq!(tests, 2);
 
-    // Requests use the mapping too, and a channel of another protocol is never used for them.
+    // Requests use the mapping too; a channel of another protocol (reached only by translation)
+    // is not used while one of the request's own protocol of a higher priority serves.
     let other_protocol = fake(Mode::Normal).await;
     let mut anthropic =
         NewChannel::new("anthropic", "anthropic", &other_protocol.base_url(), vec![ModelRoute::parse("*")], Vec::new());
-    anthropic.priority = 100;
+    anthropic.priority = -1;
     channels::create(&app.db, &app.cache(), &settings(true), &Actor::system(), anthropic).await.unwrap();
     let (user, key) = app.customer("mapped@example.com", 1_000_000).await;
     assert_eq!(app.chat(&key, &chat_body(false)).await.status(), 200);

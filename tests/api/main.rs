@@ -32,6 +32,7 @@ mod multi_instance;
 mod observability;
 mod process;
 mod properties;
+mod protocols;
 mod rate_limits;
 mod redeem;
 mod storage_story;

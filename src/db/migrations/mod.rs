@@ -11,6 +11,7 @@ mod m0006_channels;
 mod m0007_key_controls;
 mod m0008_usage_daily;
 mod m0009_token_classes;
+mod m0010_usage_indexes;
 mod m0011_response_routes;
 
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_key_controls::Migration),
             Box::new(m0008_usage_daily::Migration),
             Box::new(m0009_token_classes::Migration),
+            Box::new(m0010_usage_indexes::Migration),
             Box::new(m0011_response_routes::Migration),
         ]
     }

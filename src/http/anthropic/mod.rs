@@ -31,7 +31,12 @@ impl Route for CountTokens {
     const ANTHROPIC: bool = true;
 }
 
-pub async fn messages(State(state): State<AppState>, auth: Authenticated<Messages>, headers: HeaderMap, body: Body) -> Response {
+pub async fn messages(
+    State(state): State<AppState>,
+    auth: Authenticated<Messages>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     crate::http::calls::serve(&state, Protocol::Messages, auth, headers, body).await
 }
 
@@ -53,7 +58,8 @@ pub async fn count_tokens(
             (AnthropicError(err).into_response(), Some(label))
         }
     };
-    let mut record = RequestRecord::local(&auth.request_id, CountTokens::NAME, auth.started.elapsed(), res.status().as_u16());
+    let mut record =
+        RequestRecord::local(&auth.request_id, CountTokens::NAME, auth.started.elapsed(), res.status().as_u16());
     record.error = error;
     record.key_id = Some(auth.key.key_id);
     record.user_id = Some(auth.key.user_id);
@@ -61,7 +67,12 @@ pub async fn count_tokens(
     with_request_id(res, &auth.request_id)
 }
 
-async fn count(state: &AppState, auth: &Authenticated<CountTokens>, headers: &HeaderMap, body: Body) -> Result<Response, Error> {
+async fn count(
+    state: &AppState,
+    auth: &Authenticated<CountTokens>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Error> {
     let raw = read_body(state, headers, body).await?;
     let (wire, model_name) = parse_body(&raw)?;
     match wire.get("messages") {
@@ -89,7 +100,8 @@ async fn count_upstream(
 ) -> Option<Response> {
     let routes = state.gateway.channels.directory.routes(&state.db, &state.cache).await.ok()?;
     let (route, name) = routes.into_iter().find_map(|r| {
-        let name = (r.provider == crate::channels::ANTHROPIC).then(|| r.upstream_name(&model.name, &model.upstream_model))??;
+        let name = (r.provider == crate::channels::ANTHROPIC)
+            .then(|| r.upstream_name(&model.name, &model.upstream_model))??;
         Some((r, name))
     })?;
     let body = crate::gateway::json_edit::set_members(raw, &[("model", Value::String(name).to_string())])?;

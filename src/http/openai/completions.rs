@@ -9,7 +9,12 @@ use super::{Authenticated, Route};
 use crate::gateway::protocol::Protocol;
 use crate::state::AppState;
 
-pub async fn create(State(state): State<AppState>, auth: Authenticated<Completions>, headers: HeaderMap, body: Body) -> Response {
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Authenticated<Completions>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     crate::http::calls::serve(&state, Protocol::Completions, auth, headers, body).await
 }
 

@@ -18,7 +18,12 @@ use crate::http::ApiError;
 use crate::observability::RequestRecord;
 use crate::state::AppState;
 
-pub async fn create(State(state): State<AppState>, auth: Authenticated<Responses>, headers: HeaderMap, body: Body) -> Response {
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Authenticated<Responses>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     crate::http::calls::serve(&state, Protocol::Responses, auth, headers, body).await
 }
 
