@@ -9,6 +9,7 @@ fn main() {
         ("TEST_POSTGRES_URL", "tollgate_test_postgres"),
         ("TEST_REDIS_URL", "tollgate_test_redis"),
         ("TOLLGATE_PYTHON", "tollgate_test_python"),
+        ("TOLLGATE_AGENT_CLIS", "tollgate_test_agents"),
     ] {
         println!("cargo::rerun-if-env-changed={var}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

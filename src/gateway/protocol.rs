@@ -231,14 +231,7 @@ fn responses_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Erro
     if body.get("background").and_then(Value::as_bool) == Some(true) {
         return Err(bad("background responses are not offered on this service; send `background: false`"));
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        for tool in tools {
-            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
-            if !matches!(kind, "function" | "custom" | "mcp") {
-                return Err(bad(format!("the built-in tool `{kind}` is not offered on this service")));
-            }
-        }
-    }
+    responses_tools(body)?;
     match body.get("service_tier") {
         None | Some(Value::Null) => {}
         Some(Value::String(t)) if matches!(t.as_str(), "auto" | "default" | "flex") => {}
@@ -263,6 +256,82 @@ fn responses_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Erro
         client_wants_usage: false,
         hidden_output: reasoning_hidden(body) || body.get("reasoning").is_some_and(|v| !v.is_null()),
     })
+}
+
+/// What a Responses tool costs beyond tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ToolCost {
+    /// Run by the client (functions, custom tools, shell, patches, computer use) or billed in
+    /// tokens only (remote MCP servers, tool namespaces of those).
+    Tokens,
+    /// Run by the upstream and billed per call outside token prices (web search, file search,
+    /// the code interpreter, image generation).
+    PerCall,
+}
+
+fn tool_cost(tool: &Value) -> Result<ToolCost, Error> {
+    let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
+    match kind {
+        "function"
+        | "custom"
+        | "mcp"
+        | "local_shell"
+        | "shell"
+        | "apply_patch"
+        | "computer_use_preview"
+        | "computer_use" => Ok(ToolCost::Tokens),
+        "namespace" => {
+            for inner in tool.get("tools").and_then(Value::as_array).into_iter().flatten() {
+                if tool_cost(inner)? == ToolCost::PerCall {
+                    return Err(bad(format!("tools: the built-in tool `{kind}` cannot be offered inside a namespace")));
+                }
+            }
+            Ok(ToolCost::Tokens)
+        }
+        k if k.starts_with("web_search") || matches!(k, "file_search" | "code_interpreter" | "image_generation") => {
+            Ok(ToolCost::PerCall)
+        }
+        other => Err(bad(format!("tools: the tool type `{other}` is not offered on this service"))),
+    }
+}
+
+/// The Responses tools the upstream is offered: every tool billed in tokens only. Tools billed
+/// per call outside token prices are left out when the client only offers them (the model
+/// answers without them, as Codex's `web_search` allows); a request that forces one through
+/// `tool_choice` is refused. `None` when nothing is left out.
+fn responses_tools(body: &Map<String, Value>) -> Result<Option<Vec<Value>>, Error> {
+    let Some(tools) = body.get("tools").and_then(Value::as_array) else { return Ok(None) };
+    let mut kept = Vec::with_capacity(tools.len());
+    let mut left_out = Vec::new();
+    for tool in tools {
+        match tool_cost(tool)? {
+            ToolCost::Tokens => kept.push(tool.clone()),
+            ToolCost::PerCall => left_out.push(tool.get("type").and_then(Value::as_str).unwrap_or_default()),
+        }
+    }
+    if left_out.is_empty() {
+        return Ok(None);
+    }
+    let forced = match body.get("tool_choice") {
+        Some(Value::String(c)) => c == "required" && kept.is_empty(),
+        Some(Value::Object(c)) => {
+            let kind = c.get("type").and_then(Value::as_str).unwrap_or_default();
+            left_out.contains(&kind)
+                || (kind == "allowed_tools"
+                    && c.get("mode").and_then(Value::as_str) == Some("required")
+                    && c.get("tools").and_then(Value::as_array).is_some_and(|allowed| {
+                        allowed.iter().all(|t| tool_cost(t).is_ok_and(|c| c == ToolCost::PerCall))
+                    }))
+        }
+        _ => false,
+    };
+    if forced {
+        return Err(bad(format!(
+            "tool_choice: the built-in tool `{}` is billed per call and not offered on this service",
+            left_out[0]
+        )));
+    }
+    Ok(Some(kept))
 }
 
 fn embeddings_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Error> {
@@ -483,7 +552,12 @@ impl Outbound {
                 let mut set = vec![("model", model.to_string())];
                 match protocol {
                     Protocol::Messages => set.push(("max_tokens", cap.to_string())),
-                    Protocol::Responses => set.push(("max_output_tokens", cap.to_string())),
+                    Protocol::Responses => {
+                        set.push(("max_output_tokens", cap.to_string()));
+                        if let Some(kept) = responses_tools(&self.wire)? {
+                            set.push(("tools", Value::Array(kept).to_string()));
+                        }
+                    }
                     _ => {}
                 }
                 match json_edit::set_members(&self.raw, &set) {

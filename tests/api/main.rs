@@ -6,6 +6,7 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod agent_clis;
 mod back_office;
 mod billing;
 mod browser;

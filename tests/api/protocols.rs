@@ -400,7 +400,10 @@ async fn unpriced_responses_features_are_refused() {
     let (app, rec) = setup(Backend::Sqlite, false, true).await;
     let (user, key) = app.customer("tools@example.com", 10_000_000).await;
     for body in [
-        json!({ "model": MODEL, "input": "x", "tools": [{ "type": "web_search_preview" }] }),
+        json!({ "model": MODEL, "input": "x", "tools": [{ "type": "web_search_preview" }], "tool_choice": "required" }),
+        json!({ "model": MODEL, "input": "x", "tools": [{ "type": "web_search" }], "tool_choice": { "type": "web_search" } }),
+        json!({ "model": MODEL, "input": "x", "tools": [{ "type": "namespace", "name": "n", "tools": [{ "type": "file_search" }] }] }),
+        json!({ "model": MODEL, "input": "x", "tools": [{ "type": "a_future_tool" }] }),
         json!({ "model": MODEL, "input": "x", "background": true }),
         json!({ "model": MODEL }),
     ] {
@@ -410,6 +413,29 @@ async fn unpriced_responses_features_are_refused() {
     }
     assert!(rec.seen().is_empty());
     assert_eq!(app.balance(user).await, 10_000_000);
+}
+
+/// Codex offers `web_search` beside its own tools with `tool_choice: "auto"`: the search tool,
+/// billed per call outside token prices, is left out and everything else passes through, tool
+/// namespaces and client-run tools included.
+#[tokio::test]
+async fn offered_per_call_tools_are_left_out_and_the_rest_passes_through() {
+    let (app, rec) = setup(Backend::Sqlite, false, true).await;
+    let (user, key) = app.customer("codex@example.com", 10_000_000).await;
+    let function = json!({ "type": "function", "name": "exec_command", "parameters": { "type": "object" } });
+    let namespace =
+        json!({ "type": "namespace", "name": "agents", "tools": [{ "type": "function", "name": "spawn" }] });
+    let body = json!({
+        "model": MODEL, "input": "x", "stream": false, "tool_choice": "auto",
+        "tools": [function, { "type": "web_search", "external_web_access": false }, namespace, { "type": "local_shell" }],
+    });
+    let res = send(&app, "/v1/responses", &key, &body, &[]).await;
+    assert_eq!(res.status(), 200);
+    let seen = rec.on("/v1/responses").pop().unwrap();
+    assert_eq!(seen.body["tools"], json!([function, namespace, { "type": "local_shell" }]));
+    assert_eq!(seen.body["tool_choice"], json!("auto"));
+    app.settled(user).await;
+    assert_books_balance(&app.db, user).await;
 }
 
 #[tokio::test]
