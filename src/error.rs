@@ -210,7 +210,6 @@ impl Error {
 /// Anthropic's error type for an HTTP status.
 pub fn anthropic_error_type(status: u16) -> &'static str {
     match status {
-        400 | 408 | 409 | 422 => "invalid_request_error",
         401 => "authentication_error",
         402 => "billing_error",
         403 => "permission_error",
@@ -219,7 +218,9 @@ pub fn anthropic_error_type(status: u16) -> &'static str {
         429 => "rate_limit_error",
         504 => "timeout_error",
         503 | 529 => "overloaded_error",
-        _ => "api_error",
+        500..=599 => "api_error",
+        // Other 4xx statuses are invalid requests, as Anthropic answers them.
+        _ => "invalid_request_error",
     }
 }
 

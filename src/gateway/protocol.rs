@@ -336,24 +336,7 @@ fn responses_tools(body: &Map<String, Value>) -> Result<Option<Vec<Value>>, Erro
 
 fn embeddings_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Error> {
     let input = body.get("input").ok_or_else(|| bad("`input` is required"))?;
-    let text = match input {
-        Value::String(s) => count_input_text(model, s),
-        Value::Array(items) if !items.is_empty() => {
-            let mut n = 0i64;
-            for item in items {
-                n = n.saturating_add(match item {
-                    Value::String(s) => count_input_text(model, s),
-                    Value::Number(_) => 1,
-                    Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_number) => {
-                        i64::try_from(ids.len()).unwrap_or(i64::MAX)
-                    }
-                    _ => return Err(bad("`input` must be a string, an array of strings, or token arrays")),
-                });
-            }
-            n
-        }
-        _ => return Err(bad("`input` must be a non-empty string or array")),
-    };
+    let text = count_inputs(model, input, "input")?;
     Ok(Shape {
         choices: 1,
         cap_fields: Vec::new(),
@@ -366,26 +349,35 @@ fn embeddings_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Err
     })
 }
 
+/// The tokens of an embeddings `input` or a completions `prompt`: a string, an array of strings,
+/// a token array, or an array of token arrays.
+fn count_inputs(model: &str, value: &Value, field: &str) -> Result<i64, Error> {
+    let Value::Array(items) = value else {
+        return match value {
+            Value::String(s) => Ok(count_input_text(model, s)),
+            _ => Err(bad(format!("`{field}` must be a non-empty string or array"))),
+        };
+    };
+    if items.is_empty() {
+        return Err(bad(format!("`{field}` must be a non-empty string or array")));
+    }
+    let mut n = 0i64;
+    for item in items {
+        n = n.saturating_add(match item {
+            Value::String(s) => count_input_text(model, s),
+            Value::Number(_) => 1,
+            Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_number) => {
+                i64::try_from(ids.len()).unwrap_or(i64::MAX)
+            }
+            _ => return Err(bad(format!("`{field}` must be a string, an array of strings, or token arrays"))),
+        });
+    }
+    Ok(n)
+}
+
 fn completions_shape(body: &Map<String, Value>, model: &str, max_choices: u32) -> Result<Shape, Error> {
     let prompt = body.get("prompt").ok_or_else(|| bad("`prompt` is required"))?;
-    let text = match prompt {
-        Value::String(s) => count_input_text(model, s),
-        Value::Array(items) if !items.is_empty() => {
-            let mut n = 0i64;
-            for item in items {
-                n = n.saturating_add(match item {
-                    Value::String(s) => count_input_text(model, s),
-                    Value::Number(_) => 1,
-                    Value::Array(ids) if ids.iter().all(Value::is_number) => {
-                        i64::try_from(ids.len()).unwrap_or(i64::MAX)
-                    }
-                    _ => return Err(bad("`prompt` must be a string, an array of strings, or token arrays")),
-                });
-            }
-            n
-        }
-        _ => return Err(bad("`prompt` must be a non-empty string or array")),
-    };
+    let text = count_inputs(model, prompt, "prompt")?;
     // `best_of` completions are generated (and billed) upstream, `n` of them returned.
     let n = count_field(body, "n", max_choices)?;
     let best_of = count_field(body, "best_of", max_choices)?;

@@ -60,22 +60,8 @@ pub fn anthropic_error(kind: &str, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
-/// The Anthropic error type for an HTTP status, as the Anthropic API documents them. Other 4xx
-/// statuses are `invalid_request_error` and other 5xx are `api_error`, as Anthropic does.
-pub fn anthropic_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        504 => "timeout_error",
-        529 => "overloaded_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    }
-}
+/// The Anthropic error type for an HTTP status (one mapping for the whole service).
+pub use crate::error::anthropic_error_type;
 
 /// A non-negative token count from a usage field; absent, negative or non-integer values are 0.
 fn tokens(v: Option<&Value>) -> u64 {
