@@ -103,6 +103,8 @@ impl Db {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(acquire)
                     .foreign_keys(true)
+                    // The writer's checkpointer copies the log into the file (`db::writer`).
+                    .pragma("wal_autocheckpoint", "0")
                     .disable_statement_logging();
                 // The writer opens the file a second time, on a connection of its own.
                 if url.contains(":memory:") || url.contains("mode=memory") {
@@ -123,7 +125,7 @@ impl Db {
                     .map_err(ConnectError::Connect)?;
                 let write = SqlxSqliteConnector::from_sqlx_sqlite_pool(write);
                 let own = writer::open(&file, acquire).map_err(ConnectError::Open)?;
-                let writer = writer::Writer::start(write.clone(), own).map_err(ConnectError::Writer)?;
+                let writer = writer::Writer::start(write.clone(), own, &file).map_err(ConnectError::Writer)?;
                 let read = SqlitePoolOptions::new()
                     .max_connections(pool_size.max(1))
                     .acquire_timeout(acquire)

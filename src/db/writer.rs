@@ -23,6 +23,8 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
@@ -69,16 +71,47 @@ pub fn open(path: &Path, busy: Duration) -> rusqlite::Result<rusqlite::Connectio
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(busy)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    // Checkpoints run on their own thread (`checkpointer`), not inline in the writer's commits.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
+    )?;
     Ok(conn)
 }
 
+/// How often the checkpointer copies the write-ahead log into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copies committed WAL frames into the database file every `CHECKPOINT_EVERY`, on its own
+/// connection and thread, so the writer's commits never wait for a checkpoint and its fsync.
+/// Checkpoints are passive: they never block the writer or readers, and once one has copied
+/// every frame the writer starts the log over. Stops when `stop` is set (the writer ended).
+fn checkpointer(path: &Path, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let conn = rusqlite::Connection::open(path).map_err(std::io::Error::other)?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(std::io::Error::other)?;
+    std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(error = %e, "WAL checkpoint skipped");
+            }
+        }
+    })?;
+    Ok(())
+}
+
 impl Writer {
-    /// Starts the writer thread on `conn` (a pool of one connection) and `sql` (the same file).
-    pub fn start(conn: DatabaseConnection, sql: rusqlite::Connection) -> std::io::Result<Self> {
+    /// Starts the writer thread on `conn` (a pool of one connection) and `sql` (the file at
+    /// `path`), and the checkpointer beside it.
+    pub fn start(conn: DatabaseConnection, sql: rusqlite::Connection, path: &Path) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(4096);
+        let stop = Arc::new(AtomicBool::new(false));
+        checkpointer(path, stop.clone())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || runtime.block_on(run(conn, sql, rx)))?;
+        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || {
+            runtime.block_on(run(conn, sql, rx));
+            stop.store(true, Ordering::Relaxed);
+        })?;
         Ok(Self { jobs: tx })
     }
 

@@ -188,17 +188,85 @@ pub(crate) fn sum(backend: Backend, column: &str) -> SimpleExpr {
     Expr::cust(sum_sql(backend, column))
 }
 
+/// Totals over the filtered set. Whole days inside the range that are rolled up are read from
+/// `usage_daily` (customers × keys × models rows a day, not requests), the rest — the partial
+/// days at the ends of the range and the days not rolled up yet — from `usage_logs`; a status
+/// filter, which the rollups do not keep, reads `usage_logs` only.
 pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {
+    let rolled = match filter.status_code {
+        Some(_) => None,
+        None => rolled_days(filter, rollup::rolled_through(db).await?.as_deref()),
+    };
+    let Some((first, last)) = rolled else { return raw_totals(db, filter.condition()).await };
+    let mut t = rolled_totals(db, filter, &first, &last).await?;
+    let mut parts = vec![usage_logs::Column::Day.gt(last)];
+    if filter.from_ms.is_some() {
+        parts.push(usage_logs::Column::Day.lt(first));
+    }
+    for part in parts {
+        let r = raw_totals(db, filter.condition().add(part)).await?;
+        t.total_cost += r.total_cost;
+        t.total_tokens += r.total_tokens;
+        t.total_request_count += r.total_request_count;
+    }
+    Ok(t)
+}
+
+/// The whole UTC days `[first, last]` inside the filter's range that are rolled up (every day
+/// up to `rolled_through` is), if any.
+fn rolled_days(filter: &Filter, rolled_through: Option<&str>) -> Option<(String, String)> {
+    let done = rolled_through?;
+    let first = match filter.from_ms {
+        // The first midnight at or after `from`.
+        Some(from) => crate::clock::day_of((from + MS_PER_DAY - 1).div_euclid(MS_PER_DAY) * MS_PER_DAY),
+        None => String::new(),
+    };
+    let last = match filter.until_ms {
+        Some(until) => {
+            let before = crate::clock::day_of(until.div_euclid(MS_PER_DAY) * MS_PER_DAY - MS_PER_DAY);
+            if before.as_str() < done { before } else { done.to_owned() }
+        }
+        None => done.to_owned(),
+    };
+    (first <= last).then_some((first, last))
+}
+
+async fn raw_totals(db: &Db, condition: Condition) -> Result<Totals> {
     let row = usage_logs::Entity::find()
         .select_only()
         .column_as(sum(db.backend, "cost"), "total_cost")
         .column_as(sum(db.backend, "total_tokens"), "total_tokens")
         .column_as(sum(db.backend, "request_count"), "total_request_count")
-        .filter(filter.condition())
+        .filter(condition)
         .into_model::<Totals>()
         .one(&db.read)
         .await?;
     Ok(row.unwrap_or_default())
+}
+
+async fn rolled_totals(db: &Db, filter: &Filter, first: &str, last: &str) -> Result<Totals> {
+    let b = db.backend;
+    let mut values: Vec<sea_orm::Value> = vec![filter.user_id.into(), first.into(), last.into()];
+    let mut sql = format!(
+        "SELECT {cost} AS total_cost, {tokens} AS total_tokens, {requests} AS total_request_count \
+         FROM usage_daily WHERE user_id = {p1} AND day >= {p2} AND day <= {p3}",
+        cost = sum_sql(b, "cost"),
+        tokens = sum_sql(b, "total_tokens"),
+        requests = sum_sql(b, "requests"),
+        p1 = rollup::ph(b, 1),
+        p2 = rollup::ph(b, 2),
+        p3 = rollup::ph(b, 3),
+    );
+    if let Some(m) = &filter.model {
+        values.push(m.clone().into());
+        sql.push_str(&format!(" AND model = {}", rollup::ph(b, values.len())));
+    }
+    if let Some(k) = filter.key_id {
+        values.push(k.into());
+        sql.push_str(&format!(" AND key_id = {}", rollup::ph(b, values.len())));
+    }
+    let stmt = sea_orm::Statement::from_sql_and_values(db.read.get_database_backend(), sql, values);
+    Ok(Totals::find_by_statement(stmt).one(&db.read).await?.unwrap_or_default())
 }
 
 /// Money `user_id` was charged (micro-units) for usage in `[from_ms, until_ms)`; no upper bound

@@ -241,10 +241,36 @@ async fn rolled_up_days_answer_exactly_as_the_rows_did(backend: Backend) {
             charts.push(daily(db, &f, now).await.unwrap());
         }
         charts.push(daily(db, &DailyFilter { user_id: b, days: 30, model: None, key_id: None }, now).await.unwrap());
-        (month, day, charts)
+        // The history's totals: all time, ranges starting and ending mid-day and at midnight,
+        // one model, one key, one status.
+        let midnight = |back: i64| noon_days_ago(back) - 12 * 3_600_000;
+        let mut totals = Vec::new();
+        for (from_ms, until_ms, model, key_id, status_code) in [
+            (None, None, None, None, None),
+            (Some(noon_days_ago(30) + 3_600_000), Some(noon_days_ago(3) - 7), None, None, None),
+            (Some(midnight(20)), Some(midnight(4)), None, None, None),
+            (Some(midnight(20)), None, Some("gpt-4o-mini".to_owned()), None, None),
+            (None, Some(noon_days_ago(10)), None, Some(kb.id), None),
+            (Some(noon_days_ago(25)), None, None, None, Some(402)),
+            (Some(noon_days_ago(1)), None, None, None, None),
+        ] {
+            let f = tollgate::usage::Filter {
+                user_id: a,
+                model,
+                key_id,
+                status_code,
+                from_ms,
+                until_ms,
+                page: 1,
+                page_size: 20,
+            };
+            totals.push(tollgate::usage::totals(db, &f).await.unwrap());
+        }
+        (month, day, charts, totals)
     };
     let before = views().await;
     assert!(before.0.totals.charged > 0 && before.0.periods.iter().any(|p| p.paying_users == 2));
+    assert!(before.3.iter().all(|t| t.total_request_count > 0), "every totals filter matches rows: {:?}", before.3);
 
     // Two runs at once: every day from the first row's to the day before yesterday, once.
     let now = tollgate::clock::now_ms();
@@ -283,6 +309,7 @@ async fn rolled_up_days_answer_exactly_as_the_rows_did(backend: Backend) {
     let later = views().await;
     assert_eq!(later.0.totals.charged, before.0.totals.charged + 777_000);
     assert_eq!(later.2[0].cost, before.2[0].cost + 777_000);
+    assert_eq!(later.3[0].total_cost, before.3[0].total_cost + 777_000);
 }
 
 on_all_backends!(rolled_up_days_answer_exactly_as_the_rows_did);
