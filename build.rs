@@ -33,4 +33,13 @@ fn main() {
     } else if ci {
         panic!("Chromium ({chromium}) and tests/browser/node_modules must be installed in CI");
     }
+
+    // The Node SDK test needs `node` and the pinned `openai` package (same `npm ci`).
+    println!("cargo::rustc-check-cfg=cfg(tollgate_test_node_openai)");
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if node && std::path::Path::new("tests/browser/node_modules/openai/package.json").exists() {
+        println!("cargo::rustc-cfg=tollgate_test_node_openai");
+    } else if ci {
+        panic!("node and tests/browser/node_modules (with openai) must be installed in CI");
+    }
 }

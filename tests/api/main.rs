@@ -36,6 +36,8 @@ mod properties;
 mod protocols;
 mod rate_limits;
 mod redeem;
+mod sdk_upstream;
+mod sdks;
 mod storage_story;
 mod streaming;
 mod subscriptions;

@@ -161,7 +161,8 @@ async fn fake() -> (String, Recorder) {
     (format!("http://{addr}"), rec)
 }
 
-async fn add_channel(app: &TestApp, name: &str, provider: &str, base: &str, key: &str, priority: i32) {
+/// Adds a channel of `provider` at `base` with one key, routing every model.
+pub(crate) async fn add_channel(app: &TestApp, name: &str, provider: &str, base: &str, key: &str, priority: i32) {
     let mut new = NewChannel::new(name, provider, base, vec![ModelRoute::parse("*")], vec![Secret::new(key)]);
     new.priority = priority;
     let settings =
