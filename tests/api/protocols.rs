@@ -17,8 +17,8 @@ use tollgate::config::Secret;
 use crate::helpers::{Backend, ENCRYPTION_KEY, MODEL, TestApp, add_test_model, assert_books_balance, spawn_app_with};
 use crate::on_all_backends;
 
-const ANTHROPIC_KEY: &str = "sk-ant-upstream-test-key";
-const OPENAI_KEY: &str = "sk-openai-upstream-test-key";
+pub(crate) const ANTHROPIC_KEY: &str = "sk-ant-upstream-test-key";
+pub(crate) const OPENAI_KEY: &str = "sk-openai-upstream-test-key";
 
 /// One request the fake received.
 #[derive(Clone, Debug)]
@@ -161,7 +161,7 @@ async fn fake() -> (String, Recorder) {
     (format!("http://{addr}"), rec)
 }
 
-async fn add_channel(app: &TestApp, name: &str, provider: &str, base: &str, key: &str, priority: i32) {
+pub(crate) async fn add_channel(app: &TestApp, name: &str, provider: &str, base: &str, key: &str, priority: i32) {
     let mut new = NewChannel::new(name, provider, base, vec![ModelRoute::parse("*")], vec![Secret::new(key)]);
     new.priority = priority;
     let settings =
