@@ -327,8 +327,8 @@ impl Relay {
         }
     }
 
-    /// A Messages stream ended before its final usage: the input counted at `message_start`
-    /// and the output delivered so far are billed.
+    /// A Messages stream ended before its final usage: the input `message_start` reported and
+    /// the output delivered so far (counted here, so the row is flagged as estimated) are billed.
     fn ended_early(&mut self, start: AnthropicUsage, code: &'static str, status: u16) {
         self.settler.error = Some(code);
         if self.settler.usage.is_none()
@@ -337,6 +337,7 @@ impl Relay {
         {
             usage.output = usage.output.max(self.settler.delivered_output());
             self.settler.usage = Some(usage);
+            self.settler.usage_counted = true;
         }
         self.ending = Some(Ending::Delivered { status: i32::from(status) });
     }

@@ -38,6 +38,7 @@ mod rate_limits;
 mod redeem;
 mod scripted;
 mod storage_story;
+mod stream_endings;
 mod streaming;
 mod subscriptions;
 mod token_classes;
