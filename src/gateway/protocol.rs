@@ -238,12 +238,7 @@ fn responses_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Erro
         return Err(bad("background responses are not offered on this service; send `background: false`"));
     }
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        for tool in tools {
-            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
-            if !matches!(kind, "function" | "custom" | "mcp") {
-                return Err(bad(format!("the built-in tool `{kind}` is not offered on this service")));
-            }
-        }
+        refuse_builtin_tools(tools)?;
     }
     match body.get("service_tier") {
         None | Some(Value::Null) => {}
@@ -270,6 +265,23 @@ fn responses_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Erro
         hidden_output: reasoning_hidden(body) || body.get("reasoning").is_some_and(|v| !v.is_null()),
         cache_writes: CacheWrites::None,
     })
+}
+
+/// Refuses Responses built-in tools (web search, file search, code interpreter …): the upstream
+/// bills them per call, outside token prices. Functions, custom tools and MCP servers run on
+/// the client's side or are billed as tokens; a `namespace` only groups tools under one name,
+/// and what it holds is checked the same way.
+fn refuse_builtin_tools(tools: &[Value]) -> Result<(), Error> {
+    for tool in tools {
+        match tool.get("type").and_then(Value::as_str).unwrap_or("function") {
+            "function" | "custom" | "mcp" => {}
+            "namespace" => {
+                refuse_builtin_tools(tool.get("tools").and_then(Value::as_array).map_or(&[], Vec::as_slice))?
+            }
+            kind => return Err(bad(format!("the built-in tool `{kind}` is not offered on this service"))),
+        }
+    }
+    Ok(())
 }
 
 fn embeddings_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Error> {

@@ -33,6 +33,7 @@ mod multi_instance;
 mod observability;
 mod process;
 mod properties;
+mod protocol_clients;
 mod protocols;
 mod rate_limits;
 mod redeem;

@@ -401,6 +401,7 @@ async fn unpriced_responses_features_are_refused() {
     let (user, key) = app.customer("tools@example.com", 10_000_000).await;
     for body in [
         json!({ "model": MODEL, "input": "x", "tools": [{ "type": "web_search_preview" }] }),
+        json!({ "model": MODEL, "input": "x", "tools": [{ "type": "namespace", "name": "n", "tools": [{ "type": "file_search" }] }] }),
         json!({ "model": MODEL, "input": "x", "background": true }),
         json!({ "model": MODEL }),
     ] {
