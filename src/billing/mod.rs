@@ -23,7 +23,7 @@ pub mod reconcile;
 pub mod reservations;
 pub mod store;
 
-pub use pricing::{Charge, Prices, charge_for, worst_case};
+pub use pricing::{CacheWrites, Charge, Prices, charge_for, worst_case};
 pub use reservations::{
     FinalState, Reservation, ReserveRequest, Resolution, Resolved, Served, UsageLog, reserve, resolve,
     resolve_reservation, resolve_reservation_served, sweep_stale, usage_row,

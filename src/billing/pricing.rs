@@ -10,6 +10,10 @@
 //!
 //! Derived prices round up to the micro-unit. Reasoning tokens are output tokens: they are
 //! billed once, at the output price.
+//!
+//! A reservation prices every prompt token at the dearest class the upstream may bill it in:
+//! a cache write only when the request asks for one (`CacheWrites`), else the input price or the
+//! cache-read price, whichever is higher.
 
 use std::cmp::{max, min};
 
@@ -42,6 +46,20 @@ pub fn cache_write_1h(cache_write: i64) -> i64 {
     scaled_up(cache_write, 8, 5)
 }
 
+/// The prompt-cache writes a request may cause: what decides whether its prompt tokens can be
+/// billed at a cache-write price. Only an Anthropic Messages request that carries
+/// `cache_control` writes to the cache; no other protocol reports cache writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CacheWrites {
+    /// No writes: prompt tokens are billed as input or cache reads.
+    #[default]
+    None,
+    /// 5-minute writes (`cache_control` without a `ttl`, or `"ttl": "5m"`).
+    FiveMinutes,
+    /// 1-hour writes (some `cache_control` has `"ttl": "1h"`), and 5-minute ones.
+    OneHour,
+}
+
 impl Prices {
     /// The prices a model bills, its unset cache prices replaced by their defaults.
     pub fn of_model(input: i64, output: i64, cache_read: Option<i64>, cache_write: Option<i64>, request: i64) -> Self {
@@ -67,10 +85,17 @@ impl Prices {
         Self::of_model(input, output, None, None, 0)
     }
 
-    /// The most expensive price an input-side token may be billed at: what a reservation
-    /// prices every prompt token at, because it cannot know how the upstream will class them.
-    pub fn worst_input(&self) -> i64 {
-        max(max(self.input, self.cache_read), max(self.cache_write, self.cache_write_1h))
+    /// The most expensive price an input-side token of a request causing `writes` may be
+    /// billed at: what a reservation prices every prompt token at, because it cannot know how
+    /// the upstream will class them. The cache read counts too, in case an operator priced it
+    /// above the input.
+    pub fn worst_input(&self, writes: CacheWrites) -> i64 {
+        let plain = max(self.input, self.cache_read);
+        match writes {
+            CacheWrites::None => plain,
+            CacheWrites::FiveMinutes => max(plain, self.cache_write),
+            CacheWrites::OneHour => max(plain, max(self.cache_write, self.cache_write_1h)),
+        }
     }
 }
 
@@ -130,12 +155,13 @@ pub fn charge_for(sub_tokens: i64, usage: &Usage, prices: &Prices) -> Charge {
     Charge { tokens, amount: sum_cost(&uncovered, prices.request), ..Charge::default() }
 }
 
-/// The worst case of a request of `prompt` tokens and at most `output` tokens out: every
-/// prompt token in the most expensive input-side class, the whole output cap, and the price
-/// per request. Reservations, the affordable-cap search and key spend caps all use it, and it
-/// is never below `charge_for` of any usage within those bounds.
-pub fn worst_case(sub_tokens: i64, prompt: i64, output: i64, prices: &Prices) -> Charge {
-    let worst = Prices { input: prices.worst_input(), ..*prices };
+/// The worst case of a request of `prompt` tokens and at most `output` tokens out, causing
+/// `writes`: every prompt token in the most expensive input-side class it may be billed in, the
+/// whole output cap, and the price per request. Reservations, the affordable-cap search and key
+/// spend caps all use it, and it is never below `charge_for` of any usage within those bounds
+/// whose cache writes are among `writes`.
+pub fn worst_case(sub_tokens: i64, prompt: i64, output: i64, prices: &Prices, writes: CacheWrites) -> Charge {
+    let worst = Prices { input: prices.worst_input(writes), ..*prices };
     charge_for(sub_tokens, &Usage { input: prompt, output, ..Usage::default() }, &worst)
 }
 
@@ -163,7 +189,12 @@ mod tests {
         assert_eq!((p.cache_read, p.cache_write, p.cache_write_1h, p.request), (3, 4, 7, 7));
         let p = Prices::of_model(1_000_000, 5, Some(100_000), Some(3_000_000), 0);
         assert_eq!((p.cache_read, p.cache_write, p.cache_write_1h), (100_000, 3_000_000, 4_800_000));
-        assert_eq!(p.worst_input(), 4_800_000);
+        assert_eq!(p.worst_input(CacheWrites::OneHour), 4_800_000);
+        assert_eq!(p.worst_input(CacheWrites::FiveMinutes), 3_000_000);
+        assert_eq!(p.worst_input(CacheWrites::None), 1_000_000);
+        // A cache read priced above the input is the dearest class without writes.
+        let p = Prices::of_model(1_000_000, 5, Some(1_200_000), None, 0);
+        assert_eq!(p.worst_input(CacheWrites::None), 1_200_000);
         assert_eq!(Prices::of_model(i64::MAX, 0, None, None, 0).cache_write_1h, i64::MAX);
     }
 
@@ -194,10 +225,17 @@ mod tests {
     }
 
     #[test]
-    fn the_worst_case_prices_the_prompt_at_the_dearest_input_class() {
-        assert_eq!(worst_case(0, 1000, 500, &P).amount, 4000 + 4000);
+    fn the_worst_case_prices_the_prompt_at_the_dearest_class_it_may_be_billed_in() {
+        assert_eq!(worst_case(0, 1000, 500, &P, CacheWrites::OneHour).amount, 4000 + 4000);
+        assert_eq!(worst_case(0, 1000, 500, &P, CacheWrites::FiveMinutes).amount, 2500 + 4000);
+        assert_eq!(worst_case(0, 1000, 500, &P, CacheWrites::None).amount, 2000 + 4000);
         let p = Prices { request: 3, ..P };
-        assert_eq!(worst_case(5000, 1000, 500, &p), Charge { tokens: 1500, amount: 3, ..Charge::default() });
+        for writes in [CacheWrites::None, CacheWrites::OneHour] {
+            assert_eq!(
+                worst_case(5000, 1000, 500, &p, writes),
+                Charge { tokens: 1500, amount: 3, ..Charge::default() }
+            );
+        }
     }
 
     proptest::proptest! {
@@ -231,11 +269,20 @@ mod tests {
                     charge_for(sub_tokens, &after, &p).amount >= charge_for(sub_tokens, &before, &p).amount
                 );
             }
-            // The worst case of the prompt and output sizes covers any split into classes.
+            // The worst case of the prompt and output sizes covers any split into classes; without
+            // 1-hour writes, any split without them; without writes, any split into input and reads.
             let prompt = before.prompt_total();
-            proptest::prop_assert!(
-                worst_case(sub_tokens, prompt, before.output, &p).amount >= charge_for(sub_tokens, &before, &p).amount
-            );
+            let covered = |writes| worst_case(sub_tokens, prompt, before.output, &p, writes).amount;
+            proptest::prop_assert!(covered(CacheWrites::OneHour) >= charge_for(sub_tokens, &before, &p).amount);
+            let five = Usage { cache_write: before.cache_write + before.cache_write_1h, cache_write_1h: 0, ..before };
+            proptest::prop_assert!(covered(CacheWrites::FiveMinutes) >= charge_for(sub_tokens, &five, &p).amount);
+            let plain = Usage {
+                input: before.input + before.cache_write + before.cache_write_1h,
+                cache_write: 0,
+                cache_write_1h: 0,
+                ..before
+            };
+            proptest::prop_assert!(covered(CacheWrites::None) >= charge_for(sub_tokens, &plain, &p).amount);
         }
     }
 }

@@ -6,7 +6,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Se
 
 use super::key_spend::{self, KeyCap};
 use super::ledger;
-use super::pricing::{Charge, Prices, charge_for, worst_case};
+use super::pricing::{CacheWrites, Charge, Prices, charge_for, worst_case};
 use super::store::{Close, Store};
 use crate::clock::{day_of, now_ms};
 use crate::db::Db;
@@ -31,6 +31,9 @@ pub struct ReserveRequest<'a> {
     /// The output cap (clamped to the model's limit by the caller).
     pub max_completion_tokens: i64,
     pub prices: Prices,
+    /// The prompt-cache writes the request may cause: whether its prompt is reserved at a
+    /// cache-write price.
+    pub cache_writes: CacheWrites,
     /// The key's spend cap, when it has one: enforced in the same transaction.
     pub key_cap: Option<KeyCap>,
     /// Set when the client named no output cap: a request that cannot afford
@@ -97,6 +100,7 @@ pub async fn reserve(db: &Db, req: &ReserveRequest<'_>) -> Result<Reservation> {
         prompt_tokens: req.prompt_tokens,
         max_completion_tokens: req.max_completion_tokens,
         prices: req.prices,
+        cache_writes: req.cache_writes,
         key_cap: req.key_cap,
         affordable: req.affordable,
     };
@@ -124,6 +128,7 @@ struct OwnedRequest {
     prompt_tokens: i64,
     max_completion_tokens: i64,
     prices: Prices,
+    cache_writes: CacheWrites,
     key_cap: Option<KeyCap>,
     affordable: Option<Affordable>,
 }
@@ -188,7 +193,8 @@ async fn affordable_cap(
         money = min(money, left);
     }
     let covers = |per_choice: i64| {
-        worst_case(tokens, req.prompt_tokens, per_choice.saturating_mul(choices), &req.prices).amount <= money
+        worst_case(tokens, req.prompt_tokens, per_choice.saturating_mul(choices), &req.prices, req.cache_writes).amount
+            <= money
     };
     if !covers(min_cap) {
         return Ok(None);
@@ -229,7 +235,7 @@ async fn take(
         }
     }
 
-    let amount = worst_case(taken, req.prompt_tokens, output, &req.prices).amount;
+    let amount = worst_case(taken, req.prompt_tokens, output, &req.prices, req.cache_writes).amount;
     if amount > 0 && !txn.debit_if_covered(req.user_id, amount).await? {
         put_back_tokens(txn, &sources, now).await?;
         let available = txn.balance(req.user_id).await?;

@@ -18,7 +18,7 @@ use super::exchange::{Exchange, Head};
 use super::protocol::{self, Forward, Outbound, Protocol};
 use super::settle::Settler;
 use crate::billing::reservations::Affordable;
-use crate::billing::{ReserveRequest, reserve};
+use crate::billing::{CacheWrites, ReserveRequest, reserve};
 use crate::cache::Cache;
 use crate::db::Db;
 use crate::error::Error;
@@ -194,7 +194,13 @@ pub async fn complete(
         }
     };
     // From here on the settler resolves the reservation, whatever happens.
-    let billing = Billing { prompt: reserved_prompt, output: reserved_output, estimate: prompt.estimate(), affordable };
+    let billing = Billing {
+        prompt: reserved_prompt,
+        output: reserved_output,
+        estimate: prompt.estimate(),
+        affordable,
+        cache_writes: shape.cache_writes,
+    };
     let mut settler = match reserve_detached(ctx, request_id, key, rules, &model, stream, started, billing).await {
         Ok(s) => s,
         Err(error) => {
@@ -281,7 +287,7 @@ async fn reserve_detached(
     started: Instant,
     billing: Billing,
 ) -> Result<Settler, Error> {
-    let Billing { prompt, output: max_out, estimate, affordable } = billing;
+    let Billing { prompt, output: max_out, estimate, affordable, cache_writes } = billing;
     let key_cap = rules.key_cap(key);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (db, cache, tasks, request_id, model_id, prices, model_name) = (
@@ -302,6 +308,7 @@ async fn reserve_detached(
             prompt_tokens: prompt,
             max_completion_tokens: max_out,
             prices,
+            cache_writes,
             key_cap,
             affordable,
         };
@@ -316,10 +323,12 @@ async fn reserve_detached(
 }
 
 /// What a request reserves: the prompt and output tokens, the prompt billed when the upstream
-/// reports no usage, and whether the output may be lowered to what the funds cover.
+/// reports no usage, whether the output may be lowered to what the funds cover, and the cache
+/// writes that decide the prompt's price.
 struct Billing {
     prompt: i64,
     output: i64,
     estimate: i64,
     affordable: Option<Affordable>,
+    cache_writes: CacheWrites,
 }

@@ -135,7 +135,8 @@ impl Exchange {
             let tx = head.send(Head::Stream(rx)).is_ok().then_some(tx);
             let id = settler.reservation.request_id.trim_start_matches("req_").to_owned();
             let reader = Reader::new(wire, upstream_protocol, client_wants_usage, &settler.model, &id);
-            let relay = Relay::new(response, settler, reader, hidden_output, idle, deadline, hard_stop.clone(), slot);
+            let hidden = hidden_output.then_some(outbound.cap);
+            let relay = Relay::new(response, settler, reader, hidden, idle, deadline, hard_stop.clone(), slot);
             relay.run(tx).await;
             return;
         }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::json_edit;
 use super::tokens::{self, PromptCount};
+use crate::billing::CacheWrites;
 use crate::error::Error;
 
 /// A protocol a client speaks to Tollgate.
@@ -127,6 +128,9 @@ pub struct Shape {
     /// Output the client never sees may be billed (hidden reasoning): when the upstream's usage
     /// never arrives, what was delivered is not what was spent.
     pub hidden_output: bool,
+    /// The prompt-cache writes the request asks for: they decide the dearest price its prompt
+    /// tokens may be billed at.
+    pub cache_writes: CacheWrites,
 }
 
 pub fn bad(message: impl Into<String>) -> Error {
@@ -180,6 +184,7 @@ fn chat_shape(body: &Map<String, Value>, model: &str, max_choices: u32) -> Resul
         output: true,
         client_wants_usage,
         hidden_output: reasoning_hidden(body),
+        cache_writes: CacheWrites::None,
     })
 }
 
@@ -220,6 +225,7 @@ fn messages_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Error
         client_wants_usage: false,
         // Redacted thinking is billed and never shown.
         hidden_output: body.get("thinking").and_then(|t| t.get("type")).and_then(Value::as_str) == Some("enabled"),
+        cache_writes: cache_writes(body),
     })
 }
 
@@ -255,6 +261,7 @@ fn responses_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Erro
         output: true,
         client_wants_usage: false,
         hidden_output: reasoning_hidden(body) || body.get("reasoning").is_some_and(|v| !v.is_null()),
+        cache_writes: CacheWrites::None,
     })
 }
 
@@ -346,6 +353,7 @@ fn embeddings_shape(body: &Map<String, Value>, model: &str) -> Result<Shape, Err
         output: false,
         client_wants_usage: false,
         hidden_output: false,
+        cache_writes: CacheWrites::None,
     })
 }
 
@@ -409,7 +417,38 @@ fn completions_shape(body: &Map<String, Value>, model: &str, max_choices: u32) -
         output: true,
         client_wants_usage,
         hidden_output: false,
+        cache_writes: CacheWrites::None,
     })
+}
+
+/// The cache writes an Anthropic Messages request asks for: none without a `cache_control`,
+/// 1-hour ones when some `cache_control` has `"ttl": "1h"`, else 5-minute ones. Breakpoints may
+/// sit at the top level, on system blocks, on tools and on content blocks at any depth (tool
+/// results hold blocks of their own), so the whole body is searched; a false match only
+/// reserves more.
+fn cache_writes(body: &Map<String, Value>) -> CacheWrites {
+    fn in_map(map: &Map<String, Value>, found: &mut CacheWrites) {
+        for (key, value) in map {
+            match value {
+                Value::Object(control) if key == "cache_control" => {
+                    let ttl = control.get("ttl").and_then(Value::as_str);
+                    *found =
+                        (*found).max(if ttl == Some("1h") { CacheWrites::OneHour } else { CacheWrites::FiveMinutes });
+                }
+                other => in_value(other, found),
+            }
+        }
+    }
+    fn in_value(value: &Value, found: &mut CacheWrites) {
+        match value {
+            Value::Object(map) => in_map(map, found),
+            Value::Array(items) => items.iter().for_each(|v| in_value(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = CacheWrites::None;
+    in_map(body, &mut found);
+    found
 }
 
 /// Tokens of one input text, with the per-input framing.

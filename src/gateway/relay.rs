@@ -28,9 +28,10 @@ pub struct Relay {
     out: VecDeque<Bytes>,
     settler: Settler,
     reader: Reader,
-    /// Output the client never sees may have been billed (hidden reasoning): a stream that
-    /// breaks before its usage is charged the reservation.
-    hidden_output: bool,
+    /// Output the client never sees may have been billed (hidden reasoning), up to this cap
+    /// per choice: a stream that breaks before its usage is charged the reservation (a
+    /// Messages stream: the input it reported and the whole cap).
+    hidden_output: Option<i64>,
     idle: std::time::Duration,
     deadline: Instant,
     /// Cancelled when the shutdown grace period is over: the stream is cut where it is.
@@ -46,7 +47,7 @@ impl Relay {
         upstream: reqwest::Response,
         settler: Settler,
         reader: Reader,
-        hidden_output: bool,
+        hidden_output: Option<i64>,
         idle: std::time::Duration,
         deadline: Instant,
         hard_stop: CancellationToken,
@@ -99,7 +100,7 @@ impl Relay {
                 // So did one whose hidden reasoning was billed and never shown.
                 if let Ending::Delivered { status } = ending
                     && status != 200
-                    && (self.settler.client_gone || self.hidden_output)
+                    && (self.settler.client_gone || self.hidden_output.is_some())
                     && self.settler.usage.is_none()
                     && !self.hard_stop.is_cancelled()
                 {
@@ -327,16 +328,19 @@ impl Relay {
         }
     }
 
-    /// A Messages stream ended before its final usage: the input counted at `message_start`
-    /// and the output delivered so far are billed.
+    /// A Messages stream ended before its final usage: the input `message_start` reported and
+    /// the output delivered so far (counted here, so the row is flagged as estimated) are billed.
+    /// With thinking on, the delivered thinking may be a summary of what was generated and
+    /// billed, so the output cannot be counted: the whole output cap is billed instead.
     fn ended_early(&mut self, start: AnthropicUsage, code: &'static str, status: u16) {
         self.settler.error = Some(code);
         if self.settler.usage.is_none()
             && start.input_tokens.is_some()
             && let Some(mut usage) = (AnthropicUsage { output_tokens: Some(0), ..start }).usage()
         {
-            usage.output = usage.output.max(self.settler.delivered_output());
+            usage.output = usage.output.max(self.settler.delivered_output()).max(self.hidden_output.unwrap_or(0));
             self.settler.usage = Some(usage);
+            self.settler.usage_counted = true;
         }
         self.ending = Some(Ending::Delivered { status: i32::from(status) });
     }

@@ -65,6 +65,9 @@ pub struct Settler {
     pub prompt_estimate: i64,
     /// The last usage block the upstream sent.
     pub usage: Option<Usage>,
+    /// Part of `usage` was counted here rather than reported (the output of a Messages stream
+    /// that broke before its final usage): the usage row is flagged as estimated.
+    pub usage_counted: bool,
     /// Text generated so far and not yet counted, for the estimate when no usage arrives.
     pub completion_text: String,
     /// Tokens of the text already counted (see `bound_text`).
@@ -114,6 +117,7 @@ impl Settler {
             started,
             prompt_estimate,
             usage: None,
+            usage_counted: false,
             completion_text: String::new(),
             completion_counted: 0,
             ttfb: None,
@@ -186,7 +190,7 @@ impl Settler {
             Ending::Unknown { status } if self.usage.is_none() => (FinalState::Swept, status, "reserved"),
             Ending::Delivered { status } | Ending::Unknown { status } => {
                 let (usage, source) = match self.usage {
-                    Some(u) => (u, "upstream"),
+                    Some(u) => (u, if self.usage_counted { "estimated" } else { "upstream" }),
                     None => (
                         Usage {
                             input: self.prompt_estimate,

@@ -311,11 +311,11 @@ pub fn prompt_tokens(body: &serde_json::Value) -> i64 {
     tollgate::gateway::tokens::count_prompt("upstream-model", body.as_object().unwrap())
 }
 
-/// The worst case the gateway reserves for `body`, micro-units: every prompt token at the
-/// dearest input-side price (the default 1-hour cache write: 1.6 × 1.25 × 1 = 2 per token) and
-/// the output cap at 2 per token.
+/// The worst case the gateway reserves for the chat request `body`, micro-units: every prompt
+/// token at the dearest price it may be billed at — a chat request writes no prompt cache, so
+/// the input price (cache reads default to it): 1 per token — and the output cap at 2 per token.
 pub fn worst_case(body: &serde_json::Value, max_out: i64) -> i64 {
-    2 * prompt_tokens(body) + 2 * max_out
+    prompt_tokens(body) + 2 * max_out
 }
 
 impl TestApp {

@@ -9,7 +9,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use serde_json::{Value, json};
 use tollgate::billing::key_spend::{KeyCap, Period};
 use tollgate::billing::reservations::Affordable;
-use tollgate::billing::{FinalState, Prices, ReserveRequest, Resolution, UsageLog, reserve, resolve};
+use tollgate::billing::{CacheWrites, FinalState, Prices, ReserveRequest, Resolution, UsageLog, reserve, resolve};
 use tollgate::clock::{MS_PER_DAY, now_ms};
 use tollgate::db::entities::{api_keys, audit_logs, key_spend};
 use tollgate::error::Error;
@@ -432,12 +432,12 @@ async fn the_affordable_cap_lowers_only_caps_the_client_did_not_name(backend: Ba
     .unwrap();
     let body = json!({ "model": "long-model", "messages": [{ "role": "user", "content": "Say hello." }] });
     let prompt = tollgate::gateway::tokens::count_prompt("upstream-model", body.as_object().unwrap());
-    // 2000 µ cover the prompt at its worst class (by default a 1-hour cache write, 2 µ per token)
-    // and (2000 - 2 × prompt) / 2 output tokens, not 4000.
+    // 2000 µ cover the prompt at its worst class (a chat request writes no prompt cache: the
+    // input price, 1 µ per token) and (2000 - prompt) / 2 output tokens, not 4000.
     let (user, key) = app.customer("afford@example.com", 2000).await;
     let res = app.chat(&key, &body).await;
     assert_eq!(res.status(), 200);
-    let expected = (2000 - 2 * prompt) / 2;
+    let expected = (2000 - prompt) / 2;
     assert_eq!(res.headers()["x-tollgate-output-cap"].to_str().unwrap(), expected.to_string());
     let sent = g.fake.bodies().last().cloned().unwrap();
     assert_eq!(sent["max_completion_tokens"], expected, "{sent}");
@@ -466,7 +466,7 @@ async fn the_affordable_cap_lowers_only_caps_the_client_did_not_name(backend: Ba
     patch(&browser, &url, &json!({ "spendLimit": "0.001" })).await;
     let res = app.chat(&key4, &body).await;
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["x-tollgate-output-cap"].to_str().unwrap(), ((1000 - 2 * prompt) / 2).to_string());
+    assert_eq!(res.headers()["x-tollgate-output-cap"].to_str().unwrap(), ((1000 - prompt) / 2).to_string());
     // Enough money: the model's full cap, and no header.
     let (_, rich) = app.customer("rich@example.com", 1_000_000).await;
     let res = app.chat(&rich, &body).await;
@@ -512,7 +512,8 @@ async fn affordable_reservation_holds(db: &tollgate::db::Db, n: usize, case: Cas
     };
     let funds = key_limit.map_or(balance, |l| l.min(balance));
     let covers = |per_choice: i64| {
-        tollgate::billing::worst_case(sub_tokens, prompt, per_choice * choices, &prices).amount <= funds
+        tollgate::billing::worst_case(sub_tokens, prompt, per_choice * choices, &prices, CacheWrites::None).amount
+            <= funds
     };
     match reserve(db, &req).await {
         Ok(r) => {

@@ -17,8 +17,8 @@ use tollgate::config::Secret;
 use crate::helpers::{Backend, ENCRYPTION_KEY, MODEL, TestApp, add_test_model, assert_books_balance, spawn_app_with};
 use crate::on_all_backends;
 
-const ANTHROPIC_KEY: &str = "sk-ant-upstream-test-key";
-const OPENAI_KEY: &str = "sk-openai-upstream-test-key";
+pub(crate) const ANTHROPIC_KEY: &str = "sk-ant-upstream-test-key";
+pub(crate) const OPENAI_KEY: &str = "sk-openai-upstream-test-key";
 
 /// One request the fake received.
 #[derive(Clone, Debug)]

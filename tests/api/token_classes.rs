@@ -5,7 +5,9 @@
 use reqwest::Method;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
-use tollgate::billing::{Charge, FinalState, Prices, Resolution, Resolved, UsageLog, reserve, resolve};
+use tollgate::billing::{
+    CacheWrites, Charge, FinalState, Prices, ReserveRequest, Resolution, Resolved, UsageLog, reserve, resolve,
+};
 use tollgate::db::entities::reservations;
 use tollgate::gateway::settle::Usage;
 use tollgate::models::ModelChange;
@@ -95,11 +97,9 @@ async fn cached_and_reasoning_tokens_are_billed_at_their_class_prices(backend: B
         assert_eq!((row.prompt_tokens, row.completion_tokens, row.total_tokens), (1000, 45, 1045));
         assert_eq!((row.cache_read_tokens, row.cache_write_tokens, row.reasoning_tokens), (600, 0, 40));
         assert_eq!(row.stream, stream);
-        // The reservation priced every counted prompt token at the dearest input-side class
-        // (by default a 1-hour cache write: 1.6 × 1.25 × input, each rounded up).
-        let write = ceil_div(input * 5, 4);
-        let write_1h = ceil_div(write * 8, 5);
-        let worst = expected(&[(prompt_tokens(&body), write_1h), (MAX_OUT, output)]) + request;
+        // The reservation priced every counted prompt token at the dearest class a chat request
+        // can be billed in: it writes no prompt cache, and its cache reads cost less than input.
+        let worst = expected(&[(prompt_tokens(&body), input), (MAX_OUT, output)]) + request;
         assert_eq!(reserved_amount(app, user).await.last().copied(), Some(worst));
     }
     assert_books_balance(&app.db, user).await;
@@ -147,24 +147,34 @@ async fn the_reservation_covers_a_prompt_of_cache_writes(backend: Backend) {
     let (input, output) = (1_000_003, 4_000_000);
     let prices = Prices::of_model(input, output, None, Some(3 * input), 0);
     let (prompt, cap) = (10_000, 2_000);
-    for (id, usage) in [
-        ("all-writes", Usage { cache_write: prompt, output: cap, ..Usage::default() }),
-        ("all-1h-writes", Usage { cache_write_1h: prompt, output: cap, reasoning: cap / 2, ..Usage::default() }),
+    let write_1h = ceil_div(3 * input * 8, 5);
+    for (id, usage, writes, price) in [
+        (
+            "all-writes",
+            Usage { cache_write: prompt, output: cap, ..Usage::default() },
+            CacheWrites::FiveMinutes,
+            3 * input,
+        ),
+        (
+            "all-1h-writes",
+            Usage { cache_write_1h: prompt, output: cap, reasoning: cap / 2, ..Usage::default() },
+            CacheWrites::OneHour,
+            write_1h,
+        ),
     ] {
         let before = tollgate::billing::balance::amount(&db.read, user).await.unwrap();
-        let r = reserve(db, &reserve_request(id, user, prompt, cap, prices)).await.unwrap();
+        let request = ReserveRequest { cache_writes: writes, ..reserve_request(id, user, prompt, cap, prices) };
+        let r = reserve(db, &request).await.unwrap();
         assert!(
             i128::from(r.amount) * 1_000_000
                 >= i128::from(prompt) * 3 * i128::from(input) + i128::from(cap) * i128::from(output),
             "reserved {} for a prompt of cache writes",
             r.amount
         );
-        let write_1h = ceil_div(3 * input * 8, 5);
-        assert_eq!(r.amount, expected(&[(prompt, write_1h), (cap, output)]));
+        assert_eq!(r.amount, expected(&[(prompt, price), (cap, output)]), "{id}: the dearest class it may write");
         let Resolved::Charged(charge) = resolve(db, id, &settle(usage, prices)).await.unwrap() else {
             panic!("{id} resolved once")
         };
-        let price = if usage.cache_write > 0 { 3 * input } else { write_1h };
         assert_eq!(charge.amount, expected(&[(prompt, price), (cap, output)]));
         assert!(charge.amount <= r.amount);
         assert_eq!((charge.excess, charge.shortfall), (0, 0), "the worst case held");
