@@ -1,4 +1,4 @@
-//! Token counting with tiktoken: the prompt estimate reserved before a request, and the
+//! Token counting with OpenAI's tokenizers (`bpe`: tiktoken's counts, compactly): the prompt estimate reserved before a request, and the
 //! fallback count when an upstream reports no usage.
 //!
 //! The prompt count is meant to be an upper bound of what the upstream will bill: every text
@@ -8,8 +8,8 @@
 //! allowance — at worst the whole context window, since no upstream bills more prompt than that.
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 
+mod bpe;
 mod media;
 
 pub use media::image_tokens;
@@ -19,11 +19,11 @@ const PER_MESSAGE: i64 = 4;
 /// Tokens that prime the reply.
 const PER_REPLY: i64 = 3;
 
-fn bpe(model: &str) -> &'static CoreBPE {
+fn bpe(model: &str) -> &'static bpe::Bpe {
     // o200k for the 4o/4.1/o-series/5 families, cl100k for older ones; o200k when unknown.
     let old = model.starts_with("gpt-3.5")
         || (model.starts_with("gpt-4") && !model.starts_with("gpt-4o") && !model.starts_with("gpt-4.1"));
-    if old { tiktoken_rs::cl100k_base_singleton() } else { tiktoken_rs::o200k_base_singleton() }
+    if old { bpe::cl100k() } else { bpe::o200k() }
 }
 
 /// Tokens of a plain text.
@@ -31,7 +31,7 @@ pub fn count_text(model: &str, text: &str) -> i64 {
     if text.is_empty() {
         return 0;
     }
-    i64::try_from(bpe(model).encode_ordinary(text).len()).unwrap_or(i64::MAX)
+    i64::try_from(bpe(model).count(text)).unwrap_or(i64::MAX)
 }
 
 /// The prompt of a request, counted in parts.
