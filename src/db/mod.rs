@@ -125,7 +125,7 @@ impl Db {
                     .map_err(ConnectError::Connect)?;
                 let write = SqlxSqliteConnector::from_sqlx_sqlite_pool(write);
                 let own = writer::open(&file, acquire).map_err(ConnectError::Open)?;
-                let writer = writer::Writer::start(write.clone(), own, &file).map_err(ConnectError::Writer)?;
+                let writer = writer::Writer::start(write.clone(), own, &file, acquire).map_err(ConnectError::Writer)?;
                 let read = SqlitePoolOptions::new()
                     .max_connections(pool_size.max(1))
                     .acquire_timeout(acquire)

@@ -80,19 +80,28 @@ pub fn open(path: &Path, busy: Duration) -> rusqlite::Result<rusqlite::Connectio
 }
 
 /// How often the checkpointer copies the write-ahead log into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// Log frames (pages) after which a checkpoint also starts the log over.
+const RESTART_AFTER_FRAMES: i64 = 4096;
 
 /// Copies committed WAL frames into the database file every `CHECKPOINT_EVERY`, on its own
-/// connection and thread, so the writer's commits never wait for a checkpoint and its fsync.
-/// Checkpoints are passive: they never block the writer or readers, and once one has copied
-/// every frame the writer starts the log over. Stops when `stop` is set (the writer ended).
-fn checkpointer(path: &Path, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// connection and thread, so the writer's commits do not wait for a checkpoint and its fsync.
+/// Most checkpoints are passive: they never block the writer or readers. But under steady
+/// load the writer always appends more before a passive checkpoint has caught up, so the log
+/// would never start over and would grow by gigabytes a minute (and a restart would then
+/// spend minutes reading it back). So once the log holds `RESTART_AFTER_FRAMES` frames the
+/// checkpoint is a RESTART: it waits for the writer's current transaction, copies the rest,
+/// and the writer starts the log from the beginning (`journal_size_limit` trims the file).
+/// The writer pauses for that copy of the last few pages and one fsync. Stops when `stop` is
+/// set (the writer ended).
+fn checkpointer(path: &Path, busy: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     let conn = rusqlite::Connection::open(path).map_err(std::io::Error::other)?;
+    conn.busy_timeout(busy).map_err(std::io::Error::other)?;
     conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(std::io::Error::other)?;
     std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            if let Err(e) = checkpoint(&conn) {
                 tracing::debug!(error = %e, "WAL checkpoint skipped");
             }
         }
@@ -100,13 +109,29 @@ fn checkpointer(path: &Path, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One checkpoint: passive, then a restart when the log has grown past `RESTART_AFTER_FRAMES`.
+/// Returns the frames left in the log.
+fn checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    let frames = |mode: &str| conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| row.get::<_, i64>(1));
+    let logged = frames("PASSIVE")?;
+    if logged < RESTART_AFTER_FRAMES {
+        return Ok(logged);
+    }
+    frames("RESTART")
+}
+
 impl Writer {
     /// Starts the writer thread on `conn` (a pool of one connection) and `sql` (the file at
     /// `path`), and the checkpointer beside it.
-    pub fn start(conn: DatabaseConnection, sql: rusqlite::Connection, path: &Path) -> std::io::Result<Self> {
+    pub fn start(
+        conn: DatabaseConnection,
+        sql: rusqlite::Connection,
+        path: &Path,
+        busy: Duration,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(4096);
         let stop = Arc::new(AtomicBool::new(false));
-        checkpointer(path, stop.clone())?;
+        checkpointer(path, busy, stop.clone())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || {
             runtime.block_on(run(conn, sql, rx));
@@ -472,3 +497,55 @@ pub(crate) fn is_unavailable(err: &sea_orm::DbErr) -> bool {
 
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under writes that never pause, passive checkpoints never catch up and the log would
+    /// never start over; the checkpointer's restarts keep it bounded.
+    #[test]
+    fn the_log_stays_bounded_under_writes_that_never_pause() -> rusqlite::Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        let path = dir.path().join("busy.db");
+        let writer = open(&path, Duration::from_secs(5))?;
+        writer.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);")?;
+        let checker = rusqlite::Connection::open(&path)?;
+        checker.busy_timeout(Duration::from_secs(5))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> rusqlite::Result<u64> {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Each transaction rewrites a few pages, as a settlement batch does.
+                    writer
+                        .execute("INSERT OR REPLACE INTO t (id, v) VALUES (?1, zeroblob(3000))", [(n % 64) as i64])?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        };
+        let mut most = 0;
+        let mut restarts = 0;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(20));
+            let left = checkpoint(&checker)?;
+            if left >= RESTART_AFTER_FRAMES {
+                restarts += 1;
+            }
+            most = most.max(std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let written = writing.join().map_err(|_| rusqlite::Error::InvalidQuery)??;
+        // The writes would have made a log of this many bytes had it never started over.
+        let unbounded = written * 4096;
+        assert!(
+            restarts > 0,
+            "the log never reached {RESTART_AFTER_FRAMES} frames ({written} writes): the test proves nothing"
+        );
+        assert!(unbounded > 4 * 67_108_864, "too few writes ({written}) to tell a bounded log from an unbounded one");
+        assert!(most <= 67_108_864 + 16 * 1_048_576, "the log grew to {most} bytes over {written} writes");
+        Ok(())
+    }
+}
