@@ -72,52 +72,80 @@ pub fn open(path: &Path, busy: Duration) -> rusqlite::Result<rusqlite::Connectio
     conn.busy_timeout(busy)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Checkpoints run on their own thread (`checkpointer`), not inline in the writer's commits.
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
-    )?;
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
+    ))?;
     Ok(conn)
 }
 
 /// How often the checkpointer copies the write-ahead log into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// Log frames (pages) after which a checkpoint also starts the log over.
-const RESTART_AFTER_FRAMES: i64 = 4096;
+/// Log frames (pages) after which the log is to start over (16 MiB at 4 KiB pages).
+const RESTART_AFTER_FRAMES: i64 = 4_096;
+/// Log frames after which the checkpointer itself forces the restart, should the writer's own
+/// catch-up keep failing (a reader holding an old snapshot).
+const FORCE_RESTART_AFTER_FRAMES: i64 = 8 * RESTART_AFTER_FRAMES;
+/// Bytes the log file is cut back to when it starts over.
+const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// Copies committed WAL frames into the database file every `CHECKPOINT_EVERY`, on its own
-/// connection and thread, so the writer's commits do not wait for a checkpoint and its fsync.
-/// Most checkpoints are passive: they never block the writer or readers. But under steady
-/// load the writer always appends more before a passive checkpoint has caught up, so the log
-/// would never start over and would grow by gigabytes a minute (and a restart would then
-/// spend minutes reading it back). So once the log holds `RESTART_AFTER_FRAMES` frames the
-/// checkpoint is a RESTART: it waits for the writer's current transaction, copies the rest,
-/// and the writer starts the log from the beginning (`journal_size_limit` trims the file).
-/// The writer pauses for that copy of the last few pages and one fsync. Stops when `stop` is
-/// set (the writer ended).
-fn checkpointer(path: &Path, busy: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// Checkpoints of the write-ahead log, kept off the writer's commits.
+///
+/// Every `CHECKPOINT_EVERY` a passive checkpoint on a connection and thread of its own copies
+/// committed frames into the database file (and syncs it): it never blocks the writer or the
+/// readers. But the log only starts over when a write begins after a checkpoint has copied
+/// *every* frame, and under steady load the writer has always appended more by then: the log
+/// would grow by gigabytes a minute, and opening the database again would mean reading all of
+/// it back. So once the log holds `RESTART_AFTER_FRAMES` frames the checkpointer raises
+/// `catch_up`, and the writer, between two batches, runs a passive checkpoint itself: it is
+/// the only writer, so that one copies the frames since the checkpointer's (a few) and the
+/// next batch starts the log over, without any thread waiting on a lock. Should that keep
+/// failing (a reader on an old snapshot), at `FORCE_RESTART_AFTER_FRAMES` the checkpointer
+/// runs a RESTART, which waits for the writer. Stops when `stop` is set (the writer ended).
+struct Checkpoints {
+    catch_up: AtomicBool,
+    stop: AtomicBool,
+}
+
+fn checkpointer(path: &Path, busy: Duration, shared: Arc<Checkpoints>) -> std::io::Result<()> {
     let conn = rusqlite::Connection::open(path).map_err(std::io::Error::other)?;
     conn.busy_timeout(busy).map_err(std::io::Error::other)?;
     conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(std::io::Error::other)?;
     std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
+        while !shared.stop.load(Ordering::Relaxed) {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = checkpoint(&conn) {
-                tracing::debug!(error = %e, "WAL checkpoint skipped");
+            match checkpoint(&conn) {
+                Ok(logged) if logged >= RESTART_AFTER_FRAMES => shared.catch_up.store(true, Ordering::Relaxed),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "WAL checkpoint skipped"),
             }
         }
     })?;
     Ok(())
 }
 
-/// One checkpoint: passive, then a restart when the log has grown past `RESTART_AFTER_FRAMES`.
-/// Returns the frames left in the log.
+/// The checkpointer's checkpoint: passive, or a restart past `FORCE_RESTART_AFTER_FRAMES`.
+/// Returns the frames in the log.
 fn checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
-    let frames = |mode: &str| conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| row.get::<_, i64>(1));
-    let logged = frames("PASSIVE")?;
-    if logged < RESTART_AFTER_FRAMES {
+    let logged = wal_checkpoint(conn, "PASSIVE")?;
+    if logged < FORCE_RESTART_AFTER_FRAMES {
         return Ok(logged);
     }
-    frames("RESTART")
+    wal_checkpoint(conn, "RESTART")
+}
+
+/// `PRAGMA wal_checkpoint(mode)`; the frames in the log.
+fn wal_checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| row.get::<_, i64>(1))
+}
+
+/// The writer's part: when the checkpointer asked, copy the last frames between two batches.
+fn catch_up(sql: &rusqlite::Connection, shared: &Checkpoints) {
+    if shared.catch_up.swap(false, Ordering::Relaxed)
+        && let Err(e) = wal_checkpoint(sql, "PASSIVE")
+    {
+        tracing::debug!(error = %e, "WAL catch-up checkpoint skipped");
+    }
 }
 
 impl Writer {
@@ -130,12 +158,12 @@ impl Writer {
         busy: Duration,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(4096);
-        let stop = Arc::new(AtomicBool::new(false));
-        checkpointer(path, busy, stop.clone())?;
+        let shared = Arc::new(Checkpoints { catch_up: AtomicBool::new(false), stop: AtomicBool::new(false) });
+        checkpointer(path, busy, shared.clone())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || {
-            runtime.block_on(run(conn, sql, rx));
-            stop.store(true, Ordering::Relaxed);
+            runtime.block_on(run(conn, sql, rx, &shared));
+            shared.stop.store(true, Ordering::Relaxed);
         })?;
         Ok(Self { jobs: tx })
     }
@@ -178,7 +206,12 @@ impl Writer {
     }
 }
 
-async fn run(orm: DatabaseConnection, sql: rusqlite::Connection, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    orm: DatabaseConnection,
+    sql: rusqlite::Connection,
+    mut rx: mpsc::Receiver<Job>,
+    checkpoints: &Checkpoints,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -211,6 +244,7 @@ async fn run(orm: DatabaseConnection, sql: rusqlite::Connection, mut rx: mpsc::R
             answer(&conn, orm_jobs, result).await;
         }
         crate::observability::db_write_batch(jobs, started.elapsed());
+        catch_up(&sql, checkpoints);
     }
 }
 
@@ -502,50 +536,63 @@ const SQLITE_LOCKED: i32 = 6;
 mod tests {
     use super::*;
 
-    /// Under writes that never pause, passive checkpoints never catch up and the log would
-    /// never start over; the checkpointer's restarts keep it bounded.
-    #[test]
-    fn the_log_stays_bounded_under_writes_that_never_pause() -> rusqlite::Result<()> {
+    /// Makes `writes` writes without a pause on the writer's connection (each adds at least one
+    /// page to the log), with the real checkpointer beside it; `catching_up` when the writer
+    /// does its part between "batches". Returns the largest the log file was seen.
+    fn busy_writes(writes: u64, catching_up: bool) -> rusqlite::Result<u64> {
         let dir = tempfile::tempdir().map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
         let path = dir.path().join("busy.db");
         let writer = open(&path, Duration::from_secs(5))?;
         writer.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);")?;
-        let checker = rusqlite::Connection::open(&path)?;
-        checker.busy_timeout(Duration::from_secs(5))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Checkpoints { catch_up: AtomicBool::new(false), stop: AtomicBool::new(false) });
+        checkpointer(&path, Duration::from_secs(5), shared.clone())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
         let writing = {
-            let stop = stop.clone();
-            std::thread::spawn(move || -> rusqlite::Result<u64> {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    // Each transaction rewrites a few pages, as a settlement batch does.
+            let shared = shared.clone();
+            std::thread::spawn(move || -> rusqlite::Result<()> {
+                for n in 0..writes {
+                    // Each transaction rewrites a page or two, as a settlement batch does.
                     writer
                         .execute("INSERT OR REPLACE INTO t (id, v) VALUES (?1, zeroblob(3000))", [(n % 64) as i64])?;
-                    n += 1;
+                    if catching_up {
+                        catch_up(&writer, &shared);
+                    }
                 }
-                Ok(n)
+                Ok(())
             })
         };
         let mut most = 0;
-        let mut restarts = 0;
-        for _ in 0..40 {
-            std::thread::sleep(Duration::from_millis(20));
-            let left = checkpoint(&checker)?;
-            if left >= RESTART_AFTER_FRAMES {
-                restarts += 1;
-            }
+        while !writing.is_finished() {
+            std::thread::sleep(Duration::from_millis(10));
             most = most.max(std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0));
         }
-        stop.store(true, Ordering::Relaxed);
-        let written = writing.join().map_err(|_| rusqlite::Error::InvalidQuery)??;
-        // The writes would have made a log of this many bytes had it never started over.
-        let unbounded = written * 4096;
-        assert!(
-            restarts > 0,
-            "the log never reached {RESTART_AFTER_FRAMES} frames ({written} writes): the test proves nothing"
-        );
-        assert!(unbounded > 4 * 67_108_864, "too few writes ({written}) to tell a bounded log from an unbounded one");
-        assert!(most <= 67_108_864 + 16 * 1_048_576, "the log grew to {most} bytes over {written} writes");
+        shared.stop.store(true, Ordering::Relaxed);
+        writing.join().map_err(|_| rusqlite::Error::InvalidQuery)??;
+        Ok(most)
+    }
+
+    /// What one checkpoint interval of these writes can add to the log, at most.
+    const ONE_INTERVAL: u64 = 48 * 1024 * 1024;
+
+    /// Under writes that never pause, passive checkpoints never catch up and the log would
+    /// never start over; the writer's catch-up between batches keeps it near
+    /// `RESTART_AFTER_FRAMES`, well under the checkpointer's forced restart.
+    #[test]
+    fn the_writer_keeps_the_log_small_under_writes_that_never_pause() -> rusqlite::Result<()> {
+        let bound = JOURNAL_SIZE_LIMIT.max(RESTART_AFTER_FRAMES as u64 * 4096) + ONE_INTERVAL;
+        assert!(bound < FORCE_RESTART_AFTER_FRAMES as u64 * 4096, "the bound would not tell the two apart");
+        // Unbounded, these writes would make a log three times the bound.
+        let most = busy_writes(3 * bound / 4096, true)?;
+        assert!(most <= bound, "the log grew to {most} bytes");
+        Ok(())
+    }
+
+    /// Should the writer's catch-up never succeed, the checkpointer's restarts still bound it.
+    #[test]
+    fn the_checkpointer_bounds_the_log_when_the_writer_cannot_catch_up() -> rusqlite::Result<()> {
+        let bound = JOURNAL_SIZE_LIMIT.max(FORCE_RESTART_AFTER_FRAMES as u64 * 4096) + ONE_INTERVAL;
+        let most = busy_writes(3 * bound / 4096, false)?;
+        assert!(most <= bound, "the log grew to {most} bytes");
         Ok(())
     }
 }
