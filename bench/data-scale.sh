@@ -2,11 +2,13 @@
 # Data at scale: fills a fresh database per engine with DATA_ROWS usage rows over 1,000
 # customers and 90 days (`tollgate dev seed-usage`), then times the dashboard's and the back
 # office's queries for the heaviest customer (`tollgate dev query-times`) and records each
-# engine's query plan for the same queries. Results: bench/results/data-scale.md.
+# engine's query plan for the same queries, and measures the hot path (wrk, 64 connections,
+# non-stream chat completions through the fake upstream, 32 customers' keys in turn) on the
+# empty database and again on the full one. Results: bench/results/data-scale.md.
 #
 # Knobs (environment): CARGO_TARGET_DIR (default target), DATA_BACKENDS ("sqlite mariadb
 # postgres"), DATA_ROWS (5000000), DATA_USERS (1000), DATA_DAYS (90), DATA_RUNS (5),
-# BENCH_SKIP_BUILD (unset).
+# DATA_HOT_SECS (10; 0 skips the hot-path runs), BENCH_SKIP_BUILD (unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,16 +19,67 @@ ROWS=${DATA_ROWS:-5000000}
 USERS=${DATA_USERS:-1000}
 DAYS=${DATA_DAYS:-90}
 RUNS=${DATA_RUNS:-5}
+HOT_SECS=${DATA_HOT_SECS:-10}
+FAKE_ADDR=127.0.0.1:9099
+TG_ADDR=127.0.0.1:3100
 RESULTS=bench/results/data-scale.md
 WORK=$(mktemp -d /tmp/tollgate-data.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 
 if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
   say "release build"
-  cargo build --release --locked
+  cargo build --release --locked --workspace
 fi
+
+if [[ $HOT_SECS != 0 ]]; then
+  command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+  "$TARGET_DIR/release/fake-upstream" "$FAKE_ADDR" 20 >"$WORK/fake.log" 2>&1 &
+  PIDS+=($!)
+  sleep 0.5
+fi
+
+# The hot path on the database in DATABASE_URL as it is: 32 customers with one key each (made
+# here, besides whatever the database holds), then `tollgate serve` in front of the fake
+# upstream and wrk with 64 connections taking the keys in turn. Prints "N req/s, p50 X ms, p99
+# Y ms, 0 errors".
+hot_path() {
+  local -a keys=()
+  local i email key
+  "$BIN" model set bench-model --input-price 0.15 --output-price 0.60 --max-output 256 \
+    --context-window 128000 --upstream-model bench-upstream >/dev/null 2>&1
+  for i in $(seq -w 1 32); do
+    email="hot-$1-$i@example.com"
+    "$BIN" user create --email "$email" >/dev/null 2>&1
+    "$BIN" user topup --email "$email" --amount 1000000 --reason bench >/dev/null 2>&1
+    key=$("$BIN" key create --email "$email" 2>/dev/null)
+    keys+=("$key")
+  done
+  LISTEN_ADDR=$TG_ADDR OPENAI_BASE_URL="http://$FAKE_ADDR/v1" OPENAI_API_KEY=sk-bench \
+    ALLOW_PRIVATE_UPSTREAMS=true ENCRYPTION_KEY=YmVuY2gtb25seS1lbmNyeXB0aW9uLWtleS0zMmJ5dGU= \
+    MAX_CONCURRENT_REQUESTS_PER_USER=100000 SCHEDULER_ENABLED=false RUST_LOG=warn \
+    "$BIN" serve >"$WORK/serve-$1.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 300); do curl -sf -o /dev/null "http://$TG_ADDR/healthz" && break; sleep 0.1; done
+  local keyarg
+  keyarg=$(IFS=,; echo "${keys[*]}")
+  BENCH_KEYS=$keyarg wrk -t1 -c64 -d2s -s bench/post.lua "http://$TG_ADDR/v1/chat/completions" >/dev/null 2>&1 || true
+  local line
+  line=$(BENCH_KEYS=$keyarg wrk -t1 -c64 -d"${HOT_SECS}s" --timeout 10s --latency -s bench/post.lua \
+    "http://$TG_ADDR/v1/chat/completions" 2>&1 | grep '^BENCH_RESULT' || true)
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v l="$line" 'BEGIN {
+    n = split(l, f, " "); for (i = 2; i <= n; i++) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
+    errors = v["errors_connect"] + v["errors_read"] + v["errors_write"] + v["errors_timeout"] + v["errors_status"]
+    printf "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors\n", v["requests"] / (v["duration_us"] / 1e6), v["p50_us"] / 1000, v["p99_us"] / 1000, errors }'
+}
 
 # The queries the dashboard and the back office run, as each engine is asked them (USER, FROM,
 # TO and SINCE are filled in below); their plans show which index answers each.
@@ -77,8 +130,14 @@ for engine in $BACKENDS; do
       url=postgres://postgres@127.0.0.1:5432/tollgate_scale ;;
     *) echo "unknown engine $engine" >&2; exit 1 ;;
   esac
-  say "$engine: seeding $ROWS rows"
   export DATABASE_URL=$url
+  hot_empty=""
+  if [[ $HOT_SECS != 0 ]]; then
+    say "$engine: the hot path on the empty database"
+    "$BIN" --create migrate >/dev/null
+    hot_empty=$(hot_path empty)
+  fi
+  say "$engine: seeding $ROWS rows"
   seeded=$("$BIN" --create dev seed-usage --rows "$ROWS" --users "$USERS" --days "$DAYS")
   say "$engine: timing the queries"
   times=$("$BIN" dev query-times --runs "$RUNS")
@@ -88,6 +147,11 @@ for engine in $BACKENDS; do
     mariadb) bytes="$(sql mariadb "SELECT CONCAT(ROUND((data_length + index_length) / 1048576), ' MiB table + indexes') FROM information_schema.tables WHERE table_schema = 'tollgate_scale' AND table_name = 'usage_logs'")" ;;
     postgres) bytes="$(sql postgres "SELECT pg_size_pretty(pg_total_relation_size('usage_logs')) || ' table + indexes'")" ;;
   esac
+  hot_full=""
+  if [[ $HOT_SECS != 0 ]]; then
+    say "$engine: the hot path on the full database"
+    hot_full=$(hot_path full)
+  fi
   USER_ID=$(sql "$engine" "SELECT id FROM users WHERE email = 'seed-00000@seed.invalid'")
   MAX_ID=$(sql "$engine" "SELECT MAX(id) FROM usage_logs")
   SINCE=$(( ($(date +%s) - 30 * 86400) * 1000 ))
@@ -102,6 +166,13 @@ for engine in $BACKENDS; do
     echo
     echo "$times"
     echo
+    if [[ $HOT_SECS != 0 ]]; then
+      echo "Hot path (wrk, 64 connections, ${HOT_SECS} s, non-stream, 32 customers' keys in turn):"
+      echo
+      echo "- empty database: $hot_empty"
+      echo "- with the $ROWS rows: $hot_full"
+      echo
+    fi
     echo "Query plans (the heaviest customer, user id $USER_ID):"
     echo
     while IFS='|' read -r name statement; do
