@@ -65,6 +65,11 @@ impl Application {
         // harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cache = build_cache(&config)?;
+        // Shared limits hold from the first request: connect to Redis before serving (at most
+        // twice REDIS_TIMEOUT_MS; an unreachable Redis is logged and skipped as at any time).
+        if !cache.connect_now().await {
+            tracing::warn!("Redis is not reachable at start-up; serving with per-instance limits until it is");
+        }
         crate::channels::check_encryption_key(&db, &config).await?;
         crate::channels::ensure_default(&db, &cache, &config).await?;
         let gateway = Arc::new(Gateway::new(&config, &cache)?);

@@ -85,11 +85,21 @@ impl Cache {
     }
 
     /// The in-process layer in front of Redis at `url`; keys are written under `prefix`.
-    /// Start-up does not wait for Redis: while it is unreachable the cache works in-process.
+    /// This does not connect (`connect_now` does): while Redis is unreachable the cache works
+    /// in-process.
     /// Each Redis call may take `timeout` before the instance goes on without Redis for a while.
     pub fn with_redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self, ::redis::RedisError> {
         let layer = RedisLayer::connect(url, prefix, timeout)?;
         Ok(Self { redis: Some(Arc::new(layer)), ..Self::in_process() })
+    }
+
+    /// With Redis: connects now rather than on the first request (see `RedisLayer::connect_now`).
+    /// False when Redis is configured and could not be reached.
+    pub async fn connect_now(&self) -> bool {
+        match &self.redis {
+            Some(redis) => redis.connect_now().await,
+            None => true,
+        }
     }
 
     /// The shared Redis layer, when configured (for state shared by instances beyond caching).

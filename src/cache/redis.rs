@@ -232,6 +232,16 @@ impl RedisLayer {
         }
     }
 
+    /// Opens the connection before the first request needs it, waiting at most twice the
+    /// timeout; on failure the breaker is open as after any failed attempt. Requests do not
+    /// wait for a connection attempt in progress (they go on without Redis), so without this
+    /// the first requests of an instance would be judged by its own rate-limit and in-flight
+    /// counts alone, and a burst at start-up could pass a global limit.
+    pub async fn connect_now(&self) -> bool {
+        let Some(pass) = self.admit() else { return false };
+        matches!(self.conn(pass, true).await, (Some(_), Some(_)))
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
