@@ -47,6 +47,13 @@ try {
   await check(/^sk-[A-Za-z0-9_-]{32}$/.test(firstKey), `no one-time key on the dashboard: ${firstKey}`);
   const balance = await text(page, '#balance');
   await check((await text(page, '#snippet-python')).includes(`base_url="${base}/v1"`), 'the Python snippet lacks the base URL');
+  // Claude Code takes the address without /v1 (it adds /v1/messages); Codex a Responses provider.
+  const claude = await text(page, '#snippet-claude');
+  await check(claude.includes(`ANTHROPIC_BASE_URL="${base}"`) && claude.includes(`ANTHROPIC_API_KEY="${firstKey.slice(0, 7)}`),
+    `the Claude Code snippet lacks the address or the key: ${claude}`);
+  const codex = await text(page, '#snippet-codex');
+  await check(codex.includes(`base_url = "${base}/v1"`) && codex.includes('wire_api = "responses"'),
+    `the Codex snippet lacks the provider: ${codex}`);
   await page.reload();
   await check(await page.locator('#new-key').count() === 0, 'the first key was shown twice');
   await photograph(page, 'dashboard');

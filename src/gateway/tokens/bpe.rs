@@ -117,9 +117,9 @@ impl Bpe {
     pub fn count(&self, text: &str) -> usize {
         let mut n = 0;
         for piece in self.pattern.find_iter(text) {
-            // The pattern has no construct that can fail at run time on these inputs (no
-            // backtracking limit is reached by lookaheads of one character); a failed match
-            // would end the count early, so count what is left byte by byte instead.
+            // A match fails only when a hostile text exhausts the pattern's backtracking
+            // limit; then every byte not yet counted counts as a token (no token is shorter),
+            // so the count stays an upper bound instead of ending early.
             let piece = match piece {
                 Ok(m) => m.as_str().as_bytes(),
                 Err(_) => return n + text.len(),
