@@ -6,6 +6,11 @@ use clap::Parser;
 use tollgate::cli::{self, Cli};
 use tollgate::config::Config;
 
+/// The hot path allocates and frees small buffers on every thread; glibc's allocator spent
+/// about a tenth of the relay's CPU in them (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

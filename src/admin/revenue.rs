@@ -1,6 +1,7 @@
-//! Revenue by day or by month: money charged, tokens, requests and paying users from the usage
-//! rows (grouped in SQL on their `day` column; a month is its first seven characters), top-ups
-//! from the ledger, and a breakdown per model.
+//! Revenue by day or by month: money charged, tokens, requests and paying users — from the
+//! per-model and payer rollups for days that are over, from the usage rows for the rest
+//! (grouped in SQL on their `day` column; a month is its first seven characters) — top-ups from
+//! the ledger, and a breakdown per model.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -155,7 +156,7 @@ struct ModelSums {
 }
 
 /// Per period and model, the money charged, tokens and requests in `table` (`usage_logs`, or
-/// the rollups in `usage_daily`) over the days `[from, to]`.
+/// the per-model rollups in `usage_daily_models`) over the days `[from, to]`.
 async fn model_sums(
     db: &Db,
     table: &str,
@@ -184,8 +185,16 @@ async fn model_sums(
     .await?)
 }
 
-/// The (period, customer) pairs with a charge in `table` over the days `[from, to]`.
-async fn paying_pairs(db: &Db, table: &str, period: &str, from: &str, to: &str) -> Result<Vec<(String, i64)>> {
+/// The (period, customer) pairs with a charge over the days `[from, to]`: in `usage_logs`
+/// (`charged` = `cost > 0`) or in the payers rollup (`charged` = `1 = 1`).
+async fn paying_pairs(
+    db: &Db,
+    table: &str,
+    charged: &str,
+    period: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<(String, i64)>> {
     #[derive(FromQueryResult)]
     struct Pair {
         period: String,
@@ -193,7 +202,7 @@ async fn paying_pairs(db: &Db, table: &str, period: &str, from: &str, to: &str) 
     }
     let b = db.backend;
     let sql = format!(
-        "SELECT {period} AS period, user_id FROM {table} WHERE day >= {p1} AND day <= {p2} AND cost > 0 \
+        "SELECT {period} AS period, user_id FROM {table} WHERE day >= {p1} AND day <= {p2} AND {charged} \
          GROUP BY {period}, user_id",
         p1 = crate::usage::rollup::ph(b, 1),
         p2 = crate::usage::rollup::ph(b, 2),
@@ -212,15 +221,20 @@ async fn paying_pairs(db: &Db, table: &str, period: &str, from: &str, to: &str) 
 pub async fn report(db: &Db, granularity: Granularity, start: Date, end: Date) -> Result<Revenue> {
     let (first, last) = (format_day(start), format_day(end));
     let period = period_sql(granularity);
-    // Days already rolled up are read from `usage_daily`, the rest from `usage_logs`.
+    // Days already rolled up are read from their per-model sums and payers (models and payers
+    // rows a day), the rest from `usage_logs`.
     let done = crate::usage::rollup::rolled_through(db).await?;
     let (rolled, raw) = crate::usage::rollup::split(&first, &last, done.as_deref())?;
     let mut by_model: Vec<ModelSums> = Vec::new();
     let mut payers: HashSet<(String, i64)> = HashSet::new();
-    for (table, requests, range) in [("usage_daily", "requests", rolled), ("usage_logs", "request_count", raw)] {
+    let sources = [
+        (("usage_daily_models", "requests"), ("usage_daily_payers", "1 = 1"), rolled),
+        (("usage_logs", "request_count"), ("usage_logs", "cost > 0"), raw),
+    ];
+    for ((sums, requests), (pairs, charged), range) in sources {
         let Some((from, to)) = range else { continue };
-        by_model.extend(model_sums(db, table, requests, period, &from, &to).await?);
-        payers.extend(paying_pairs(db, table, period, &from, &to).await?);
+        by_model.extend(model_sums(db, sums, requests, period, &from, &to).await?);
+        payers.extend(paying_pairs(db, pairs, charged, period, &from, &to).await?);
     }
     let mut paying: HashMap<String, i64> = HashMap::new();
     for (key, _) in payers {

@@ -541,19 +541,29 @@ async fn refund_tokens(txn: &impl Store, res: &Reservation, consumed: i64, now: 
     Ok(())
 }
 
+/// `state = 'pending'` with the state as a literal, not a bound value: only then can SQLite and
+/// PostgreSQL use the partial index of pending reservations (migration `m0013`).
+fn pending_literal() -> sea_orm::sea_query::SimpleExpr {
+    const _: () = assert!(matches!(PENDING.as_bytes(), b"pending"));
+    sea_orm::sea_query::Expr::cust("state = 'pending'")
+}
+
+/// The sweeper's query: the oldest 200 reservations pending since before `cutoff` (unix ms).
+pub fn stale_query(cutoff: i64) -> sea_orm::Select<reservations::Entity> {
+    reservations::Entity::find()
+        .filter(pending_literal())
+        .filter(reservations::Column::CreatedAt.lt(cutoff))
+        .order_by_asc(reservations::Column::CreatedAt)
+        .limit(200)
+}
+
 /// Charges every reservation pending for longer than `max_age_ms` (its process died) for the
 /// full amount reserved, once. Returns how many it resolved.
 pub async fn sweep_stale(db: &Db, max_age_ms: i64) -> Result<usize> {
     let cutoff = now_ms() - max_age_ms;
     let mut swept = 0;
     loop {
-        let stale = reservations::Entity::find()
-            .filter(reservations::Column::State.eq(PENDING))
-            .filter(reservations::Column::CreatedAt.lt(cutoff))
-            .order_by_asc(reservations::Column::CreatedAt)
-            .limit(200)
-            .all(&db.read)
-            .await?;
+        let stale = stale_query(cutoff).all(&db.read).await?;
         if stale.is_empty() {
             return Ok(swept);
         }

@@ -79,8 +79,11 @@ pub fn open(path: &Path, busy: Duration) -> rusqlite::Result<rusqlite::Connectio
     Ok(conn)
 }
 
-/// How often the checkpointer copies the write-ahead log into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// How often the checkpointer copies the write-ahead log into the database file. Each
+/// checkpoint ends with a sync, and the file system holds the writer's log appends while it
+/// runs: small and frequent stalls it less than large and rare (at one request at a time, p99
+/// 2.2–2.5 ms every 25 ms against 3.3–3.5 ms every 100 ms; throughput the same).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 /// Log frames (pages) after which the log is to start over (16 MiB at 4 KiB pages).
 const RESTART_AFTER_FRAMES: i64 = 4_096;
 /// Log frames after which the checkpointer itself forces the restart, should the writer's own

@@ -1,7 +1,9 @@
 //! Daily rollups: the sums of each day's usage rows per customer, key and model, in
-//! `usage_daily`, for days that are over. The revenue report and the customers' charts read
-//! rolled-up days from there and only the last days from `usage_logs`, so their cost grows
-//! with customers × days, not with requests.
+//! `usage_daily`, for days that are over, and for the revenue report the sums per model
+//! (`usage_daily_models`) and the customers charged (`usage_daily_payers`). The customers'
+//! charts and the revenue report read rolled-up days from there and only the last days from
+//! `usage_logs`, so their cost grows with days (and a customer's keys and models, or the
+//! paying customers), not with requests.
 //!
 //! A usage row is written on the day it names (`day` is the UTC day of its `created_at`, set
 //! when the row is written), so once a day is over its rows never change. Days before
@@ -11,6 +13,7 @@
 //! job at once: a day's rows and its record are written in one transaction, and one already
 //! recorded is skipped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
@@ -170,13 +173,10 @@ async fn write_day(txn: &impl ConnectionTrait, b: Backend, day: &str, groups: &[
         [day.into()],
     ))
     .await?;
-    for chunk in groups.chunks(ROWS_PER_INSERT) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
-        let mut rows = Vec::with_capacity(chunk.len());
-        for g in chunk {
-            let n = values.len();
-            rows.push(format!("({})", (1..=9).map(|i| ph(b, n + i)).collect::<Vec<_>>().join(", ")));
-            values.extend([
+    let rows = groups
+        .iter()
+        .map(|g| {
+            vec![
                 day.into(),
                 g.user_id.into(),
                 g.key_id.into(),
@@ -186,24 +186,97 @@ async fn write_day(txn: &impl ConnectionTrait, b: Backend, day: &str, groups: &[
                 g.completion_tokens.into(),
                 g.total_tokens.into(),
                 g.cost.into(),
-            ]);
-        }
-        txn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            format!(
-                "INSERT INTO usage_daily (day, user_id, key_id, model, requests, prompt_tokens, completion_tokens, \
-                 total_tokens, cost) VALUES {}",
-                rows.join(", ")
-            ),
-            values,
-        ))
-        .await?;
-    }
+            ]
+        })
+        .collect();
+    let target =
+        "usage_daily (day, user_id, key_id, model, requests, prompt_tokens, completion_tokens, total_tokens, cost)";
+    insert_rows(txn, b, target, rows).await?;
+    write_revenue_day(txn, b, day, groups).await?;
     txn.execute_raw(Statement::from_sql_and_values(
         backend,
         format!("INSERT INTO usage_daily_days (day, rolled_at) VALUES ({}, {})", ph(b, 1), ph(b, 2)),
         [day.into(), crate::clock::now_ms().into()],
     ))
+    .await?;
+    Ok(())
+}
+
+/// The revenue report's rollups of one day (see migration `m0012`): its sums per model and the
+/// customers charged something, from the day's groups.
+async fn write_revenue_day(txn: &impl ConnectionTrait, b: Backend, day: &str, groups: &[Group]) -> Result<()> {
+    let backend = db_backend(b);
+    for table in ["usage_daily_models", "usage_daily_payers"] {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!("DELETE FROM {table} WHERE day = {}", ph(b, 1)),
+            [day.into()],
+        ))
+        .await?;
+    }
+    let mut models: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    let mut payers: BTreeSet<i64> = BTreeSet::new();
+    for g in groups {
+        let m = models.entry(g.model.as_str()).or_default();
+        m.0 += g.requests;
+        m.1 += g.total_tokens;
+        m.2 += g.cost;
+        if g.cost > 0 {
+            payers.insert(g.user_id);
+        }
+    }
+    let models: Vec<Vec<Value>> = models
+        .into_iter()
+        .map(|(model, (requests, tokens, cost))| {
+            vec![day.into(), model.into(), requests.into(), tokens.into(), cost.into()]
+        })
+        .collect();
+    insert_rows(txn, b, "usage_daily_models (day, model, requests, total_tokens, cost)", models).await?;
+    let payers = payers.into_iter().map(|user| vec![day.into(), user.into()]).collect();
+    insert_rows(txn, b, "usage_daily_payers (day, user_id)", payers).await
+}
+
+/// Inserts `rows` into `target` (`table (columns)`), `ROWS_PER_INSERT` to a statement.
+async fn insert_rows(txn: &impl ConnectionTrait, b: Backend, target: &str, rows: Vec<Vec<Value>>) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.iter().map(Vec::len).sum());
+        let mut tuples = Vec::with_capacity(chunk.len());
+        for row in chunk {
+            let n = values.len();
+            tuples.push(format!("({})", (1..=row.len()).map(|i| ph(b, n + i)).collect::<Vec<_>>().join(", ")));
+            values.extend(row.iter().cloned());
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            db_backend(b),
+            format!("INSERT INTO {target} VALUES {}", tuples.join(", ")),
+            values,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Fills the revenue rollups of the days in `usage_daily` that have none: the days rolled up
+/// before those tables existed (run by migration `m0012`; a day already filled is left alone).
+pub async fn backfill_revenue(conn: &impl ConnectionTrait) -> std::result::Result<(), sea_orm::DbErr> {
+    let b = match conn.get_database_backend() {
+        DbBackend::MySql => Backend::MySql,
+        DbBackend::Postgres => Backend::Postgres,
+        _ => Backend::Sqlite,
+    };
+    conn.execute_unprepared(&format!(
+        "INSERT INTO usage_daily_models (day, model, requests, total_tokens, cost) \
+         SELECT day, model, {requests}, {tokens}, {cost} FROM usage_daily \
+         WHERE day NOT IN (SELECT day FROM usage_daily_models) GROUP BY day, model",
+        requests = sum(b, "requests"),
+        tokens = sum(b, "total_tokens"),
+        cost = sum(b, "cost"),
+    ))
+    .await?;
+    conn.execute_unprepared(
+        "INSERT INTO usage_daily_payers (day, user_id) SELECT DISTINCT day, user_id FROM usage_daily \
+         WHERE cost > 0 AND day NOT IN (SELECT day FROM usage_daily_payers)",
+    )
     .await?;
     Ok(())
 }

@@ -27,7 +27,7 @@ fn stdout(o: &Output) -> String {
 async fn migrate_creates_every_table_once(backend: Backend) {
     let (url, _dir) = empty_db_url(backend).await;
     let first = stdout(&tollgate(&url, &["migrate"]));
-    assert!(first.contains("applied 11 migration(s)"), "{first}");
+    assert!(first.contains("applied 13 migration(s)"), "{first}");
     let second = stdout(&tollgate(&url, &["migrate"]));
     assert!(second.contains("nothing to apply"), "{second}");
     let db = Db::connect(&url, 2).await.unwrap();
@@ -52,6 +52,9 @@ async fn migrate_creates_every_table_once(backend: Backend) {
         "key_spend",
         "usage_daily",
         "usage_daily_days",
+        "usage_daily_models",
+        "usage_daily_payers",
+        "response_routes",
     ];
     for table in tables {
         use sea_orm::ConnectionTrait;

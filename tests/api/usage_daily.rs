@@ -303,6 +303,21 @@ async fn rolled_up_days_answer_exactly_as_the_rows_did(backend: Backend) {
         }
     };
     assert_eq!(sums("usage_daily", "requests").await, sums("usage_logs", "request_count").await);
+    assert_eq!(sums("usage_daily_models", "requests").await, sums("usage_logs", "request_count").await);
+
+    // Days rolled up before the revenue rollups existed are filled from `usage_daily` by the
+    // migration that adds them, to the same answers.
+    {
+        use sea_orm::ConnectionTrait;
+        for table in ["usage_daily_models", "usage_daily_payers"] {
+            db.write.execute_unprepared(&format!("DELETE FROM {table}")).await.unwrap();
+        }
+        let emptied = views().await;
+        assert_ne!(emptied.0, before.0, "the revenue report reads its rollups");
+        tollgate::usage::rollup::backfill_revenue(&db.write).await.unwrap();
+        tollgate::usage::rollup::backfill_revenue(&db.write).await.unwrap();
+        assert_eq!(views().await, before, "the backfilled rollups changed an answer");
+    }
 
     // Today's rows count at once, in the report and in the chart.
     row(a, Some(ka.id), "gpt-4o", tollgate::clock::now_ms(), (1, 1), 777_000, 1).insert(&db.write).await.unwrap();

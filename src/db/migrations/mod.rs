@@ -13,6 +13,8 @@ mod m0008_usage_daily;
 mod m0009_token_classes;
 mod m0010_usage_indexes;
 mod m0011_response_routes;
+mod m0012_revenue_rollups;
+mod m0013_pending_reservations;
 
 pub struct Migrator;
 
@@ -31,6 +33,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_token_classes::Migration),
             Box::new(m0010_usage_indexes::Migration),
             Box::new(m0011_response_routes::Migration),
+            Box::new(m0012_revenue_rollups::Migration),
+            Box::new(m0013_pending_reservations::Migration),
         ]
     }
 }
