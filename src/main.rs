@@ -7,7 +7,7 @@ use tollgate::cli::{self, Cli};
 use tollgate::config::Config;
 
 /// The hot path allocates and frees small buffers on every thread; glibc's allocator spent
-/// about a tenth of the relay's CPU in them (bench/README.md).
+/// about a tenth of the relay's CPU in them (README.md, Benchmark).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
