@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
-use crate::clock::{MS_PER_DAY, day_of, now_ms};
+use crate::clock::{MS_PER_DAY, now_ms};
 use crate::db::entities::usage_logs;
 use crate::db::{Backend, Db};
 use crate::error::{Error, Result};
@@ -80,9 +80,11 @@ pub(crate) fn int_expr(backend: Backend, aggregate: &str) -> SimpleExpr {
     Expr::cust(sql)
 }
 
-/// The first `day` (YYYY-MM-DD) of the recent window.
-pub fn recent_start_day() -> String {
-    day_of(now_ms() - (RECENT_DAYS - 1) * MS_PER_DAY)
+/// The UTC midnight that starts the recent window, in unix milliseconds. Usage rows are read
+/// from it by `created_at` (their `day` is its UTC day), which their time
+/// indexes serve.
+pub fn recent_start_ms() -> i64 {
+    (now_ms() - (RECENT_DAYS - 1) * MS_PER_DAY).div_euclid(MS_PER_DAY) * MS_PER_DAY
 }
 
 /// Requests per model name over the recent window (refusals counted as the requests they were).
@@ -91,7 +93,7 @@ pub async fn model_requests_recent(db: &Db) -> Result<HashMap<String, i64>> {
         .select_only()
         .column(usage_logs::Column::Model)
         .column_as(int_expr(db.backend, "SUM(request_count)"), "requests")
-        .filter(usage_logs::Column::Day.gte(recent_start_day()))
+        .filter(usage_logs::Column::CreatedAt.gte(recent_start_ms()))
         .group_by(usage_logs::Column::Model)
         .into_tuple()
         .all(&db.read)

@@ -167,19 +167,18 @@ async fn model_sums(
 ) -> Result<Vec<ModelSums>> {
     let b = db.backend;
     let sum = |c: &str| crate::usage::sum_sql(b, c);
+    let (within, values) = crate::usage::rollup::days_condition(b, table, from, to, 1)?;
     let sql = format!(
         "SELECT {period} AS period, model, {charged} AS charged, {tokens} AS tokens, {requests} AS requests \
-         FROM {table} WHERE day >= {p1} AND day <= {p2} GROUP BY {period}, model",
+         FROM {table} WHERE {within} GROUP BY {period}, model",
         charged = sum("cost"),
         tokens = sum("total_tokens"),
         requests = sum(requests),
-        p1 = crate::usage::rollup::ph(b, 1),
-        p2 = crate::usage::rollup::ph(b, 2),
     );
     Ok(ModelSums::find_by_statement(sea_orm::Statement::from_sql_and_values(
         db.read.get_database_backend(),
         sql,
-        [from.into(), to.into()],
+        values,
     ))
     .all(&db.read)
     .await?)
@@ -200,20 +199,14 @@ async fn paying_pairs(
         period: String,
         user_id: i64,
     }
-    let b = db.backend;
+    let (within, values) = crate::usage::rollup::days_condition(db.backend, table, from, to, 1)?;
     let sql = format!(
-        "SELECT {period} AS period, user_id FROM {table} WHERE day >= {p1} AND day <= {p2} AND {charged} \
-         GROUP BY {period}, user_id",
-        p1 = crate::usage::rollup::ph(b, 1),
-        p2 = crate::usage::rollup::ph(b, 2),
+        "SELECT {period} AS period, user_id FROM {table} WHERE {within} AND {charged} GROUP BY {period}, user_id"
     );
-    let pairs = Pair::find_by_statement(sea_orm::Statement::from_sql_and_values(
-        db.read.get_database_backend(),
-        sql,
-        [from.into(), to.into()],
-    ))
-    .all(&db.read)
-    .await?;
+    let pairs =
+        Pair::find_by_statement(sea_orm::Statement::from_sql_and_values(db.read.get_database_backend(), sql, values))
+            .all(&db.read)
+            .await?;
     Ok(pairs.into_iter().map(|p| (p.period, p.user_id)).collect())
 }
 

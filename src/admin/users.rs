@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::{Page, Paging, int_expr, recent_start_day};
+use super::{Page, Paging, int_expr};
 use crate::accounts::{ROLE_ADMIN, ROLE_USER};
 use crate::clock::now_ms;
 use crate::db::Db;
@@ -142,7 +142,7 @@ pub async fn summaries(db: &Db, rows: Vec<users::Model>) -> Result<Vec<UserSumma
         .column(usage_logs::Column::UserId)
         .column_as(int_expr(db.backend, "SUM(cost)"), "spend")
         .filter(usage_logs::Column::UserId.is_in(ids.clone()))
-        .filter(usage_logs::Column::Day.gte(recent_start_day()))
+        .filter(usage_logs::Column::CreatedAt.gte(super::recent_start_ms()))
         .group_by(usage_logs::Column::UserId)
         .into_tuple::<(i64, i64)>()
         .all(conn)

@@ -3,9 +3,7 @@
 //! transaction and drops the model's `model_config:{name}` entry locally and in Redis, so the
 //! gateway serves the new configuration at once.
 
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -389,11 +387,28 @@ pub async fn set_enabled(
 pub async fn delete(db: &Db, cache: &Cache, id: i64, actor: &audit::Actor) -> Result<models::Model> {
     let txn = db.begin().await?;
     let current = find(&txn, id).await?;
-    let used = usage_logs::Entity::find().filter(usage_logs::Column::Model.eq(&current.name)).count(&txn).await?
-        + reservations::Entity::find().filter(reservations::Column::ModelId.eq(id)).count(&txn).await?;
-    if used > 0 {
+    // Whether any row names it, not how many: the first row found answers. (No index of usage
+    // rows leads with the model; SQLite skips through each customer's part of
+    // `(user_id, model, created_at)`, the others may read more: a deletion is rare and by hand.)
+    let used = usage_logs::Entity::find()
+        .select_only()
+        .column(usage_logs::Column::Id)
+        .filter(usage_logs::Column::Model.eq(&current.name))
+        .into_tuple::<i64>()
+        .one(&txn)
+        .await?
+        .is_some()
+        || reservations::Entity::find()
+            .select_only()
+            .column(reservations::Column::Id)
+            .filter(reservations::Column::ModelId.eq(id))
+            .into_tuple::<i64>()
+            .one(&txn)
+            .await?
+            .is_some();
+    if used {
         return Err(Error::Conflict(format!(
-            "the model `{}` has been used ({used} usage records); disable it instead",
+            "the model `{}` has been used (it has usage records); disable it instead",
             current.name
         )));
     }

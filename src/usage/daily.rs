@@ -111,18 +111,17 @@ async fn day_model_groups(
     last: &str,
 ) -> Result<Vec<DayModelTotals>> {
     let b = db.backend;
-    let mut values: Vec<sea_orm::Value> = vec![filter.user_id.into(), first.into(), last.into()];
+    let (within, [from, to]) = super::rollup::days_condition(b, table, first, last, 2)?;
+    let mut values: Vec<sea_orm::Value> = vec![filter.user_id.into(), from, to];
     let mut sql = format!(
         "SELECT day, model, {requests} AS requests, {prompt} AS prompt_tokens, {completion} AS completion_tokens, \
-         {total} AS total_tokens, {cost} AS cost FROM {table} WHERE user_id = {p1} AND day >= {p2} AND day <= {p3}",
+         {total} AS total_tokens, {cost} AS cost FROM {table} WHERE user_id = {p1} AND {within}",
         requests = sum_sql(b, requests),
         prompt = sum_sql(b, "prompt_tokens"),
         completion = sum_sql(b, "completion_tokens"),
         total = sum_sql(b, "total_tokens"),
         cost = sum_sql(b, "cost"),
         p1 = ph(b, 1),
-        p2 = ph(b, 2),
-        p3 = ph(b, 3),
     );
     if let Some(m) = &filter.model {
         values.push(m.clone().into());

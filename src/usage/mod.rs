@@ -199,9 +199,10 @@ pub async fn totals(db: &Db, filter: &Filter) -> Result<Totals> {
     };
     let Some((first, last)) = rolled else { return raw_totals(db, filter.condition()).await };
     let mut t = rolled_totals(db, filter, &first, &last).await?;
-    let mut parts = vec![usage_logs::Column::Day.gt(last)];
+    // By time, which the customer's time index serves: `day` is the UTC day of `created_at`.
+    let mut parts = vec![usage_logs::Column::CreatedAt.gte(rollup::day_start_ms(&last)? + MS_PER_DAY)];
     if filter.from_ms.is_some() {
-        parts.push(usage_logs::Column::Day.lt(first));
+        parts.push(usage_logs::Column::CreatedAt.lt(rollup::day_start_ms(&first)?));
     }
     for part in parts {
         let r = raw_totals(db, filter.condition().add(part)).await?;

@@ -67,6 +67,30 @@ fn format_day(d: Date) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
+/// Unix milliseconds of the UTC midnight that starts `day` (`YYYY-MM-DD`).
+pub fn day_start_ms(day: &str) -> Result<i64> {
+    Ok(parse_day(day)?.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+/// The condition selecting the whole UTC days `[first, last]` of `table`, its placeholders
+/// numbered from `n`, and its two values. The rollups are read by `day`; usage rows by
+/// `created_at` (their `day` is its UTC day), which their time indexes serve.
+pub(crate) fn days_condition(
+    backend: Backend,
+    table: &str,
+    first: &str,
+    last: &str,
+    n: usize,
+) -> Result<(String, [Value; 2])> {
+    let (a, b) = (ph(backend, n), ph(backend, n + 1));
+    if table == "usage_logs" {
+        let (from, until) = (day_start_ms(first)?, day_start_ms(last)? + MS_PER_DAY);
+        Ok((format!("created_at >= {a} AND created_at < {b}"), [from.into(), until.into()]))
+    } else {
+        Ok((format!("day >= {a} AND day <= {b}"), [first.into(), last.into()]))
+    }
+}
+
 /// The day after `day` (`YYYY-MM-DD`).
 pub fn next_day(day: &str) -> Result<String> {
     Ok(format_day(parse_day(day)? + Duration::days(1)))
@@ -96,17 +120,17 @@ pub async fn roll_closed_days(db: &Db, now_ms: i64) -> Result<u32> {
         None => {
             #[derive(FromQueryResult)]
             struct First {
-                day: Option<String>,
+                at: Option<i64>,
             }
             let first = First::find_by_statement(Statement::from_string(
                 db_backend(db.backend),
-                "SELECT MIN(day) AS day FROM usage_logs",
+                "SELECT MIN(created_at) AS at FROM usage_logs",
             ))
             .one(&db.read)
             .await?
-            .and_then(|r| r.day);
+            .and_then(|r| r.at);
             match first {
-                Some(d) => d,
+                Some(at) => day_of(at),
                 None => return Ok(0),
             }
         }
@@ -131,20 +155,19 @@ pub async fn roll_closed_days(db: &Db, now_ms: i64) -> Result<u32> {
 /// day's rows no longer change), then written with the day's record in one transaction.
 async fn roll_day(db: &Db, day: &str) -> Result<()> {
     let b = db.backend;
+    let (within, values) = days_condition(b, "usage_logs", day, day, 1)?;
     let sql = format!(
         "SELECT user_id, COALESCE(key_id, 0) AS key_id, model, {requests} AS requests, {prompt} AS prompt_tokens, \
-         {completion} AS completion_tokens, {total} AS total_tokens, {cost} AS cost FROM usage_logs WHERE day = {p} \
+         {completion} AS completion_tokens, {total} AS total_tokens, {cost} AS cost FROM usage_logs WHERE {within} \
          GROUP BY user_id, COALESCE(key_id, 0), model",
         requests = sum(b, "request_count"),
         prompt = sum(b, "prompt_tokens"),
         completion = sum(b, "completion_tokens"),
         total = sum(b, "total_tokens"),
         cost = sum(b, "cost"),
-        p = ph(b, 1),
     );
-    let groups = Group::find_by_statement(Statement::from_sql_and_values(db_backend(b), sql, [day.into()]))
-        .all(&db.read)
-        .await?;
+    let groups =
+        Group::find_by_statement(Statement::from_sql_and_values(db_backend(b), sql, values)).all(&db.read).await?;
     let groups = Arc::new(groups);
     let day = day.to_owned();
     db.write(move |txn| {

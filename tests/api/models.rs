@@ -127,7 +127,46 @@ async fn a_stale_copy_written_back_after_a_change_does_not_last(backend: Backend
     .await;
 }
 
+/// A usage row alone (a refusal writes one without any reservation) keeps its model from being
+/// deleted: the books keep naming what they recorded. Once no row names it, it can go.
+async fn a_model_named_by_a_usage_row_is_kept(backend: Backend) {
+    use sea_orm::{ActiveModelTrait, Set};
+    use tollgate::db::entities::usage_logs;
+    let g = spawn_gateway(backend, Mode::Normal, &[]).await;
+    let (db, cache) = (&g.app.db, g.app.cache());
+    let m = models::create(db, &cache, "logged-model", priced(1, 1), &Actor::system()).await.unwrap();
+    let user = crate::helpers::user_with_balance(db, "logged@example.com", 0).await;
+    let now = tollgate::clock::now_ms();
+    let row = usage_logs::ActiveModel {
+        request_id: Set("req-logged".into()),
+        user_id: Set(user),
+        model: Set("logged-model".into()),
+        prompt_tokens: Set(0),
+        completion_tokens: Set(0),
+        total_tokens: Set(0),
+        cost: Set(0),
+        subscription_tokens: Set(0),
+        status_code: Set(402),
+        latency_ms: Set(1),
+        stream: Set(false),
+        usage_source: Set("none".into()),
+        created_at: Set(now),
+        day: Set(tollgate::clock::day_of(now)),
+        request_count: Set(1),
+        ..Default::default()
+    }
+    .insert(&db.write)
+    .await
+    .unwrap();
+    assert!(matches!(models::delete(db, &cache, m.id, &Actor::system()).await, Err(Error::Conflict(_))));
+    assert_eq!(models::find(&db.read, m.id).await.unwrap().name, "logged-model");
+    usage_logs::Entity::delete_by_id(row.id).exec(&db.write).await.unwrap();
+    models::delete(db, &cache, m.id, &Actor::system()).await.unwrap();
+    assert!(matches!(models::find(&db.read, m.id).await, Err(Error::NotFound(_))));
+}
+
 on_all_backends!(
     a_stale_copy_written_back_after_a_change_does_not_last,
-    catalogue_changes_are_audited_and_seen_at_once
+    catalogue_changes_are_audited_and_seen_at_once,
+    a_model_named_by_a_usage_row_is_kept
 );

@@ -15,6 +15,7 @@ mod m0010_usage_indexes;
 mod m0011_response_routes;
 mod m0012_revenue_rollups;
 mod m0013_pending_reservations;
+mod m0014_usage_time_index;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_response_routes::Migration),
             Box::new(m0012_revenue_rollups::Migration),
             Box::new(m0013_pending_reservations::Migration),
+            Box::new(m0014_usage_time_index::Migration),
         ]
     }
 }
