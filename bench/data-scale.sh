@@ -89,9 +89,9 @@ usage totals|SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(total_tokens), 0), COAL
 usage page|SELECT * FROM usage_logs WHERE user_id = $USER_ID ORDER BY created_at DESC, id DESC LIMIT 20 OFFSET 980
 usage page, one model, 30 days|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND model = 'gpt-4o' AND created_at >= $SINCE ORDER BY created_at DESC, id DESC LIMIT 20
 CSV export batch|SELECT * FROM usage_logs WHERE user_id = $USER_ID AND (created_at < $NOW_MS OR (created_at = $NOW_MS AND id < $MAX_ID)) ORDER BY created_at DESC, id DESC LIMIT 1000
-daily chart|SELECT day, model, SUM(request_count), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(cost) FROM usage_logs WHERE user_id = $USER_ID AND day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY day, model
-revenue by month|SELECT SUBSTR(day, 1, 7), model, SUM(cost), SUM(total_tokens), SUM(request_count) FROM usage_logs WHERE day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY SUBSTR(day, 1, 7), model
-paying customers by month|SELECT SUBSTR(day, 1, 7), COUNT(DISTINCT CASE WHEN cost > 0 THEN user_id END) FROM usage_logs WHERE day >= '$FROM_DAY' AND day <= '$TO_DAY' GROUP BY SUBSTR(day, 1, 7)
+daily chart|SELECT day, model, SUM(request_count), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(cost) FROM usage_logs WHERE user_id = $USER_ID AND created_at >= $FROM_MS AND created_at < $AFTER_TO_MS GROUP BY day, model
+revenue by month|SELECT SUBSTR(day, 1, 7), model, SUM(cost), SUM(total_tokens), SUM(request_count) FROM usage_logs WHERE created_at >= $FROM_MS AND created_at < $AFTER_TO_MS GROUP BY SUBSTR(day, 1, 7), model
+paying customers by month|SELECT SUBSTR(day, 1, 7), COUNT(DISTINCT CASE WHEN cost > 0 THEN user_id END) FROM usage_logs WHERE created_at >= $FROM_MS AND created_at < $AFTER_TO_MS GROUP BY SUBSTR(day, 1, 7)
 SQL
 }
 
@@ -158,6 +158,8 @@ for engine in $BACKENDS; do
   NOW_MS=$(( $(date +%s) * 1000 ))
   FROM_DAY=$(date -u -d "-$((DAYS - 1)) days" +%F)
   TO_DAY=$(date -u +%F)
+  FROM_MS=$(( $(date -u -d "$FROM_DAY" +%s) * 1000 ))
+  AFTER_TO_MS=$(( ($(date -u -d "$TO_DAY" +%s) + 86400) * 1000 ))
   {
     echo
     echo "## $engine"

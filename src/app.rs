@@ -96,7 +96,7 @@ impl Application {
         if config.usable_cron_secret().is_none() {
             tracing::warn!("cron endpoint disabled: CRON_SECRET is unset or shorter than 16 characters");
         }
-        let state = AppState {
+        let state = AppState::new(crate::state::Shared {
             config: Arc::new(config),
             db,
             cache,
@@ -106,7 +106,7 @@ impl Application {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
-        };
+        });
         Ok(Self { listener, metrics_listener, port, state })
     }
 
@@ -175,7 +175,8 @@ impl Application {
             }
         }
         state.hard_stop.cancel();
-        state.db.close().await;
+        // Closing a copy closes the pools every copy shares.
+        state.db.clone().close().await;
         tracing::info!("stopped");
         Ok(())
     }

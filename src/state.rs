@@ -32,9 +32,27 @@ impl FromRef<AppState> for Key {
     }
 }
 
-/// What every handler can reach.
+/// What every handler can reach: a handle on the shared `Shared`, so that the copy each
+/// request's extractors and middleware take is one reference count, not one per resource.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The resources every handler can reach, behind `AppState`.
+pub struct Shared {
     pub config: Arc<Config>,
     pub db: Db,
     pub cache: Cache,
