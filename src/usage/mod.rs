@@ -286,10 +286,22 @@ pub async fn spent(db: &Db, user_id: i64, from_ms: i64, until_ms: Option<i64>) -
     Ok(totals(db, &filter).await?.total_cost)
 }
 
+/// The customer's rows that `filter` selects. MySQL/MariaDB are told not to read them through
+/// the index of everyone's rows by time (others ignore the hint): for `ORDER BY created_at DESC,
+/// id DESC LIMIT n` their optimizer prefers walking everyone's rows newest first, skipping other
+/// customers', to the customer's own `(user_id, created_at)` index (at 5M rows, page 50 of a
+/// heavy customer took 208 ms that way).
+fn customer_rows(filter: &Filter) -> sea_orm::Select<usage_logs::Entity> {
+    use sea_orm::QueryTrait;
+    use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
+    let mut q = usage_logs::Entity::find().filter(filter.condition());
+    QueryTrait::query(&mut q).ignore_index(sea_orm::sea_query::Alias::new("ix_usage_time"), IndexHintScope::All);
+    q
+}
+
 /// One page of rows, newest first.
 pub async fn page(db: &Db, filter: &Filter) -> Result<Vec<usage_logs::Model>> {
-    Ok(usage_logs::Entity::find()
-        .filter(filter.condition())
+    Ok(customer_rows(filter)
         .order_by_desc(usage_logs::Column::CreatedAt)
         .order_by_desc(usage_logs::Column::Id)
         .offset((filter.page - 1) * filter.page_size)
@@ -315,8 +327,12 @@ pub async fn export_batch(
     after: Option<ExportCursor>,
     batch: u64,
 ) -> Result<Vec<usage_logs::Model>> {
-    let mut q = usage_logs::Entity::find().filter(filter.condition());
+    let mut q = customer_rows(filter);
     if let Some((created_at, id)) = after {
+        // The bound alone first: it is what lets every engine start the index range at the
+        // cursor (MariaDB's optimizer does not take one from the `OR` below, and read each
+        // batch from the customer's newest row again: quadratic in the batches).
+        q = q.filter(usage_logs::Column::CreatedAt.lte(created_at));
         q = q.filter(Condition::any().add(usage_logs::Column::CreatedAt.lt(created_at)).add(
             Condition::all().add(usage_logs::Column::CreatedAt.eq(created_at)).add(usage_logs::Column::Id.lt(id)),
         ));
