@@ -329,9 +329,8 @@ pub async fn export_batch(
 ) -> Result<Vec<usage_logs::Model>> {
     let mut q = customer_rows(filter);
     if let Some((created_at, id)) = after {
-        // The bound alone first: it is what lets every engine start the index range at the
-        // cursor (MariaDB's optimizer does not take one from the `OR` below, and read each
-        // batch from the customer's newest row again: quadratic in the batches).
+        // The bound on its own as well: an optimizer that takes no range from the `OR` below
+        // still starts at the cursor, not at the customer's newest row, in every batch.
         q = q.filter(usage_logs::Column::CreatedAt.lte(created_at));
         q = q.filter(Condition::any().add(usage_logs::Column::CreatedAt.lt(created_at)).add(
             Condition::all().add(usage_logs::Column::CreatedAt.eq(created_at)).add(usage_logs::Column::Id.lt(id)),
