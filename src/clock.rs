@@ -17,6 +17,11 @@ pub fn day_of(ms: i64) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
+/// Unix milliseconds of the UTC midnight that starts `d`.
+pub fn midnight_ms(d: time::Date) -> i64 {
+    d.midnight().assume_utc().unix_timestamp() * 1000
+}
+
 /// RFC 3339 rendering of a unix-millisecond instant, for people and JSON.
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;

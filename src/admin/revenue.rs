@@ -10,7 +10,7 @@ use sea_orm::{ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelec
 use time::{Date, Duration, macros::format_description};
 
 use super::int_expr;
-use crate::clock::{MS_PER_DAY, day_of, now_ms};
+use crate::clock::{MS_PER_DAY, day_of, midnight_ms, now_ms};
 use crate::db::entities::credit_transactions;
 use crate::db::{Backend, Db};
 use crate::error::{Error, Result};
@@ -87,10 +87,6 @@ fn parse_day(name: &str, raw: &str) -> Result<Date> {
 
 fn format_day(d: Date) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
-fn midnight_ms(d: Date) -> i64 {
-    d.midnight().assume_utc().unix_timestamp() * 1000
 }
 
 /// The range asked for, or the default: the last 30 days by day, the last 12 months by month.

@@ -69,7 +69,7 @@ fn format_day(d: Date) -> String {
 
 /// Unix milliseconds of the UTC midnight that starts `day` (`YYYY-MM-DD`).
 pub fn day_start_ms(day: &str) -> Result<i64> {
-    Ok(parse_day(day)?.midnight().assume_utc().unix_timestamp() * 1000)
+    Ok(crate::clock::midnight_ms(parse_day(day)?))
 }
 
 /// The condition selecting the whole UTC days `[first, last]` of `table`, its placeholders
